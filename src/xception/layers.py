@@ -1,0 +1,158 @@
+"""Layers: the depthwise separable convolution and the padding rules it needs.
+
+Two padding rules exist in the wild, and reproducing a framework's outputs needs the right one:
+
+* ``"tf"``: TensorFlow/Keras 'same'. Output size is ``ceil(size / stride)``; when the padding needed is
+  odd, the extra pixel goes bottom/right. At stride 2 this depends on the input size, so it is computed
+  per call.
+* ``"symmetric"``: PyTorch's usual ``padding=(k - 1) * d // 2`` on both sides, as timm's ports use.
+
+Both agree at stride 1 with odd kernels, where a static padding is used for speed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PaddingRule = Literal["tf", "symmetric"]
+Activation = Literal["relu", "elu"] | None
+SeparableOrder = Literal["depthwise_first", "pointwise_first"]
+
+PADDING_RULES: tuple[str, ...] = ("tf", "symmetric")
+ACTIVATIONS: tuple[str | None, ...] = (None, "relu", "elu")
+ORDERS: tuple[str, ...] = ("depthwise_first", "pointwise_first")
+
+
+def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """Padding (before, after) along one axis for TF 'same'; the odd pixel goes after."""
+    span = (kernel - 1) * dilation + 1
+    total = max((math.ceil(size / stride) - 1) * stride + span - size, 0)
+    return total // 2, total - total // 2
+
+
+class TFSamePad2d(nn.Module):
+    """Pads an NCHW tensor as TF 'same' would before a strided k×k window.
+
+    ``value=-inf`` makes it suitable in front of a max-pool (padding never wins the max).
+    """
+
+    def __init__(self, kernel: int, stride: int, dilation: int = 1, value: float = 0.0) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.dilation, self.value = kernel, stride, dilation, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = tf_same_padding(x.shape[-2], self.kernel, self.stride, self.dilation)
+        left, right = tf_same_padding(x.shape[-1], self.kernel, self.stride, self.dilation)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom), value=self.value)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, stride={self.stride}, dilation={self.dilation}, value={self.value}"
+
+
+def same_padding(
+    kernel: int, stride: int, dilation: int, rule: PaddingRule, value: float = 0.0
+) -> tuple[nn.Module | None, int]:
+    """How to 'same'-pad a k×k window: (a padding module or None, the static padding for the layer).
+
+    Static padding is used whenever both rules agree (stride 1, odd span), so the common case costs
+    nothing extra; only TF's strided windows need a module that looks at the input size.
+    """
+    if rule not in PADDING_RULES:
+        raise ValueError(f"padding rule must be one of {PADDING_RULES}, got {rule!r}")
+    span = (kernel - 1) * dilation
+    if rule == "symmetric" or (stride == 1 and span % 2 == 0):
+        return None, span // 2
+    return TFSamePad2d(kernel, stride, dilation, value), 0
+
+
+def make_activation(name: str | None, inplace: bool = False) -> nn.Module | None:
+    """The activations a separable conv may carry between its two steps (None: the paper's choice)."""
+    if name is None or name == "none":
+        return None
+    if name == "relu":
+        return nn.ReLU(inplace=inplace)
+    if name == "elu":
+        return nn.ELU(inplace=inplace)
+    raise ValueError(f"activation must be one of None, 'relu', 'elu', got {name!r}")
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a scaled channel count to a multiple of ``divisor``, never dropping more than 10 %."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class SeparableConv2d(nn.Sequential):
+    """Depthwise separable convolution: a depthwise k×k conv per channel, then a pointwise 1×1 conv.
+
+    Cost for a D×D output: ``D²·k²·M + D²·M·N`` multiply-adds against ``D²·k²·M·N`` for a standard
+    k×k conv from M to N channels (see :func:`xception.analysis.separable_cost`).
+
+    Args:
+        in_channels, out_channels: M and N.
+        kernel_size, stride, dilation: of the depthwise (spatial) step.
+        depth_multiplier: depthwise filters per input channel; the pointwise step sees ``M·multiplier``.
+        padding: ``"tf"`` (Keras 'same') or ``"symmetric"`` (PyTorch/timm).
+        activation: what sits between the two steps: None (the paper's choice), ``"relu"`` or ``"elu"``
+            (the paper's Fig. 10 ablation).
+        norm_between: a BatchNorm between the two steps, as the aligned Xception of DeepLabv3+ has.
+        order: ``"depthwise_first"`` (a depthwise separable conv) or ``"pointwise_first"`` (the 1×1 first,
+            as in an "extreme" Inception module).
+        bias: bias on the pointwise step (off: a BatchNorm always follows in Xception).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        *,
+        depth_multiplier: int = 1,
+        padding: PaddingRule = "tf",
+        activation: Activation = None,
+        norm_between: bool = False,
+        order: SeparableOrder = "depthwise_first",
+        bias: bool = False,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if depth_multiplier < 1:
+            raise ValueError(f"depth_multiplier must be ≥ 1, got {depth_multiplier}")
+        if order == "pointwise_first" and depth_multiplier != 1:
+            raise ValueError("order='pointwise_first' needs depth_multiplier=1")
+        pad, static = same_padding(kernel_size, stride, dilation, padding)
+        depthwise_first = order == "depthwise_first"
+        # The spatial step runs on whichever channels it receives; the bias, if any, goes on the last step.
+        spatial = in_channels if depthwise_first else out_channels
+        mid = in_channels * depth_multiplier if depthwise_first else out_channels
+        depthwise = nn.Conv2d(
+            spatial, spatial * depth_multiplier, kernel_size, stride, static, dilation,
+            groups=spatial, bias=bias and not depthwise_first,
+        )
+        pointwise = nn.Conv2d(mid if depthwise_first else in_channels, out_channels, 1,
+                              bias=bias and depthwise_first)
+        norm = nn.BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum) if norm_between else None
+        act = make_activation(activation, inplace=True)
+        steps = (
+            [("pad", pad), ("depthwise", depthwise), ("norm", norm), ("act", act), ("pointwise", pointwise)]
+            if depthwise_first
+            else [("pointwise", pointwise), ("norm", norm), ("act", act), ("pad", pad), ("depthwise", depthwise)]
+        )
+        super().__init__()
+        for name, layer in steps:
+            if layer is not None:
+                self.add_module(name, layer)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.depth_multiplier, self.order = depth_multiplier, order
