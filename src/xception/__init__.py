@@ -5,10 +5,21 @@
     >>> backbone = xception.create_model("xception65", features_only=True, output_stride=16)
 """
 
+from .api import create_model
 from .layers import SeparableConv2d
 from .models import Xception, XceptionConfig, list_models
-from .models import build_model as create_model
+from .preprocessing import Preprocessing
+from .weights import save_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["SeparableConv2d", "Xception", "XceptionConfig", "__version__", "create_model", "list_models"]
+__all__ = [
+    "Preprocessing",
+    "SeparableConv2d",
+    "Xception",
+    "XceptionConfig",
+    "__version__",
+    "create_model",
+    "list_models",
+    "save_weights",
+]

@@ -113,7 +113,8 @@ class XceptionConfig:
         padding: "tf" (Keras 'same', asymmetric at stride 2) or "symmetric" (timm's ports).
         stem: "standard" (stride 2, needs ≥ 71 px for the paper model) or "small" (stride 1, for 16–64 px
             images such as Fashion-MNIST; same parameters, so ImageNet weights still load).
-        output_stride: total downsampling, 32 by default; 16 or 8 trade strides for dilation (DeepLab).
+        output_stride: total downsampling; None keeps every stride (32 with the standard stem); a half or
+            a quarter of that trades the last strides for dilation, as DeepLab does (16 or 8).
     """
 
     arch: str = "xception"
@@ -130,7 +131,7 @@ class XceptionConfig:
     bn_momentum: float = 0.1
     padding: PaddingRule = "tf"
     stem: Stem = "standard"
-    output_stride: int = 32
+    output_stride: int | None = None
 
     @property
     def architecture(self) -> Architecture:
@@ -144,6 +145,10 @@ class XceptionConfig:
         for spec in (*arch.entry, arch.middle, *arch.exit):
             stride *= spec.stride
         return stride
+
+    @property
+    def effective_output_stride(self) -> int:
+        return self.output_stride or self.max_stride
 
     @property
     def allowed_output_strides(self) -> tuple[int, ...]:
@@ -178,7 +183,7 @@ class XceptionConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        if self.output_stride not in self.allowed_output_strides:
+        if self.output_stride is not None and self.output_stride not in self.allowed_output_strides:
             raise ValueError(
                 f"output_stride={self.output_stride} is not possible for {self.arch} with the {self.stem} "
                 f"stem; allowed: {', '.join(map(str, self.allowed_output_strides))}"
@@ -186,7 +191,7 @@ class XceptionConfig:
         return self
 
     def replace(self, **changes: Any) -> XceptionConfig:
-        return dataclasses.replace(self, **changes).validate()
+        return XceptionConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -196,5 +201,5 @@ class XceptionConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown model options {sorted(unknown)}; known: {sorted(names)}")
+            raise ValueError(f"unknown model option(s) {sorted(unknown)}; known: {', '.join(sorted(names))}")
         return cls(**data).validate()

@@ -18,7 +18,7 @@ class ModelEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def config(self, **overrides: Any) -> XceptionConfig:
-        return XceptionConfig(arch=self.arch, **{**self.defaults, **overrides}).validate()
+        return XceptionConfig.from_dict({"arch": self.arch, **self.defaults, **overrides})
 
 
 # TF 'same' padding and BN eps 1e-3 reproduce Keras; symmetric padding reproduces timm's ports.

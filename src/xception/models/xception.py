@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import SeparableConv2d, make_divisible, same_padding
+from ..preprocessing import Preprocessing
 from .config import Family, ModuleSpec, XceptionConfig
 
 
@@ -147,6 +148,10 @@ class Xception(nn.Module):
         self.features_only = False
         self.out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)
         self.grad_checkpointing = False
+        # Set by the weights loaders: what the loaded weights expect and mean (None for a fresh model).
+        self.class_names: list[str] | None = None
+        self.preprocessing: Preprocessing | None = None
+        self.weights_meta: Any = None
 
         def chans(c: int) -> int:
             return c if config.width == 1.0 else make_divisible(c * config.width)
@@ -171,7 +176,7 @@ class Xception(nn.Module):
                 # A feature map is taken just before each downsampling module, at the stride reached.
                 self.feature_info.append(FeatureInfo(in_chs, stride, self._block_name(flows, number - 1)))
                 self._tap_blocks.append(number - 2)
-                if stride * spec.stride > config.output_stride:
+                if stride * spec.stride > config.effective_output_stride:
                     block_stride, next_dilation = 1, dilation * spec.stride
                 else:
                     stride *= spec.stride
