@@ -8,10 +8,8 @@ Nothing here unpickles: a safetensors file is a JSON header and raw tensor bytes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..fileio import atomic_write, sha256_file
 from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
+
+__all__ = [  # atomic_write and sha256_file are re-exported for the loaders in this package
+    "WeightsMeta", "atomic_write", "is_native", "load_native", "read_metadata", "read_weights", "save_weights",
+    "sha256_file",
+]
 
 FORMAT_VERSION = 1
 META_KEY = "xception"
@@ -67,27 +71,6 @@ class WeightsMeta:
             sha256=data.get("sha256", ""),
             metrics=data.get("metrics") or {},
         )
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename into place: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_weights(

@@ -1,0 +1,215 @@
+"""Parameter and multiply-add accounting, and the comparison Xception is about.
+
+For a D×D output, a k×k kernel, M input and N output channels (Chollet 2017; Howard et al. 2017, §3.1):
+
+    standard conv   D²·k²·M·N  multiply-adds,  k²·M·N  parameters
+    separable conv  D²·k²·M + D²·M·N,          k²·M + M·N
+
+so a separable conv costs ``1/N + 1/k²`` of the standard one. :func:`separable_vs_standard` is the one
+place this formula lives; :func:`model_cost` measures every layer of a real network with forward hooks
+and sets each separable conv beside the standard conv it replaces.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import SeparableConv2d
+from ..models import Xception
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: int
+    params: int
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.macs + other.macs, self.params + other.params)
+
+
+def separable_vs_standard(
+    k: int, m: int, n: int, h: int, w: int | None = None, depth_multiplier: int = 1
+) -> tuple[Cost, Cost]:
+    """(separable, standard) cost of a k×k conv from ``m`` to ``n`` channels with an h×w output."""
+    d2 = h * (h if w is None else w)
+    mid = m * depth_multiplier
+    separable = Cost(d2 * k * k * mid + d2 * mid * n, k * k * mid + mid * n)
+    standard = Cost(d2 * k * k * m * n, k * k * m * n)
+    return separable, standard
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer with weights (or a pool): what it outputs, holds and costs."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class SeparableRow:
+    """A separable conv of the network beside the standard k×k conv it replaces."""
+
+    name: str
+    block: str
+    flow: str
+    kernel: int
+    in_channels: int
+    out_channels: int
+    output_hw: tuple[int, int]
+    separable: Cost
+    standard: Cost
+
+    @property
+    def ratio(self) -> float:
+        return self.separable.macs / self.standard.macs
+
+
+@dataclass
+class CostReport:
+    """Everything ``xception summary`` shows: per layer, per separable conv, per block and flow, totals."""
+
+    model: str
+    input_size: tuple[int, int]
+    layers: list[LayerRow]
+    separable: list[SeparableRow]
+    trainable_params: int
+    total_params: int  # including BN running statistics, as Keras counts them
+    blocks: dict[str, dict[str, Cost]] = field(default_factory=dict)
+    flows: dict[str, dict[str, Cost]] = field(default_factory=dict)
+
+    @property
+    def macs(self) -> int:
+        return sum(row.macs for row in self.layers)
+
+    @property
+    def flow_macs(self) -> dict[str, int]:
+        """Multiply-adds of every layer, per flow (entry_flow, middle_flow, exit_flow, head)."""
+        totals: dict[str, int] = defaultdict(int)
+        for row in self.layers:
+            totals[row.name.split(".")[0]] += row.macs
+        return dict(totals)
+
+    @property
+    def separable_total(self) -> Cost:
+        return sum((r.separable for r in self.separable), Cost(0, 0))
+
+    @property
+    def standard_total(self) -> Cost:
+        return sum((r.standard for r in self.separable), Cost(0, 0))
+
+    @property
+    def standard_model_macs(self) -> int:
+        """Multiply-adds of the same network with every separable conv replaced by a standard conv."""
+        return self.macs - self.separable_total.macs + self.standard_total.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        def costs(table: dict[str, dict[str, Cost]]) -> dict[str, Any]:
+            return {k: {kind: asdict(c) for kind, c in v.items()} for k, v in table.items()}
+
+        return {
+            "model": self.model,
+            "input_size": list(self.input_size),
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "macs": self.macs,
+            "separable_macs": self.separable_total.macs,
+            "standard_equivalent_macs": self.standard_total.macs,
+            "separable_ratio": self.separable_total.macs / max(self.standard_total.macs, 1),
+            "standard_model_macs": self.standard_model_macs,
+            "layers": [{**asdict(r), "output_shape": list(r.output_shape)} for r in self.layers],
+            "separable_convs": [
+                {**asdict(r), "output_hw": list(r.output_hw), "ratio": r.ratio} for r in self.separable
+            ],
+            "flow_macs": self.flow_macs,
+            "blocks": costs(self.blocks),
+            "flows": costs(self.flows),
+        }
+
+
+def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-adds of one conv or linear layer for one image (BN folds into convs; pools add none)."""
+    per_image = output.numel() // output.shape[0]
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_image * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return per_image * module.in_features
+    return 0
+
+
+_COUNTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.MaxPool2d)
+
+
+def model_cost(model: Xception, input_size: int | tuple[int, int] = 299, name: str | None = None) -> CostReport:
+    """Measure ``model`` on one ``input_size`` image: per-layer table, separable comparison, totals."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    x = torch.zeros(1, model.config.in_chans, h, w)
+    model.check_input(x)
+    layers: list[LayerRow] = []
+    separable: list[SeparableRow] = []
+    block_of = {id(m): (block, block.split(".")[0]) for block, b in model.blocks() for m in b.modules()}
+    block_of.update({id(m): ("head", "head") for m in model.head.modules()})
+
+    def on_layer(name: str):
+        def hook(module: nn.Module, _: Any, out: torch.Tensor) -> None:
+            params = sum(p.numel() for p in module.parameters(recurse=False))
+            layers.append(LayerRow(name, type(module).__name__, tuple(out.shape[1:]), params, layer_macs(module, out)))
+
+        return hook
+
+    def on_separable(name: str):
+        def hook(module: SeparableConv2d, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
+            sep, std = separable_vs_standard(
+                module.kernel_size, module.in_channels, module.out_channels, out.shape[-2], out.shape[-1],
+                module.depth_multiplier,
+            )
+            block, flow = block_of[id(module)]
+            separable.append(SeparableRow(
+                name, block, flow, module.kernel_size, module.in_channels, module.out_channels,
+                (out.shape[-2], out.shape[-1]), sep, std,
+            ))
+
+        return hook
+
+    handles = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, _COUNTED):
+            handles.append(module.register_forward_hook(on_layer(mod_name)))
+        elif isinstance(module, SeparableConv2d):
+            handles.append(module.register_forward_hook(on_separable(mod_name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    blocks: dict[str, dict[str, Cost]] = defaultdict(lambda: {"separable": Cost(0, 0), "standard": Cost(0, 0)})
+    flows: dict[str, dict[str, Cost]] = defaultdict(lambda: {"separable": Cost(0, 0), "standard": Cost(0, 0)})
+    for row in separable:
+        for table, key in ((blocks, row.block), (flows, row.flow)):
+            table[key]["separable"] += row.separable
+            table[key]["standard"] += row.standard
+    return CostReport(
+        model=name or model.config.arch,
+        input_size=(h, w),
+        layers=layers,
+        separable=separable,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters())
+        + sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked")),
+        blocks=dict(blocks),
+        flows=dict(flows),
+    )
