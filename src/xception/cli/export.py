@@ -1,0 +1,47 @@
+"""``xception export``: ONNX or torch.export files for serving."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_model_options, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX or a torch.export program (.pt2)",
+        description="Export a model (eval mode, dynamic batch size) for serving. ONNX files carry the "
+        "class names and preprocessing in their metadata (key 'xception') and are checked against PyTorch "
+        "with onnxruntime when it is installed.",
+        epilog="examples:\n  xception export model.onnx --weights runs/fmnist/model.safetensors\n"
+        "  xception export xception.pt2 --model xception --input-size 299",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("output", help="file to write: NAME.onnx or NAME.pt2")
+    p.add_argument("--model", help="model name (default: the one the weights describe, else xception)")
+    p.add_argument("--weights", help="weights file, URL or tag to export (default: random initialisation)")
+    p.add_argument("--format", choices=("onnx", "pt2"), help="default: from the output file's extension")
+    p.add_argument("--input-size", type=int, help="image side to trace with (default: the weights' input size)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import create_model
+    from ..export import export_model
+
+    named = {"name": args.model} if args.model else {}
+    model = create_model(**named, weights=args.weights, **dict(args.options))
+    result = export_model(model, args.output, format=args.format, input_size=args.input_size,
+                          verify=not args.no_verify)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    shape = "×".join(map(str, result.input_shape[1:]))
+    print(f"wrote {result.path} ({result.format}, input N×{shape}, any batch size)")
+    if result.max_abs_diff is not None:
+        print(f"onnxruntime vs PyTorch: max |Δ| = {result.max_abs_diff:.2e}")
+    return 0
