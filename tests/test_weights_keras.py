@@ -112,6 +112,20 @@ def test_keras3_model_save_h5_loads_too(keras_top, loaded_top, tmp_path):
     assert_same_state(create_model(weights=path), loaded_top)
 
 
+def test_a_fine_tuned_keras_model_with_nested_xception(tmp_path):
+    """The usual Keras transfer-learning model: Xception(include_top=False) inside another model, a new Dense."""
+    base = keras.applications.Xception(weights=None, include_top=False, pooling="avg", input_shape=(96, 96, 3))
+    model = keras.Sequential([keras.Input((96, 96, 3)), base, keras.layers.Dense(7, name="flowers")])
+    randomise_keras(model, seed=8)
+    path = tmp_path / "finetuned.h5"
+    model.save(str(path))
+    x = np.random.default_rng(10).normal(size=(2, 3, 96, 96)).astype(np.float32)
+    expected = keras_predict(model, x)
+    ours = create_model(weights=path)
+    assert ours.config.num_classes == 7 and ours.class_names is None
+    assert max_abs_diff(logits(ours, x), expected) <= tolerance(expected)
+
+
 def test_different_num_classes_keeps_backbone_and_reports_skipped_head(keras_top, loaded_top):
     with pytest.warns(HeadReplacedWarning, match=r"predictions/kernel, predictions/bias"):
         model = create_model(weights=keras_top["top"], num_classes=10)

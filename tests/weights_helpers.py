@@ -70,6 +70,9 @@ def randomise_keras(model, seed: int):
     """Random kernels (He scale), BN gammas/betas and moving statistics for every Keras layer."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
+        if isinstance(layer, keras.Model):  # a nested model: its own layers
+            randomise_keras(layer, int(rng.integers(1 << 31)))
+            continue
         bn = bn_statistics(rng, layer.weights[0].shape[0]) if isinstance(layer, keras.layers.BatchNormalization) else {}
         for w in layer.weights:
             shape, kind = tuple(w.shape), w.name

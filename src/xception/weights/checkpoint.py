@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import Xception, build_model
+from ..models import Xception, XceptionConfig, build_model
 from ..preprocessing import Preprocessing
 
 HEAD = ("head.fc.weight", "head.fc.bias")
@@ -49,7 +49,7 @@ class Checkpoint:
     unmapped: list[str] = field(default_factory=list)
     num_classes: int = 0
     in_chans: int = 3
-    config: Any = None
+    config: XceptionConfig | None = None
     preprocessing: Preprocessing | None = None
     class_names: list[str] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)

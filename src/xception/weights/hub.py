@@ -185,6 +185,7 @@ def download(
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    retries = max(1, retries)
     for attempt in range(1, retries + 1):
         try:
             _transfer(url, part, progress=progress, timeout=timeout)
@@ -238,8 +239,11 @@ def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
     with response:
         content_range = response.headers.get("Content-Range", "")
         resumed = bool(start) and response.status == 206 and content_range.startswith(f"bytes {start}-")
+        if response.status == 206 and not resumed:
+            part.unlink(missing_ok=True)
+            raise _Interrupted(f"the server sent bytes {content_range or '?'} instead of {start}-; starting over")
         if not resumed:
-            start = 0  # the server sent the whole file (or an unexpected range): start over
+            start = 0  # the server ignored the Range header and sends the whole file: start over
         length = response.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
         received = start

@@ -1,8 +1,8 @@
 """Keras's Xception weights (the legacy HDF5 layout of ``keras.applications``) in our names and layouts.
 
 A file written by Keras 2 (the official ImageNet files are) lists its layers in the root attribute
-``layer_names``; each layer's group lists its weights in ``weight_names`` (``block1_conv1/kernel:0``).
-``model.save()`` files keep the same layout under a ``model_weights`` group.
+``layer_names``; each layer's group lists its weights in ``weight_names`` (``block1_conv1/kernel:0``;
+Keras 3 drops the ``:0``). ``model.save()`` files keep the same layout under a ``model_weights`` group.
 
 The paper's layers carry the names ``keras.applications`` gives them (``block2_sepconv1``, …), so they are
 matched by name. The four shortcut conv/BN pairs were left unnamed: Keras called them ``conv2d_1``,
@@ -114,11 +114,6 @@ def _attribute_list(group: Any, name: str) -> list[str]:
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for chunk in chunks for v in chunk]
 
 
-def _short_name(weight_name: str) -> str:
-    """``block1_conv1/kernel:0`` (Keras 2) or ``kernel`` (Keras 3) → ``kernel``."""
-    return weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
-
-
 def read_layers(path: str | os.PathLike[str]) -> list[KerasLayer]:
     """The layers that carry weights, in the file's order."""
     import h5py  # only needed for Keras files
@@ -137,9 +132,16 @@ def read_layers(path: str | os.PathLike[str]) -> list[KerasLayer]:
             layers = []
             for name in names:
                 group = root[name]
-                weight_names = _attribute_list(group, "weight_names")
-                if weight_names:
-                    layers.append(KerasLayer(name, {_short_name(w): np.asarray(group[w]) for w in weight_names}))
+                # Normally one group per layer (its weights' name prefix may differ: TF 1 renamed variables
+                # of a model built twice). A nested model (a fine-tuned Xception inside another model)
+                # stores all its layers in one group, told apart by the prefix of each weight's name.
+                weights = [(w.rpartition("/")[0].rpartition("/")[2], w) for w in _attribute_list(group, "weight_names")]
+                nested = len({prefix for prefix, _ in weights}) > 1
+                by_layer: dict[str, dict[str, np.ndarray]] = {}
+                for prefix, weight in weights:
+                    short = weight.rpartition("/")[2].split(":", 1)[0]
+                    by_layer.setdefault(prefix if nested else name, {})[short] = np.asarray(group[weight])
+                layers += [KerasLayer(layer, values) for layer, values in by_layer.items()]
             return layers
     except (OSError, KeyError) as err:
         raise ValueError(f"{path} is a damaged or truncated HDF5 file ({err}); download or export it again") from None
