@@ -75,7 +75,8 @@ def test_legacy_weights_carry_timm_preprocessing_and_class_names(legacy):
 
 
 def test_pooled_features_match_timm_pre_logits(legacy):
-    model = create_model(weights=legacy["path"], num_classes=0)
+    with pytest.warns(HeadReplacedWarning, match=r"no classifier \(num_classes=0\); skipped the file's fc.weight"):
+        model = create_model(weights=legacy["path"], num_classes=0)
     assert model.load_report.skipped == ("fc.weight", "fc.bias")
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(7))
     reference = legacy["reference"]

@@ -10,7 +10,8 @@ matched by name. The four shortcut conv/BN pairs were left unnamed: Keras called
 by kind and order instead: the n-th unnamed 1×1 conv (and BN) belongs to the n-th module with a conv
 shortcut. A wrong match cannot pass silently, since the shapes of the four differ.
 
-Loaded into the ``xception`` model (TF 'same' padding, BN eps 1e-3) they reproduce Keras's outputs.
+Loaded into the ``xception`` model (TF 'same' padding, BN eps 1e-3) they reproduce Keras's outputs: its
+logits (Keras applies a softmax after them unless ``classifier_activation=None``).
 """
 
 from __future__ import annotations
