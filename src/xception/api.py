@@ -6,23 +6,27 @@ import os
 from typing import Any
 
 from .models import Xception, build_model
-from .weights import load_native
+from .weights import WeightsTag, load_pretrained
 
 
 def create_model(
-    name: str = "xception",
+    name: str | None = None,
     *,
-    weights: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | WeightsTag | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+    progress: bool = True,
     **overrides: Any,
 ) -> Xception:
-    """Build ``name`` (see :func:`list_models`) with ``overrides`` of its config, optionally with weights.
+    """Build ``name`` (see :func:`list_models`; default ``xception``) with ``overrides`` of its config.
 
-    With ``weights`` (a file in our safetensors format), the network is rebuilt from the file's config and
-    returned in eval mode with its preprocessing and class names attached.
+    ``weights`` is a local file (Keras ``.h5``, timm ``.pth``/``.safetensors``, or ours), a URL, or a tag
+    (:func:`xception.weights.list_weights`; ``"imagenet"`` is the model's default). The file decides the
+    network, so ``name`` may be left out; if given it must agree. The model comes back in eval mode with
+    ``preprocessing``, ``class_names``, ``weights_meta`` and ``load_report`` attached. A different
+    ``num_classes`` loads the backbone and starts a new classifier.
     """
     if weights is None:
-        return build_model(name, features_only=features_only, out_indices=out_indices, **overrides)
-    model = load_native(weights, **overrides)
+        return build_model(name or "xception", features_only=features_only, out_indices=out_indices, **overrides)
+    model = load_pretrained(weights, name=name, progress=progress, **overrides)
     return model.as_features(tuple(out_indices)) if features_only else model

@@ -152,6 +152,7 @@ class Xception(nn.Module):
         self.class_names: list[str] | None = None
         self.preprocessing: Preprocessing | None = None
         self.weights_meta: Any = None
+        self.load_report: Any = None
 
         def chans(c: int) -> int:
             return c if config.width == 1.0 else make_divisible(c * config.width)
@@ -218,6 +219,8 @@ class Xception(nn.Module):
         return nn.Sequential(layers)
 
     def _init_weights(self) -> None:
+        if next(self.parameters()).is_meta:
+            return  # built for its shapes only (weights are about to be loaded): nothing to initialise
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -122,7 +122,8 @@ def is_native(path: str | os.PathLike[str]) -> bool:
 
 def read_metadata(path: str | os.PathLike[str]) -> WeightsMeta | None:
     """The metadata of a safetensors file (None when it has none of ours); ValueError if not safetensors."""
-    raw = Path(path).read_bytes()[:8]
+    with open(path, "rb") as f:
+        raw = f.read(8)
     if len(raw) < 8:
         raise ValueError(f"{path} is too short to be a safetensors file")
     size = int.from_bytes(raw, "little")
@@ -154,14 +155,11 @@ def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
 
 
 def load_native(path: str | os.PathLike[str], **overrides: Any) -> Xception:
-    """Rebuild the network a file describes and load its weights (strict), in eval mode."""
-    tensors, meta = read_weights(path)
-    config = meta.config.replace(**overrides) if overrides else meta.config
-    model = Xception(config)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match {meta.model}: missing {missing}, unexpected {unexpected}")
-    model.weights_meta = meta
-    model.class_names = meta.class_names
-    model.preprocessing = meta.preprocessing
-    return model.eval()
+    """Rebuild the network a file describes and load its weights, in eval mode.
+
+    The checks (a different ``num_classes`` starts a new classifier; any other mismatch is an error) are
+    those of every format: see :func:`xception.weights.load.load_pretrained`.
+    """
+    from .load import load_native as load  # the common loader imports this module
+
+    return load(path, **overrides)

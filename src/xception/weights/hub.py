@@ -1,0 +1,296 @@
+"""Named pretrained weights, the download cache, and downloads that verify what they fetch.
+
+A tag (``"xception.keras_in1k"``) names one public file: its URL, its checksum and what the weights mean
+(model, preprocessing, classes, source, reported accuracy). :func:`fetch` returns the file's path in the
+cache, downloading it first if needed:
+
+* the cache is ``$XCEPTION_CACHE`` if set, else ``$XDG_CACHE_HOME/xception`` (``~/.cache/xception``);
+* the download goes to ``NAME.part`` and is renamed into place only once its checksum is verified, so the
+  cache never holds a half-written or unverified file under the real name;
+* after a dropped connection the next attempt resumes the ``.part`` with an HTTP Range request (or starts
+  over cleanly when the server does not honour it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ..preprocessing import KERAS, TIMM_LEGACY, Preprocessing
+from .imagenet import imagenet_class_names
+
+CACHE_ENV = "XCEPTION_CACHE"
+CHUNK = 1 << 20
+_KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
+
+
+class ChecksumError(ValueError):
+    """A file's digest differs from the published one."""
+
+
+@dataclass(frozen=True)
+class WeightsTag:
+    """One published set of weights: where it lives, how to check it, and what it means.
+
+    ``checksum`` is ``"md5:<hex>"`` or ``"sha256:<hex>"``; a sha256 may be a prefix (timm's and torch.hub's
+    file names carry the first hex digits of the file's sha256). ``metrics`` are accuracies reported by the
+    source, in percent, on the ImageNet validation set.
+    """
+
+    name: str
+    model: str
+    url: str
+    checksum: str
+    num_classes: int
+    preprocessing: Preprocessing
+    source: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file_name(self) -> str:
+        return Path(urllib.parse.urlsplit(self.url).path).name
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return imagenet_class_names() if self.num_classes == 1000 else None
+
+    def path(self, cache: Path | None = None) -> Path:
+        """Where the file lives in the cache (it may not be there yet)."""
+        return (cache or cache_dir()) / "weights" / self.file_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "model": self.model, "url": self.url, "checksum": self.checksum,
+            "num_classes": self.num_classes, "preprocessing": self.preprocessing.to_dict(),
+            "source": self.source, "metrics": dict(self.metrics),
+        }
+
+
+_KERAS_SOURCE = "keras.applications.Xception ImageNet weights (trained by F. Chollet)"
+TAGS: dict[str, WeightsTag] = {tag.name: tag for tag in (
+    WeightsTag(
+        "xception.keras_in1k", "xception", _KERAS_BASE + "xception_weights_tf_dim_ordering_tf_kernels.h5",
+        "md5:0a58e3b7378bc2990ea3b43d5981f1f6", 1000, KERAS, _KERAS_SOURCE,
+        {"top1": 79.0, "top5": 94.5, "reported_by": "Chollet 2017, Table 1"},
+    ),
+    WeightsTag(
+        "xception.keras_in1k_notop", "xception",
+        _KERAS_BASE + "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "md5:b0042744bf5b25fce3cb969f33bebb97", 0, KERAS, _KERAS_SOURCE + ", without the classifier",
+    ),
+    WeightsTag(
+        "legacy_xception.tf_in1k", "legacy_xception",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/xception-43020ad28.pth",
+        "sha256:43020ad28", 1000, TIMM_LEGACY,
+        "timm legacy_xception.tf_in1k: Cadene's PyTorch port of the Keras weights",
+        {"top1": 79.06, "reported_by": "timm results table", "cadene_top1": 78.888, "cadene_top5": 94.292},
+    ),
+)}
+
+# What ``weights="imagenet"`` means for each model name.
+DEFAULT_TAGS: dict[str, str] = {"xception": "xception.keras_in1k", "legacy_xception": "legacy_xception.tf_in1k"}
+
+
+def list_weights() -> list[str]:
+    """The tags :func:`fetch` and ``create_model(weights=...)`` accept."""
+    return list(TAGS)
+
+
+def get_tag(name: str) -> WeightsTag:
+    try:
+        return TAGS[name]
+    except KeyError:
+        raise ValueError(f"unknown weights tag {name!r}; known tags: {', '.join(TAGS)}") from None
+
+
+def cache_dir() -> Path:
+    """``$XCEPTION_CACHE``, else ``$XDG_CACHE_HOME/xception``, else ``~/.cache/xception``."""
+    if env := os.environ.get(CACHE_ENV):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "xception"
+
+
+# -- checksums -------------------------------------------------------------------------------------------
+
+def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | os.PathLike[str], checksum: str) -> str:
+    """Raise :class:`ChecksumError` unless ``path`` matches ``checksum``; return the full hex digest."""
+    algorithm, _, expected = checksum.partition(":")
+    expected = expected.lower()
+    if algorithm not in ("md5", "sha256") or not re.fullmatch(r"[0-9a-f]{8,64}", expected):
+        raise ValueError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
+    actual = file_digest(path, algorithm)
+    if not actual.startswith(expected):
+        raise ChecksumError(f"{path} has {algorithm} {actual}, expected {expected}")
+    return actual
+
+
+def checksum_from_url(url: str) -> str | None:
+    """A checksum the URL itself carries: a ``#sha256=<hex>`` (or ``#md5=``) fragment, or a hash prefix in
+    the file name (``name-<8+ hex digits>.ext``, the torch.hub convention timm follows)."""
+    parts = urllib.parse.urlsplit(url)
+    if m := re.fullmatch(r"(sha256|md5)=([0-9a-fA-F]{8,64})", parts.fragment):
+        return f"{m[1]}:{m[2].lower()}"
+    if m := re.search(r"-([0-9a-f]{8,64})\.", Path(parts.path).name):
+        return f"sha256:{m[1]}"
+    return None
+
+
+# -- downloads -------------------------------------------------------------------------------------------
+
+class _Interrupted(Exception):
+    """The transfer stopped part-way (dropped connection, short read, timeout): worth resuming."""
+
+
+class _Unreachable(Exception):
+    """No route, connection refused, unknown host: retrying will not help."""
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    checksum: str,
+    progress: bool = True,
+    retries: int = 3,
+    retry_pause: float = 1.0,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest``: resumable, verified, atomic.
+
+    Bytes go to ``dest.part``; an interrupted transfer is resumed (HTTP Range) up to ``retries`` times, and
+    left in place for a later call to resume if it still fails. The finished file is renamed to ``dest``
+    only if it matches ``checksum``; on a mismatch the download is deleted and :class:`ChecksumError` raised.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    retries = max(1, retries)
+    for attempt in range(1, retries + 1):
+        try:
+            _transfer(url, part, progress=progress, timeout=timeout)
+            break
+        except _Unreachable as err:
+            raise OSError(_by_hand(url, dest, str(err))) from None
+        except _Interrupted as err:
+            if attempt == retries:
+                kept = f" ({part.stat().st_size} bytes kept in {part}; the next try resumes)" if part.exists() else ""
+                raise OSError(_by_hand(url, dest, f"{err}{kept}")) from None
+            time.sleep(retry_pause * attempt)
+    try:
+        verify_checksum(part, checksum)
+    except ChecksumError as err:
+        part.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"the download of {url} is not the published file: {err}. It was deleted; if this repeats, the "
+            "file on the server (or a proxy in between) has changed"
+        ) from None
+    os.replace(part, dest)
+    return dest
+
+
+def _by_hand(url: str, dest: Path, reason: str) -> str:
+    return (
+        f"could not download {url}: {reason}. Without network access, fetch that URL on another machine "
+        f"and copy the file to {dest} (it is checked against its published checksum there), or pass the "
+        "file's local path as weights="
+    )
+
+
+def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
+    """One HTTP request: resume ``part`` if it exists and the server honours Range, else start over."""
+    start = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "xception-weights"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and start:
+            return  # nothing left to fetch: the .part is complete (the checksum decides if it is right)
+        raise OSError(f"could not download {url}: the server answered {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, TimeoutError | socket.timeout):
+            raise _Interrupted(f"timed out after {timeout:.0f} s") from None
+        raise _Unreachable(str(err.reason)) from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+        raise _Interrupted(str(err) or type(err).__name__) from None
+
+    with response:
+        content_range = response.headers.get("Content-Range", "")
+        resumed = bool(start) and response.status == 206 and content_range.startswith(f"bytes {start}-")
+        if response.status == 206 and not resumed:
+            part.unlink(missing_ok=True)
+            raise _Interrupted(f"the server sent bytes {content_range or '?'} instead of {start}-; starting over")
+        if not resumed:
+            start = 0  # the server ignored the Range header and sends the whole file: start over
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length and length.isdigit() else None
+        received = start
+        with open(part, "ab" if resumed else "wb") as f, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name.removesuffix(".part"), disable=not progress,
+        ) as bar:
+            try:
+                while chunk := response.read(CHUNK):
+                    f.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+                raise _Interrupted(f"connection lost after {received} bytes ({err or type(err).__name__})") from None
+    # http.client returns a short body without complaint when the peer closes early: count the bytes.
+    if total is not None and received < total:
+        raise _Interrupted(f"connection closed after {received} of {total} bytes")
+
+
+def fetch(weights: str | WeightsTag, *, progress: bool = True, cache: Path | None = None) -> Path:
+    """The local path of a tag's or a URL's file, downloading and verifying it on first use.
+
+    A URL must carry its checksum (``#sha256=<hex>`` or a hash prefix in the file name): network code
+    never trusts what it fetched without one.
+    """
+    tag = weights if isinstance(weights, WeightsTag) else TAGS.get(weights)
+    cache = cache or cache_dir()
+    if tag is not None:
+        url, checksum, dest = tag.url, tag.checksum, tag.path(cache)
+    else:
+        url = str(weights)
+        found = checksum_from_url(url)
+        if found is None:
+            raise ValueError(
+                f"no checksum known for {url}: append '#sha256=<hex digest>' to the URL, or download the file "
+                "yourself and pass its path"
+            )
+        checksum = found
+        url = urllib.parse.urldefrag(url).url
+        # Different servers may use the same file name: key the cache entry on the URL too.
+        key = hashlib.sha256(url.encode()).hexdigest()[:10]
+        dest = cache / "weights" / f"{key}-{Path(urllib.parse.urlsplit(url).path).name or 'weights'}"
+    if dest.exists():
+        try:
+            verify_checksum(dest, checksum)
+        except ChecksumError as err:
+            raise ChecksumError(f"the cached file for {url} is not the published one ({err}); delete it to "
+                                "download it again") from None
+        return dest
+    return download(url, dest, checksum=checksum, progress=progress)

@@ -1,0 +1,184 @@
+"""Weights from anywhere into a model: a local path, a URL or a named tag; Keras, timm or our own files.
+
+The format is read from the file's first bytes, never from its extension. Whatever the format, the file
+decides which network it belongs to (Keras weights → ``xception``, timm's → the timm variant, ours → the
+recorded config), its classifier size becomes the default ``num_classes``, and the model comes back in
+eval mode with the preprocessing and class names that belong to the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..fileio import sha256_file
+from ..models import Xception, model_config
+from . import hub
+from .checkpoint import Checkpoint, LoadReport, load_into
+from .keras import read_keras
+from .native import WeightsMeta, read_metadata, read_weights, save_weights
+from .timm import read_torch, timm_checkpoint
+
+Format = Literal["hdf5", "torch", "safetensors"]
+SUPPORTED = "Keras .h5 (legacy HDF5 layout), PyTorch/timm .pth state dicts, safetensors (timm's or ours)"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def detect_format(path: str | os.PathLike[str]) -> Format:
+    """The container a weights file uses, from its first bytes; ValueError for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    size = os.path.getsize(path)
+    if not head:
+        raise ValueError(f"{path} is empty; download or export it again")
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5"
+    # torch.save writes a zip archive (PK..); before PyTorch 1.6 it wrote a bare pickle (protocol 2+).
+    if head.startswith(b"PK\x03\x04") or (head[0] == 0x80 and 2 <= head[1] <= 5):
+        return "torch"
+    # safetensors: a little-endian u64 header length, then the JSON header.
+    if len(head) > 8 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"
+    raise ValueError(f"{path} is not a weights file this library reads (it starts with {head[:8]!r}); "
+                     f"supported: {SUPPORTED}")
+
+
+def _our_state_dict(state: dict[str, Any], name: str | None, path: str | os.PathLike[str]) -> Checkpoint:
+    """A bare state dict in our own names (e.g. ``torch.save(model.state_dict())``): the name is needed,
+    since nothing in the file says which padding and BN settings it was trained with."""
+    if name is None:
+        raise ValueError(f"{path} is a state dict of this library without metadata: name its model, e.g. "
+                         "create_model('xception', weights=...); save with xception.save_weights to keep it")
+    head, stem = state.get("head.fc.weight"), state["entry_flow.block1.conv1.weight"]
+    return Checkpoint("xception-state-dict", name, dict(state), num_classes=0 if head is None else head.shape[0],
+                      in_chans=stem.shape[1])
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) -> Checkpoint:
+    """Read any supported file into a :class:`Checkpoint` (our names, PyTorch layouts)."""
+    kind = detect_format(path)
+    if kind == "hdf5":
+        return read_keras(path)
+    if kind == "safetensors":
+        meta = read_metadata(path)
+        if meta is not None:
+            tensors, meta = read_weights(path)
+            return Checkpoint(
+                "xception", meta.model, tensors, num_classes=meta.config.num_classes,
+                in_chans=meta.config.in_chans, config=meta.config, preprocessing=meta.preprocessing,
+                class_names=meta.class_names, metrics=meta.metrics, source=meta.source, sha256=meta.sha256,
+            )
+        try:
+            state = load_file(str(path))
+        except SafetensorError as err:
+            raise ValueError(f"{path} is a damaged or truncated safetensors file ({err}); download it again") from None
+    else:
+        state = read_torch(path)
+    if "entry_flow.block1.conv1.weight" in state:
+        return _our_state_dict(state, name, path)
+    return timm_checkpoint(state, str(path))
+
+
+def resolve(
+    weights: str | os.PathLike[str] | hub.WeightsTag, *, name: str | None = None, progress: bool = True
+) -> tuple[Path, hub.WeightsTag | None]:
+    """The local file behind ``weights`` (downloading a tag's or URL's file), and its tag if it has one.
+
+    A path that exists wins; then URLs (``http(s)://``); then tags; ``"imagenet"`` is the default tag of
+    ``name`` (``xception`` → the Keras file).
+    """
+    if isinstance(weights, hub.WeightsTag):
+        return hub.fetch(weights, progress=progress), weights
+    text = os.fspath(weights)
+    if Path(text).exists():
+        if Path(text).is_dir():
+            raise IsADirectoryError(f"weights {text!r} is a directory; pass the weights file inside it")
+        return Path(text), None
+    if text.startswith(("http://", "https://")):
+        return hub.fetch(text, progress=progress), None
+    if text == "imagenet":
+        default = hub.DEFAULT_TAGS.get(name or "xception")
+        if default is None:
+            raise ValueError(f"no default ImageNet weights for {name!r}; known tags: {', '.join(hub.TAGS)}")
+        text = default
+    if text in hub.TAGS:
+        tag = hub.TAGS[text]
+        return hub.fetch(tag, progress=progress), tag
+    raise FileNotFoundError(
+        f"weights {text!r}: no such file, and not a URL or a known tag ({', '.join(hub.TAGS)}, imagenet)"
+    )
+
+
+def _name_conflict(requested: str, ckpt: Checkpoint, source: str) -> str:
+    message = f"{source} holds {ckpt.format} weights for {ckpt.model!r}, but {requested!r} was requested. "
+    if {requested, ckpt.model} == {"xception", "legacy_xception"}:
+        message += ("'xception' computes as Keras does (TF 'same' padding, BN eps 1e-3), 'legacy_xception' as "
+                    "timm does (symmetric padding, eps 1e-5): on the same weights their outputs differ. ")
+    return message + (f"Leave the name out or ask for {ckpt.model!r} (padding= and bn_eps= overrides still "
+                      "apply if you mean to change how it computes).")
+
+
+def load_pretrained(
+    weights: str | os.PathLike[str] | hub.WeightsTag,
+    *,
+    name: str | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Xception:
+    """A model carrying ``weights`` (path, URL or tag), in eval mode, with its metadata attached.
+
+    ``name`` (optional) must agree with the weights. ``overrides`` change the config; a different
+    ``num_classes`` keeps the backbone and starts a new classifier (reported with a
+    :class:`~xception.weights.checkpoint.HeadReplacedWarning` and in ``model.load_report``). Any other
+    disagreement raises :class:`~xception.weights.checkpoint.WeightsMismatchError`, and no model is returned.
+    """
+    path, tag = resolve(weights, name=name, progress=progress)
+    source = f"{tag.name} ({tag.url})" if tag else os.fspath(weights)
+    ckpt = read_checkpoint(path, name=name)
+    if name is not None and name != ckpt.model:
+        raise ValueError(_name_conflict(name, ckpt, source))
+    if tag is not None:
+        ckpt = dataclasses.replace(ckpt, preprocessing=tag.preprocessing, metrics=dict(tag.metrics),
+                                   class_names=tag.class_names or ckpt.class_names)
+    if ckpt.config is not None:
+        config = ckpt.config.replace(**overrides)
+    else:
+        config = model_config(ckpt.model, **{"num_classes": ckpt.num_classes, "in_chans": ckpt.in_chans, **overrides})
+    with torch.device("meta"):  # memory comes once the file's tensors have been checked
+        model = Xception(config)
+    report = load_into(model, ckpt, source)
+    intact = not report.skipped and not report.new_head  # the classifier is the file's own
+    class_names = ckpt.class_names if intact and config.num_classes else None
+    model.class_names = class_names
+    model.preprocessing = ckpt.preprocessing
+    model.weights_meta = WeightsMeta(
+        model=ckpt.model, config=config, class_names=class_names, preprocessing=ckpt.preprocessing,
+        source=source if ckpt.source is None else ckpt.source,
+        sha256=sha256_file(path) if ckpt.sha256 is None else ckpt.sha256,
+        metrics=ckpt.metrics if intact else {},
+    )
+    model.load_report = report
+    return model.eval()
+
+
+def load_native(path: str | os.PathLike[str], **overrides: Any) -> Xception:
+    """Rebuild the network one of our files describes and load its weights, in eval mode."""
+    if read_metadata(path) is None:
+        raise ValueError(f"{path} is a safetensors file without xception metadata; convert it with "
+                         "'xception convert'")
+    return load_pretrained(Path(path), **overrides)
+
+
+def convert_weights(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, name: str | None = None, progress: bool = True
+) -> tuple[WeightsMeta, LoadReport]:
+    """Convert any supported weights (path, URL or tag) into our safetensors format at ``dst``."""
+    model = load_pretrained(src, name=name, progress=progress)
+    meta = save_weights(model, dst)
+    return meta, model.load_report
