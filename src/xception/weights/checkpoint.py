@@ -36,7 +36,6 @@ class Checkpoint:
         tensors: our parameter/buffer name → tensor (PyTorch layout).
         source_names: our name → the tensor's name in the file, for messages.
         unmapped: names in the file that no table row accounts for (reported as unexpected).
-        num_classes, in_chans: what the file's classifier and first conv imply.
         config: the full model config, when the file records one (our format).
         preprocessing, class_names, metrics: what the weights expect and achieved, where known.
         source, sha256: where the weights first came from, as our files record it (None: this file).
@@ -47,14 +46,24 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     source_names: dict[str, str] = field(default_factory=dict)
     unmapped: list[str] = field(default_factory=list)
-    num_classes: int = 0
-    in_chans: int = 3
     config: XceptionConfig | None = None
     preprocessing: Preprocessing | None = None
     class_names: list[str] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     sha256: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the file's classifier (0: it has none)."""
+        head = self.tensors.get("head.fc.bias", self.tensors.get("head.fc.weight"))
+        return 0 if head is None else head.shape[0]
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels of the file's first conv."""
+        stem = self.tensors.get("entry_flow.block1.conv1.weight")
+        return 3 if stem is None else stem.shape[1]
 
     def file_name(self, key: str) -> str:
         return self.source_names.get(key, key)

@@ -178,17 +178,6 @@ def read_keras(path: str | os.PathLike[str]) -> Checkpoint:
             tensors[key] = torch.from_numpy(np.ascontiguousarray(to_torch(value)))
             names[key] = f"{layer.name}/{weight}"
 
-    head = tensors.get("head.fc.bias", tensors.get("head.fc.weight"))
-    stem = tensors.get("entry_flow.block1.conv1.weight")
-    num_classes = 0 if head is None else head.shape[0]
-    return Checkpoint(
-        format="keras-h5",
-        model=MODEL,
-        tensors=tensors,
-        source_names=names,
-        unmapped=unmapped,
-        num_classes=num_classes,
-        in_chans=3 if stem is None else stem.shape[1],
-        preprocessing=KERAS,
-        class_names=imagenet_class_names() if num_classes == 1000 else None,
-    )
+    checkpoint = Checkpoint("keras-h5", MODEL, tensors, names, unmapped, preprocessing=KERAS)
+    checkpoint.class_names = imagenet_class_names() if checkpoint.num_classes == 1000 else None
+    return checkpoint

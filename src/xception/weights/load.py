@@ -55,9 +55,7 @@ def _our_state_dict(state: dict[str, Any], name: str | None, path: str | os.Path
     if name is None:
         raise ValueError(f"{path} is a state dict of this library without metadata: name its model, e.g. "
                          "create_model('xception', weights=...); save with xception.save_weights to keep it")
-    head, stem = state.get("head.fc.weight"), state["entry_flow.block1.conv1.weight"]
-    return Checkpoint("xception-state-dict", name, dict(state), num_classes=0 if head is None else head.shape[0],
-                      in_chans=stem.shape[1])
+    return Checkpoint("xception-state-dict", name, dict(state))
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) -> Checkpoint:
@@ -70,8 +68,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) ->
         if meta is not None:
             tensors, meta = read_weights(path)
             return Checkpoint(
-                "xception", meta.model, tensors, num_classes=meta.config.num_classes,
-                in_chans=meta.config.in_chans, config=meta.config, preprocessing=meta.preprocessing,
+                "xception", meta.model, tensors, config=meta.config, preprocessing=meta.preprocessing,
                 class_names=meta.class_names, metrics=meta.metrics, source=meta.source, sha256=meta.sha256,
             )
         try:

@@ -171,17 +171,6 @@ def timm_checkpoint(state: dict[str, torch.Tensor], source: str) -> Checkpoint:
         # Cadene's original file stored pointwise kernels as (out, in) matrices; PyTorch wants (out, in, 1, 1).
         if key.endswith("pointwise.weight") and value.ndim == 2:
             tensors[key] = value[:, :, None, None]
-    head = tensors.get("head.fc.bias", tensors.get("head.fc.weight"))
-    num_classes = 0 if head is None else head.shape[0]
-    stem = tensors.get("entry_flow.block1.conv1.weight")
-    return Checkpoint(
-        format="timm",
-        model=name,
-        tensors=tensors,
-        source_names=names,
-        unmapped=unmapped,
-        num_classes=num_classes,
-        in_chans=3 if stem is None else stem.shape[1],
-        preprocessing=PREPROCESSING[name],
-        class_names=imagenet_class_names() if num_classes == 1000 else None,
-    )
+    checkpoint = Checkpoint("timm", name, tensors, names, unmapped, preprocessing=PREPROCESSING[name])
+    checkpoint.class_names = imagenet_class_names() if checkpoint.num_classes == 1000 else None
+    return checkpoint
