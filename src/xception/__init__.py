@@ -3,9 +3,11 @@
     >>> import xception
     >>> model = xception.create_model("xception")          # the paper's model, 22,855,952 parameters
     >>> backbone = xception.create_model("xception65", features_only=True, output_stride=16)
+    >>> fast = xception.optimize(model)                     # inference: BN folded, fused convs
 """
 
 from .api import create_model
+from .fast import optimize
 from .layers import SeparableConv2d
 from .models import Xception, XceptionConfig, list_models
 from .preprocessing import Preprocessing
@@ -21,5 +23,6 @@ __all__ = [
     "__version__",
     "create_model",
     "list_models",
+    "optimize",
     "save_weights",
 ]
