@@ -99,14 +99,23 @@ class BenchConfig:
             raise ValueError(f"need repeats ≥ 1 and warmup ≥ 0, got {self.repeats} and {self.warmup}")
         if self.input_size < 1:
             raise ValueError(f"input_size must be ≥ 1, got {self.input_size}")
-        device = torch.device(self.device)
+        device = parse_device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but CUDA is not available here; use --device cpu")
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         self.resolved_modes()
         self.resolved_dtype()
         return self
+
+
+def parse_device(text: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; anything else is a ValueError that says so."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {text!r}")
+    return device
 
 
 @dataclass
@@ -175,6 +184,24 @@ class Timer:
         start_s = time.perf_counter()
         fn()
         return (time.perf_counter() - start_s) * 1e3
+
+
+def time_in_turns(
+    runs: dict[str, Callable[[], Any]], repeats: int, timer: Callable[[Callable[[], Any]], float],
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each run, measured in turns (one call of each, ``repeats`` times over).
+
+    Taking turns rather than measuring one contender after the other is what makes ratios between
+    them trustworthy on a shared machine: a burst of load from elsewhere slows every contender alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(repeats):
+        if progress:
+            progress(f"repeat {rep + 1}/{repeats}")
+        for name, run in runs.items():
+            times[name].append(timer(run))
+    return times
 
 
 def _rss_bytes() -> int:
@@ -491,10 +518,9 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
                 result.peak_memory_bytes, method = peak_memory(contender.memory_run or contender.run, device)
                 result.details["memory_method"] = method
 
-        for rep in range(cfg.repeats):
-            say(f"repeat {rep + 1}/{cfg.repeats}")
-            for contender, result in contenders:  # in turns: every contender sees the same noise
-                result.times_ms.append(timer(contender.run))
+        times = time_in_turns({c.name: c.run for c, _ in contenders}, cfg.repeats, timer, say)
+        for contender, result in contenders:
+            result.times_ms = times[contender.name]
     results.append(anchor_result)
     return make_report(cfg, results, environment(device), keep_memory=keep, flops=flops_per_image(cfg),
                        dtype=dtype)

@@ -52,11 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from ..bench import BenchConfig, format_report, parse_device, run_benchmark, write_report
 
-    from ..bench import BenchConfig, format_report, run_benchmark, write_report
-
-    cuda = torch.device(args.device).type == "cuda" if args.device else False
+    cuda = parse_device(args.device).type == "cuda"
     cfg = BenchConfig(
         model=args.model, device=args.device, batch_size=args.batch_size or (256 if cuda else 8),
         train_batch_size=args.train_batch_size or (128 if cuda else None), input_size=args.input_size,

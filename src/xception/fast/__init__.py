@@ -43,7 +43,7 @@ KERNELS: tuple[str, ...] = ("auto", "torch", "mkldnn", "triton")
 
 
 class FastXception(nn.Module):
-    """What :func:`optimize` returns: inference only, float32 logits whatever the compute dtype.
+    """What :func:`optimize` returns: inference only; float32 logits from half-precision compute.
 
     Inputs are moved to the model's device, dtype and memory format inside ``forward``, so callers pass
     the same tensors they would give the plain model. ``settings`` records what was applied, and
@@ -76,7 +76,8 @@ class FastXception(nn.Module):
             x = self._prepare(x)
             if self._choose_depthwise:
                 self._choose_depthwise_kernels(x)
-            return self._run(x).float()
+            out = self._run(x)
+            return out if out.dtype in (torch.float32, torch.float64) else out.float()
 
     def _choose_depthwise_kernels(self, x: torch.Tensor, repeats: int = 5) -> None:
         """Time the Triton kernel against cuDNN on every depthwise layer's real input; keep the faster."""
@@ -144,7 +145,8 @@ def optimize(
 
     Args:
         device: where to run (default: where ``model`` is).
-        dtype: compute dtype (default: float32 on CPU, bfloat16 on CUDA). Logits come back in float32.
+        dtype: compute dtype (default: float32 on CPU, bfloat16 on CUDA). Logits come back in float32
+            (float64 if that is the compute dtype).
         channels_last: NHWC activations and weights (faster for depthwise and 1×1 convs on CPU and GPU).
         compile: ``torch.compile`` the fused program (Inductor, with freezing: constant-folded weights).
             Takes about a minute on a 2-core CPU, less on a GPU host; happens on the first batch of each
@@ -175,7 +177,7 @@ def optimize(
     if kernels == "triton" and not triton_depthwise.available(device):
         raise ValueError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
 
-    plain = copy.deepcopy(model).float().cpu().eval()
+    plain = copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32).cpu().eval()
     folded = fold_xception(plain)
     use_triton = kernels == "triton" or (
         kernels == "auto" and not compile and device.type == "cuda" and triton_depthwise.available(device)
