@@ -26,8 +26,9 @@ TINY = {"width": 0.125, "middle_repeats": 1}
 @pytest.fixture(scope="module")
 def report():
     modes = ("eager", "fast", "fast-graphs", "ort-ours", "train-eager")
+    # One thread: on a shared 2-core machine, two threads make tiny convs wait for each other.
     cfg = BenchConfig(model="legacy_xception", model_options=TINY, input_size=71, batch_size=2, repeats=3,
-                      warmup=1, modes=modes)
+                      warmup=1, modes=modes, threads=1)
     return run_benchmark(cfg)
 
 
@@ -35,7 +36,8 @@ def test_the_report_has_its_schema(report):
     assert report["schema"] == SCHEMA
     settings = report["settings"]
     assert settings["batch_size"] == 2 and settings["input_size"] == 71 and settings["repeats"] == 3
-    assert settings["flops_per_image"] > 0 and settings["dtype"] == "float32"
+    assert settings["flops_per_image"] > 0 and settings["dtype"] == "float32" and settings["threads"] == 1
+    assert not settings["same_network_as_timm"]
     assert {"torch", "cpu", "device", "timm", "onnxruntime"} <= set(report["environment"])
     names = [r["name"] for r in report["results"]]
     assert names == ["eager", "fast", "fast-graphs", "ort-ours", "train-eager", "gemm"]
@@ -70,6 +72,14 @@ def test_ratios_come_from_the_same_runs_medians(report):
     assert "vs_eager" not in report["ratios"]["eager"]
 
 
+def test_every_inference_contender_is_checked_against_float32_eager(report):
+    ok = [r for r in report["results"] if r["status"] == "ok" and r["kind"] == "inference"]
+    assert {r["name"] for r in ok} >= {"eager", "fast"}
+    for r in ok:
+        assert 0 <= r["details"]["max_rel_err"] <= 1e-4, r["name"]
+    assert report["results"][1]["details"]["folded_batch_norms"] > 0
+
+
 def test_contenders_are_timed_in_turns():
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
@@ -97,7 +107,8 @@ def test_peak_memory_on_cpu_sees_a_64_mib_working_set():
 def test_the_cli_writes_a_json_report_and_prints_a_table(tmp_path, capsys):
     out = tmp_path / "bench" / "report.json"
     code = main(["bench", "-o", "width=0.125", "-o", "middle_repeats=1", "--input-size", "71", "--batch-size", "1",
-                 "--repeats", "2", "--warmup", "0", "--modes", "eager,fast", "--no-memory", "--out", str(out)])
+                 "--repeats", "2", "--warmup", "0", "--modes", "eager,fast", "--no-memory", "--threads", "1",
+                 "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "fast" in printed and "of GEMM" in printed and "anchor:" in printed

@@ -8,6 +8,10 @@ repeats; ratios are only ever taken between contenders of the same run. A GEMM (
 CPU, bfloat16 on GPU) runs in the same turns as an anchor: ``of_gemm`` is the model's throughput over
 the throughput it would have if all its FLOPs ran at that GEMM's rate.
 
+Every contender starts from the same weights (BatchNorm statistics calibrated on random images, so that
+folding them is not trivial), and each inference contender's output is compared with the float32 eager
+output of its network: ``max_rel_err`` = max |Δ| / max |reference| is in its details.
+
 Timing uses CUDA events on GPU (synchronising after each call) and ``time.perf_counter`` on CPU.
 Peak memory is, on CUDA, ``max_memory_allocated`` during one call minus what was allocated before it;
 on CPU, the peak resident set size (sampled from ``/proc/self/statm`` every millisecond by a thread)
@@ -19,6 +23,7 @@ would hide its working set). Both exclude the weights, which stay resident.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -71,6 +76,7 @@ class BenchConfig:
     threads: int | None = None
     keep_memory: bool = True
     measure_memory: bool = True
+    check_outputs: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def resolved_modes(self) -> tuple[str, ...]:
@@ -256,6 +262,7 @@ class Contender:
     batch_size: int
     memory_run: Callable[[], Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None  # "ours" / "timm": which float32 eager output this one should match
 
 
 def _sync(device: torch.device) -> None:
@@ -266,9 +273,7 @@ def _sync(device: torch.device) -> None:
 def _ours(cfg: BenchConfig) -> nn.Module:
     from .models import build_model
 
-    model = build_model(cfg.model, **cfg.model_options)
-    model.eval()
-    return model
+    return build_model(cfg.model, **cfg.model_options).eval()
 
 
 def _timm_model() -> nn.Module:
@@ -277,6 +282,64 @@ def _timm_model() -> nn.Module:
     except ImportError:
         raise Skip("timm is not installed") from None
     return timm.create_model(TIMM_MODEL, pretrained=False).eval()
+
+
+def calibrate_batch_norms(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Give every BatchNorm the statistics of ``x``'s activations, as training would (one pass).
+
+    Freshly initialised BatchNorms are identities (mean 0, variance 1), which makes folding them trivial
+    and lets activations drift in scale layer after layer; real statistics make the output checks mean
+    what they would on a trained network.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: one pass sets the statistics exactly
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
+class Models:
+    """The networks every contender copies: built once, seeded, with calibrated BatchNorm statistics, so
+    that every mode computes from the same weights and outputs can be checked against a float32 reference."""
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self._built: dict[str, nn.Module] = {}
+        self._reference: dict[str, torch.Tensor] = {}
+
+    def get(self, which: str) -> nn.Module:
+        """A fresh copy of ``"ours"`` or ``"timm"``."""
+        if which not in self._built:
+            torch.manual_seed(0)
+            model = _ours(self.cfg) if which == "ours" else _timm_model()
+            size = self.cfg.input_size
+            calib = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+            self._built[which] = calibrate_batch_norms(model, calib)
+        return copy.deepcopy(self._built[which])
+
+    def reference(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        """The float32 eager output of ``which`` on ``x`` (computed once, in chunks, on x's device)."""
+        if which not in self._reference:
+            model = self.get(which).to(x.device)
+            with torch.inference_mode():
+                out = torch.cat([model(chunk).float() for chunk in x.split(64)])
+            self._reference[which] = out.cpu()
+            del model
+        return self._reference[which]
+
+
+def relative_error(output: Any, reference: torch.Tensor) -> float:
+    """max |output − reference| / max |reference| (outputs may be tensors or ONNX Runtime's arrays)."""
+    if isinstance(output, (list, tuple)):
+        output = output[0]
+    out = torch.as_tensor(output).detach().float().cpu()
+    return ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
 
 
 def _eager_runner(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
@@ -387,34 +450,37 @@ def gemm_flops_runner(device: torch.device) -> tuple[Callable[[], Any], int, str
     return run, 2 * GEMM_SIZE**3 * reps, str(dtype).removeprefix("torch.")
 
 
-def build_contender(mode: str, cfg: BenchConfig, x: torch.Tensor, workdir: Path) -> Contender:
+def build_contender(mode: str, cfg: BenchConfig, x: torch.Tensor, workdir: Path, models: Models) -> Contender:
     """Set up one mode; raises :class:`Skip` when it cannot run here."""
     from .fast import optimize
 
     device, dtype = torch.device(cfg.device), cfg.resolved_dtype()
     if mode in ("eager", "compiled"):
-        return Contender(mode, "inference", _eager_runner(_ours(cfg), x, device, dtype, mode == "compiled"),
-                         x.shape[0], details={"model": cfg.model})
+        runner = _eager_runner(models.get("ours"), x, device, dtype, mode == "compiled")
+        return Contender(mode, "inference", runner, x.shape[0], details={"model": cfg.model}, reference="ours")
     if mode.startswith("fast"):
         graphs = mode.endswith("graphs")
         if graphs and device.type != "cuda":
             raise Skip("CUDA graphs need a CUDA device")
-        fast = optimize(_ours(cfg), device=device, dtype=dtype, compile="compiled" in mode, cuda_graphs=graphs,
-                        batch_size=x.shape[0], input_size=cfg.input_size, keep_memory=cfg.keep_memory)
+        fast = optimize(models.get("ours"), device=device, dtype=dtype, compile="compiled" in mode,
+                        cuda_graphs=graphs, batch_size=x.shape[0], input_size=cfg.input_size,
+                        keep_memory=cfg.keep_memory)
         details = {"model": cfg.model, **fast.settings}
         if fast.kernel_choices:
             details["kernel_choices"] = fast.kernel_choices
-        return Contender(mode, "inference", lambda: fast(x), x.shape[0], details=details)
+        return Contender(mode, "inference", lambda: fast(x), x.shape[0], details=details, reference="ours")
     if mode in ("timm", "timm-compiled"):
-        runner = _eager_runner(_timm_model(), x, device, dtype, mode == "timm-compiled")
-        return Contender(mode, "inference", runner, x.shape[0], details={"model": f"timm {TIMM_MODEL}"})
+        runner = _eager_runner(models.get("timm"), x, device, dtype, mode == "timm-compiled")
+        return Contender(mode, "inference", runner, x.shape[0], details={"model": f"timm {TIMM_MODEL}"},
+                         reference="timm")
     if mode in ("ort-timm", "ort-ours"):
-        model = _timm_model() if mode == "ort-timm" else _ours(cfg)
-        run, memory_run, details = _ort_runner(model, x, device, cfg.threads, workdir, mode)
-        return Contender(mode, "inference", run, x.shape[0], memory_run=memory_run, details=details)
+        which = "timm" if mode == "ort-timm" else "ours"
+        run, memory_run, details = _ort_runner(models.get(which), x, device, cfg.threads, workdir, mode)
+        return Contender(mode, "inference", run, x.shape[0], memory_run=memory_run, details=details,
+                         reference=which)
     if mode in TRAINING_MODES:
         batch = cfg.train_batch_size or cfg.batch_size
-        model = _timm_model() if "timm" in mode else _ours(cfg)
+        model = models.get("timm" if "timm" in mode else "ours")
         run = _train_runner(model, batch, cfg, device, dtype, mode.endswith("compiled"))
         return Contender(mode, "training", run, batch, details={"optimizer": "SGD momentum 0.9"})
     raise ValueError(f"unknown mode {mode!r}")
@@ -464,10 +530,17 @@ def flops_per_image(cfg: BenchConfig) -> int:
 def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every mode of ``cfg`` (see the module doc) and return the report as a JSON-ready dict."""
     cfg.validate()
-    say = progress or (lambda _msg: None)
-    device, dtype = torch.device(cfg.device), cfg.resolved_dtype()
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, progress or (lambda _msg: None))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
+    device, dtype = torch.device(cfg.device), cfg.resolved_dtype()
     keep = False
     if device.type == "cpu" and cfg.keep_memory:
         from .fast.memory import keep_freed_memory
@@ -482,16 +555,20 @@ def run_benchmark(cfg: BenchConfig, progress: Callable[[str], None] | None = Non
     gemm_run, gemm_flops, gemm_dtype = gemm_flops_runner(device)
     anchor = Contender("gemm", "anchor", gemm_run, 0, details={"size": GEMM_SIZE, "dtype": gemm_dtype,
                                                                 "flops_per_call": gemm_flops})
+    models = Models(cfg)
     with tempfile.TemporaryDirectory(prefix="xception-bench-") as tmp:
         for mode in cfg.resolved_modes():
             say(f"setting up {mode}")
             result = Result(mode, "training" if mode in TRAINING_MODES else "inference")
             start = time.perf_counter()
             try:
-                contender = build_contender(mode, cfg, x, Path(tmp))
+                contender = build_contender(mode, cfg, x, Path(tmp), models)
                 for _ in range(cfg.warmup):
                     contender.run()
                 _sync(device)
+                if cfg.check_outputs and contender.reference is not None:
+                    contender.details["max_rel_err"] = relative_error(
+                        contender.run(), models.reference(contender.reference, x))
             except Skip as why:
                 result.status, result.reason = "skipped", str(why)
                 results.append(result)
@@ -559,6 +636,8 @@ def make_report(cfg: BenchConfig, results: list[Result], env: dict[str, Any], *,
             "train_batch_size": cfg.train_batch_size or cfg.batch_size, "input_size": cfg.input_size,
             "modes": list(cfg.resolved_modes()), "repeats": cfg.repeats, "warmup": cfg.warmup,
             "threads": torch.get_num_threads(), "keep_memory": keep_memory, "flops_per_image": flops,
+            "same_network_as_timm": cfg.model == "legacy_xception" and not cfg.model_options,
+            "check_outputs": cfg.check_outputs,
         },
         "environment": env,
         "results": [r.to_dict() for r in results],
@@ -584,7 +663,7 @@ def format_report(report: dict[str, Any]) -> str:
         if r["kind"] == "anchor":
             continue
         if r["status"] != "ok":
-            rows.append((r["name"], r["status"], r["reason"][:60], "", "", "", "", "", "", "", ""))
+            rows.append((r["name"], r["status"], r["reason"][:60], "", "", "", "", "", "", "", "", ""))
             continue
         lat, ratio = r["latency_ms"], report["ratios"].get(r["name"], {})
         cols = ref_cols if r["kind"] == "inference" else (*train_cols, "", "")
@@ -592,10 +671,11 @@ def format_report(report: dict[str, Any]) -> str:
         rows.append((
             r["name"], f"{r['images_per_s']:,.1f}", f"{lat['p50']:,.1f}", f"{lat['p90']:,.1f}", f"{lat['p99']:,.1f}",
             f"{mem / 2**20:,.0f}" if mem is not None else "-",
-            *(f"{ratio[c]:.2f}×" if c and c in ratio else "" for c in cols), f"{r['setup_s']:.0f}",
+            *(f"{ratio[c]:.2f}×" if c and c in ratio else "" for c in cols),
+            f"{r['details']['max_rel_err']:.0e}" if "max_rel_err" in r["details"] else "", f"{r['setup_s']:.0f}",
         ))
     headers = ["mode", "img/s", "p50 ms", "p90 ms", "p99 ms", "peak MiB", "vs timm", "vs timm-c", "vs ort-timm",
-               "of GEMM", "setup s"]
+               "of GEMM", "max err", "setup s"]
     lines = [f"{s['model']} · {s['device']} · {s['dtype']} · batch {s['batch_size']} (train {s['train_batch_size']}) · "
              f"{s['input_size']} px · {s['repeats']} repeats in turns, medians · {s['threads']} threads",
              _table(rows, headers)]
@@ -604,7 +684,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"anchor: {gemm['size']}² {gemm['dtype']} matmul at {gemm['gflops']:,.1f} GFLOP/s "
                      f"= {gemm['images_per_s_at_gemm_rate']:,.2f} img/s at {s['flops_per_image'] / 1e9:.2f} "
                      "GFLOP/image")
-    lines.append("training rows: 'vs timm' columns compare with train-timm / train-timm-compiled")
+    lines.append("training rows: 'vs timm' columns compare with train-timm / train-timm-compiled; max err: "
+                 "max |Δ| / max |logit| against the float32 eager model")
+    if not s.get("same_network_as_timm", True) and any(r["name"].startswith(("timm", "ort-timm", "train-timm"))
+                                                          for r in report["results"]):
+        lines.append(f"note: {s['model']} with {s['model_options']} is not timm's {TIMM_MODEL}: "
+                     "ratios against timm compare different networks")
     return "\n".join(lines)
 
 
