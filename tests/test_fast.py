@@ -298,3 +298,16 @@ def test_triton_depthwise_is_used_where_it_wins_and_agrees_with_cudnn():
     assert relative_error(fast(x), ref(x)) <= 1e-4
     auto = optimize(model, device="cuda", batch_size=4, input_size=75)
     assert auto.kernel_choices and all(c["backend"] in ("torch", "triton") for c in auto.kernel_choices.values())
+
+
+@pytest.mark.slow
+def test_compiled_fast_path_is_frozen_and_agrees():
+    from torch._inductor.utils import run_and_get_code
+
+    model = small("xception")
+    x = torch.randn(1, 3, 75, 75)
+    fast = optimize(model, compile=True)
+    out, code = run_and_get_code(fast, x)
+    assert "_frozen_param" in code[0]  # weights became constants: Inductor's freezing took effect
+    with torch.no_grad():
+        assert relative_error(out, model(x)) <= CPU_TOL

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -60,7 +61,7 @@ class FastXception(nn.Module):
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.settings = settings
         self.kernel_choices: dict[str, dict[str, Any]] = {}
-        self._run: Any = program
+        self._run: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled / graphed program, if any
         self._choose_depthwise = False
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -76,7 +77,7 @@ class FastXception(nn.Module):
             x = self._prepare(x)
             if self._choose_depthwise:
                 self._choose_depthwise_kernels(x)
-            out = self._run(x)
+            out = (self._run or self.program)(x)
             return out if out.dtype in (torch.float32, torch.float64) else out.float()
 
     def _choose_depthwise_kernels(self, x: torch.Tensor, repeats: int = 5) -> None:
@@ -107,6 +108,24 @@ class FastXception(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.settings.items())
+
+
+class FrozenCompiled:
+    """``torch.compile`` with Inductor's freezing: weights become constants that it folds and pre-packs.
+
+    Freezing is read from Inductor's global config when a graph is compiled, which happens lazily on the
+    first call of each input shape; ``torch.compile(options={"freezing": True})`` does not reach it
+    (checked on torch 2.14), so every call runs inside the config patch.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.compiled = torch.compile(module)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
 
 
 def _cuda_time(fn: Any, repeats: int) -> float:
@@ -202,10 +221,9 @@ def optimize(
     fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings)
     fast._choose_depthwise = use_triton and kernels == "auto"
     if compile:
-        # Freezing turns weights into constants, so Inductor folds and pre-packs them (oneDNN on CPU).
-        fast._run = torch.compile(program, options={"freezing": True})
+        fast._run = FrozenCompiled(program)
     if cuda_graphs:
-        fast._run = CudaGraphRunner(fast._run)
+        fast._run = CudaGraphRunner(fast._run or program)
     if batch_size is not None:
         size = input_size or (model.preprocessing.input_size if model.preprocessing is not None else 299)
         start = time.perf_counter()

@@ -11,19 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 
-class CudaGraphRunner(nn.Module):
+class CudaGraphRunner:
     """Runs ``fn`` through one captured CUDA graph per (shape, dtype, device, layout) of input."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], warmup: int = 3) -> None:
-        super().__init__()
         self.fn = fn
         self.warmup = warmup
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cuda:
             raise ValueError("CUDA graphs need CUDA tensors")
         key = (tuple(x.shape), x.dtype, x.device, x.stride())
