@@ -32,6 +32,15 @@ BF16_TOL = 3e-2
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convs on a shared 2-core machine: two threads mostly wait for each other (benchmarks/NOTES.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomise_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial statistics and affine parameters, so that folding has something to fold."""
     g = torch.Generator().manual_seed(seed)

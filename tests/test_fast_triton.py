@@ -19,7 +19,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def interpret(code: str, timeout: int = 600) -> object:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    path = SRC + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
