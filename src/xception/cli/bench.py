@@ -14,11 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="measure inference/training speed and memory against timm, ONNX Runtime and a GEMM anchor",
-        description="Benchmark our model in each mode (eager, compiled, the fast path of xception.optimize) "
-        "beside timm's legacy_xception and ONNX Runtime on either's ONNX export, all in one process on the "
-        "same input. Contenders are timed in turns (repeat 1 of each, then repeat 2, ...) so that machine "
-        "noise hits them alike; figures are medians, latency percentiles are per batch, warm-up is excluded. "
-        "A 2048² matmul (float32 on CPU, bfloat16 on GPU) runs in the same turns as an anchor.",
+        description="Benchmark our model in each mode (eager, compiled, the fast path of xception.optimize)\n"
+        "beside timm's legacy_xception and ONNX Runtime on either's ONNX export, all in one process on the\n"
+        "same input. Contenders are timed in turns (repeat 1 of each, then repeat 2, ...) so that machine\n"
+        "noise hits them alike; figures are medians, latency percentiles are per batch, warm-up is excluded.\n"
+        "A 2048² matmul (float32 on CPU, bfloat16 on GPU) runs in the same turns as an anchor; every output\n"
+        "is checked against the float32 eager model (max err).",
         epilog="modes: " + ", ".join(ALL_MODES) + "\n"
         f"defaults: cpu {','.join(DEFAULT_MODES['cpu'])}; cuda {','.join(DEFAULT_MODES['cuda'])}\n\n"
         "examples:\n"
