@@ -1,0 +1,234 @@
+"""The fast inference path: ``xception.optimize(model)`` returns a module that computes the same logits faster.
+
+    >>> import torch, xception
+    >>> model = xception.create_model("xception").eval()
+    >>> fast = xception.optimize(model)                       # CPU: folded BN, oneDNN fused convs
+    >>> logits = fast(torch.randn(8, 3, 299, 299))
+    >>> gpu = xception.optimize(model, device="cuda", compile=True, cuda_graphs=True, batch_size=256)
+
+Each step and the number that justifies it are in ``benchmarks/NOTES.md``:
+
+1. BatchNorm folded into the conv before it (:mod:`.fold`), in float64: exact up to rounding.
+2. ReLUs, TF-'same' pads and residual adds fused into the convolutions (:mod:`.fused`).
+3. channels_last memory: PyTorch then runs depthwise and 1×1 convs with oneDNN (CPU) / cuDNN NHWC kernels.
+4. CPU: oneDNN convolutions with pre-packed weights; freed memory kept for reuse (:mod:`.memory`).
+   GPU: bf16 weights and activations, a fused Triton depthwise kernel where it beats cuDNN (timed per
+   layer on the first batch).
+5. Optional: ``torch.compile`` (with Inductor's freezing), CUDA graphs for fixed batch shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..models import Xception
+from . import triton_depthwise
+from .fold import fold_batch_norms, fold_conv_bn, fold_xception, fuse_conv_bn_weights
+from .fused import FusedConv, FusedXception, mkldnn_available
+from .graphs import CudaGraphRunner
+from .memory import keep_freed_memory
+
+__all__ = [
+    "FastXception", "FusedConv", "FusedXception", "fold_batch_norms", "fold_conv_bn", "fold_xception",
+    "fuse_conv_bn_weights", "keep_freed_memory", "mkldnn_available", "optimize",
+]
+
+Kernels = Literal["auto", "torch", "mkldnn", "triton"]
+KERNELS: tuple[str, ...] = ("auto", "torch", "mkldnn", "triton")
+
+
+class FastXception(nn.Module):
+    """What :func:`optimize` returns: inference only; float32 logits from half-precision compute.
+
+    Inputs are moved to the model's device, dtype and memory format inside ``forward``, so callers pass
+    the same tensors they would give the plain model. ``settings`` records what was applied, and
+    ``kernel_choices`` (GPU, ``kernels="auto"``) the per-layer Triton/cuDNN timings behind each choice.
+    """
+
+    def __init__(
+        self, program: FusedXception, *, device: torch.device, dtype: torch.dtype, channels_last: bool,
+        settings: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.program = program
+        self.config = program.config
+        self.device, self.dtype, self.channels_last = device, dtype, channels_last
+        self.settings = settings
+        self.kernel_choices: dict[str, dict[str, Any]] = {}
+        self._run: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled / graphed program, if any
+        self._choose_depthwise = False
+
+    def check_input(self, x: torch.Tensor) -> None:
+        Xception.check_input(self, x)  # the checks read only .config
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.to(device=self.device, dtype=self.dtype, memory_format=fmt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        with torch.inference_mode():
+            x = self._prepare(x)
+            if self._choose_depthwise:
+                self._choose_depthwise_kernels(x)
+            out = (self._run or self.program)(x)
+            return out if out.dtype in (torch.float32, torch.float64) else out.float()
+
+    def _choose_depthwise_kernels(self, x: torch.Tensor, repeats: int = 5) -> None:
+        """Time the Triton kernel against cuDNN on every depthwise layer's real input; keep the faster."""
+        self._choose_depthwise = False
+        if not x.is_cuda or torch.cuda.is_current_stream_capturing():
+            return
+        inputs: dict[str, torch.Tensor] = {}
+        convs = {name: m for name, m in self.program.named_modules() if isinstance(m, FusedConv) and m.depthwise}
+        hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0]))
+                 for name, m in convs.items()]
+        try:
+            for conv in convs.values():
+                conv.set_backend("torch")
+            self.program(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for name, conv in convs.items():
+            timings = {}
+            for backend in ("torch", "triton"):
+                if conv.set_backend(backend).backend != backend:
+                    continue
+                timings[backend] = _cuda_time(lambda conv=conv, inp=inputs[name]: conv(inp), repeats)
+            best = min(timings, key=timings.__getitem__)
+            conv.set_backend(best)  # type: ignore[arg-type]
+            self.kernel_choices[name] = {"backend": best, **{f"{k}_ms": v for k, v in timings.items()}}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items())
+
+
+class FrozenCompiled:
+    """``torch.compile`` with Inductor's freezing: weights become constants that it folds and pre-packs.
+
+    Freezing is read from Inductor's global config when a graph is compiled, which happens lazily on the
+    first call of each input shape; ``torch.compile(options={"freezing": True})`` does not reach it
+    (checked on torch 2.14), so every call runs inside the config patch.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.compiled = torch.compile(module)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(x)
+
+
+def _cuda_time(fn: Any, repeats: int) -> float:
+    """Median milliseconds of ``fn`` on the current CUDA stream, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def optimize(
+    model: Xception,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    cuda_graphs: bool = False,
+    batch_size: int | None = None,
+    input_size: int | None = None,
+    kernels: Kernels = "auto",
+    keep_memory: bool | None = None,
+) -> FastXception:
+    """An inference-only copy of ``model`` that computes the same logits faster (``model`` is untouched).
+
+    Args:
+        device: where to run (default: where ``model`` is).
+        dtype: compute dtype (default: float32 on CPU, bfloat16 on CUDA). Logits come back in float32
+            (float64 if that is the compute dtype).
+        channels_last: NHWC activations and weights (faster for depthwise and 1×1 convs on CPU and GPU).
+        compile: ``torch.compile`` the fused program (Inductor, with freezing: constant-folded weights).
+            Takes about a minute on a 2-core CPU, less on a GPU host; happens on the first batch of each
+            shape, or right here when ``batch_size`` is given.
+        cuda_graphs: replay each batch shape as one CUDA graph (removes per-kernel launch overhead).
+        batch_size: warm up now (compile, choose kernels, capture graphs) for this batch size.
+        input_size: image side for that warm-up (default: the model's preprocessing, else 299).
+        kernels: ``"auto"`` (oneDNN fused convs on CPU; on CUDA the Triton depthwise kernel wherever it
+            beats cuDNN on the first batch), or force ``"torch"``, ``"mkldnn"`` or ``"triton"``.
+        keep_memory: CPU only: keep freed memory for reuse (process-wide, see :mod:`xception.fast.memory`);
+            default on for CPU.
+    """
+    if not isinstance(model, Xception):
+        raise TypeError(f"optimize() expects an xception.Xception, got {type(model).__name__}")
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but CUDA is not available; use device='cpu'")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError("cuda_graphs=True needs device='cuda'")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+    if kernels == "mkldnn" and (device.type != "cpu" or not mkldnn_available()):
+        raise ValueError("kernels='mkldnn' needs a CPU device and a PyTorch built with oneDNN")
+    if kernels == "triton" and not triton_depthwise.available(device):
+        raise ValueError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
+
+    plain = copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32).cpu().eval()
+    folded = fold_xception(plain)
+    use_triton = kernels == "triton" or (
+        kernels == "auto" and not compile and device.type == "cuda" and triton_depthwise.available(device)
+    )
+    program = FusedXception(plain, prefer_relu_in=use_triton).to(device=device, dtype=dtype)
+    if channels_last:
+        program = program.to(memory_format=torch.channels_last)
+    backend = "torch"
+    if kernels == "mkldnn" or (kernels == "auto" and not compile and device.type == "cpu"
+                               and dtype == torch.float32 and mkldnn_available()):
+        backend = "mkldnn"
+        program.set_backend("mkldnn")
+    elif use_triton:
+        backend = "triton" if kernels == "triton" else "auto (triton or cudnn per depthwise layer)"
+        program.set_backend("triton", depthwise_only=True)
+    # Only the CPU allocator benefits; CUDA tensors come from PyTorch's caching allocator already.
+    keep_memory = (keep_memory is None or keep_memory) and device.type == "cpu" and keep_freed_memory()
+
+    settings = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last,
+                "folded_batch_norms": folded, "kernels": backend, "compile": compile, "cuda_graphs": cuda_graphs,
+                "keep_memory": keep_memory}
+    fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings)
+    fast._choose_depthwise = use_triton and kernels == "auto"
+    if compile:
+        fast._run = FrozenCompiled(program)
+    if cuda_graphs:
+        fast._run = CudaGraphRunner(fast._run or program)
+    if batch_size is not None:
+        size = input_size or (model.preprocessing.input_size if model.preprocessing is not None else 299)
+        start = time.perf_counter()
+        fast(torch.zeros(batch_size, model.config.in_chans, size, size, device=device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        settings["warmup_seconds"] = round(time.perf_counter() - start, 2)
+    return fast

@@ -1,0 +1,285 @@
+"""The inference program: an Xception with BatchNorm folded away and activations fused into convolutions.
+
+:func:`build_program` turns a (folded) :class:`~xception.models.Xception` into a flat list of steps per
+module. Every convolution becomes a :class:`FusedConv`, which may also apply a ReLU to its input
+(``relu_in``), add a residual and apply a ReLU to its output (``relu_out``), so that the separate ReLU and
+add passes of the plain model disappear where a backend can do them inside the convolution:
+
+* ``"mkldnn"`` (CPU, float32): oneDNN convolutions with pre-packed (blocked) weights and fused
+  ReLU / residual-add post-ops, the calls Inductor emits when it freezes a model, without compiling.
+* ``"triton"`` (CUDA, depthwise convs only): one kernel for pad → ReLU → depthwise → bias → ReLU
+  (:mod:`xception.fast.triton_depthwise`).
+* ``"torch"``: plain ``F.conv2d`` followed by in-place ops; always available, and what ``torch.compile``
+  sees (Inductor then does its own fusion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import TFSamePad2d, tf_same_padding
+from ..models.xception import ClassifierHead, Xception, XceptionModule
+from . import triton_depthwise
+
+Backend = Literal["torch", "mkldnn", "triton"]
+BACKENDS: tuple[str, ...] = ("torch", "mkldnn", "triton")
+
+
+def mkldnn_available() -> bool:
+    """Whether oneDNN's fused convolution ops (the ones Inductor uses on CPU) exist in this PyTorch."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    try:
+        return (torch.backends.mkldnn.is_available() and ops is not None
+                and hasattr(ops, "_convolution_pointwise") and hasattr(ops, "_reorder_convolution_weight"))
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+class Affine(nn.Module):
+    """``x·scale + shift`` per channel: an eval-mode BatchNorm that has no convolution to fold into."""
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.detach().double()
+        shift = -bn.running_mean.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.detach().double()
+        dtype = bn.running_mean.dtype
+        self.register_buffer("scale", scale.to(dtype).view(1, -1, 1, 1))
+        self.register_buffer("shift", shift.to(dtype).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+class FusedConv(nn.Module):
+    """``relu?(conv(pad(relu?(x))) + add?)`` with BatchNorm already folded into weight and bias."""
+
+    def __init__(self, conv: nn.Conv2d, pad: TFSamePad2d | None = None) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("FusedConv supports explicit zero padding only")
+        self.register_buffer("weight", conv.weight.detach().clone())
+        self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else None)
+        self.in_channels, self.out_channels, self.groups = conv.in_channels, conv.out_channels, conv.groups
+        self.kernel_size = tuple(conv.kernel_size)
+        self.stride, self.padding, self.dilation = tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation)
+        self.pad = pad
+        self.relu_in = False
+        self.relu_out = False
+        self.backend: Backend = "torch"
+        self._packed: torch.Tensor | None = None  # oneDNN's blocked weight (not a buffer: it cannot be saved)
+        self._taps: torch.Tensor | None = None  # the Triton kernel's (kh·kw, C) float32 weight
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups == self.in_channels == self.out_channels and self.groups > 1
+
+    def supports(self, backend: Backend) -> bool:
+        if backend == "triton":
+            return (self.depthwise and triton_depthwise.available(self.weight.device)
+                    and len(set(self.stride)) == 1 and len(set(self.dilation)) == 1)
+        if backend == "mkldnn":
+            return mkldnn_available() and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32
+        return True
+
+    def set_backend(self, backend: Backend) -> FusedConv:
+        """Use ``backend`` if this layer supports it, else keep PyTorch's ops (never fails)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend if self.supports(backend) else "torch"
+        self._packed = self._taps = None
+        if self.backend == "mkldnn":
+            self._packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, None
+            )
+        elif self.backend == "triton":
+            self._taps = triton_depthwise.depthwise_taps(self.weight)
+        return self
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() change the weights: re-derive the backend's copy of them.
+        super()._apply(fn, recurse)
+        if self._packed is not None or self._taps is not None:
+            self.set_backend(self.backend)
+        return self
+
+    def _pads(self, x: torch.Tensor) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right): the TF 'same' padding of this input, or the static padding."""
+        if self.pad is None:
+            (ph, pw) = self.padding
+            return ph, ph, pw, pw
+        top, bottom = tf_same_padding(x.shape[-2], self.pad.kernel, self.pad.stride, self.pad.dilation)
+        left, right = tf_same_padding(x.shape[-1], self.pad.kernel, self.pad.stride, self.pad.dilation)
+        return top, bottom, left, right
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        if self.backend == "triton":
+            y = triton_depthwise.depthwise_conv2d_taps(
+                x, self._taps, self.bias, self.kernel_size, stride=self.stride[0], dilation=self.dilation[0],
+                padding=self._pads(x), relu_in=self.relu_in, relu_out=self.relu_out and add is None,
+            )
+            return y if add is None else self._finish(y, add)
+        if self.pad is not None:
+            x = self.pad(x)
+        if self.relu_in:
+            x = F.relu(x)
+        if self.backend == "mkldnn":
+            args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            if add is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self._packed, self.bias, *args, "relu" if self.relu_out else "none", [None], ""
+                )
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, add.contiguous(memory_format=_layout(x)), self._packed, self.bias, *args, "add", 1.0,
+                "relu" if self.relu_out else None, [None], None,
+            )
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if add is None:
+            return y.relu_() if self.relu_out else y
+        return self._finish(y, add)
+
+    def _finish(self, y: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+        y = y.add_(add)
+        return y.relu_() if self.relu_out else y
+
+    def extra_repr(self) -> str:
+        kind = "depthwise" if self.depthwise else f"{self.in_channels}→{self.out_channels}"
+        flags = [f for f, on in (("relu_in", self.relu_in), ("relu_out", self.relu_out),
+                                 ("tf_pad", self.pad is not None)) if on]
+        return ", ".join([kind, f"k={self.kernel_size}", f"s={self.stride}", f"backend={self.backend}", *flags])
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def _leaves(module: nn.Module) -> Iterable[nn.Module]:
+    """The single-input layers of nested Sequentials, in execution order, without the Identities."""
+    if isinstance(module, nn.Sequential):
+        for child in module:
+            yield from _leaves(child)
+    elif not isinstance(module, nn.Identity):
+        yield module
+
+
+def fuse_steps(layers: Iterable[nn.Module], prefer_relu_in: bool) -> list[nn.Module]:
+    """Turn a chain of layers into :class:`FusedConv` steps, absorbing pads, BatchNorms and ReLUs.
+
+    A TF-'same' pad goes into the conv after it; a ReLU goes into the conv before it as a post-op, or,
+    with ``prefer_relu_in`` (the Triton depthwise kernel reads its input once anyway), into the
+    depthwise conv after it. What cannot be absorbed stays a step of its own.
+    """
+    steps: list[nn.Module] = []
+    pending_pad: TFSamePad2d | None = None
+    for layer in layers:
+        if isinstance(layer, TFSamePad2d) and layer.value == 0.0:
+            pending_pad = layer
+            continue
+        if isinstance(layer, nn.Conv2d):
+            steps.append(FusedConv(layer, pending_pad))
+            pending_pad = None
+            continue
+        if pending_pad is not None:  # a pad whose consumer is not a conv stays a step
+            steps.append(pending_pad)
+            pending_pad = None
+        if isinstance(layer, nn.BatchNorm2d):
+            steps.append(Affine(layer))
+        elif isinstance(layer, TFSamePad2d):
+            steps.append(layer)
+        else:
+            steps.append(layer)
+    if pending_pad is not None:
+        steps.append(pending_pad)
+
+    fused: list[nn.Module] = []
+    for i, step in enumerate(steps):
+        if isinstance(step, nn.ReLU):
+            after = steps[i + 1] if i + 1 < len(steps) else None
+            before = fused[-1] if fused else None
+            if prefer_relu_in and isinstance(after, FusedConv) and after.depthwise:
+                after.relu_in = True
+                continue
+            if isinstance(before, FusedConv) and not before.relu_out:
+                before.relu_out = True
+                continue
+            if isinstance(after, FusedConv) and not after.relu_in:
+                after.relu_in = True
+                continue
+        fused.append(step)
+    return fused
+
+
+class FusedBlock(nn.Module):
+    """One residual module: ``pre`` steps, the main branch, and the shortcut, with the add fused in."""
+
+    def __init__(self, block: XceptionModule, prefer_relu_in: bool) -> None:
+        super().__init__()
+        pre = list(_leaves(block.pre)) if block.pre is not None else []
+        self.pre = nn.ModuleList(fuse_steps(pre, prefer_relu_in))
+        self.main = nn.ModuleList(fuse_steps(_leaves(block.main), prefer_relu_in))
+        self.identity = isinstance(block.shortcut, nn.Identity)
+        self.shortcut: FusedConv | None = None
+        if block.shortcut is not None and not self.identity:
+            (self.shortcut,) = fuse_steps(_leaves(block.shortcut), prefer_relu_in)
+        # The module's closing ReLU runs after the residual add: it goes to whichever conv does the add.
+        self.act = block.act is not None
+        closer = self.shortcut if self.shortcut is not None else self.main[-1]
+        if self.act and isinstance(closer, FusedConv) and not closer.relu_out:
+            closer.relu_out, self.act = True, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.pre:
+            x = step(x)
+        h = x
+        for step in self.main[:-1]:
+            h = step(h)
+        last = self.main[-1]
+        if self.shortcut is not None:
+            out = self.shortcut(x, add=last(h))
+        elif self.identity:
+            out = last(h, add=x) if isinstance(last, FusedConv) else last(h) + x
+        else:
+            out = last(h)
+        return F.relu(out) if self.act else out
+
+
+class FusedXception(nn.Module):
+    """A folded Xception as fused steps (inference only). Build with :func:`xception.optimize`."""
+
+    def __init__(self, model: Xception, prefer_relu_in: bool = False) -> None:
+        super().__init__()
+        if model.features_only:
+            raise ValueError("optimize() speeds up classifiers; build the model without features_only")
+        self.config = model.config
+        self.stem = nn.ModuleList(fuse_steps(_leaves(model.entry_flow.block1), prefer_relu_in))
+        self.blocks = nn.ModuleList(
+            FusedBlock(block, prefer_relu_in) for name, block in model.blocks() if name != "entry_flow.block1"
+        )
+        self.head: ClassifierHead = model.head
+
+    def convs(self) -> list[FusedConv]:
+        return [m for m in self.modules() if isinstance(m, FusedConv)]
+
+    def set_backend(self, backend: Backend, depthwise_only: bool = False) -> FusedXception:
+        for conv in self.convs():
+            if conv.depthwise or not depthwise_only:
+                conv.set_backend(backend)
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.stem:
+            x = step(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
