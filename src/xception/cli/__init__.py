@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__
 
-COMMANDS: tuple[str, ...] = ("summary", "export")
+COMMANDS: tuple[str, ...] = ("summary", "export", "train", "evaluate", "predict")
 
 # Errors a user can fix: printed as one line, without a traceback (XCEPTION_DEBUG=1 shows it).
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, OSError)
