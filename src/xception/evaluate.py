@@ -181,7 +181,7 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .weights.native import atomic_write
+    from .fileio import atomic_write
 
     cm = confusion.double().cpu()
     rows = cm.sum(1, keepdim=True).clamp(min=1)

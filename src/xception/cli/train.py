@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:15s} {load_recipe(name).description}")
         return 0
     if args.resume:
-        recipe, settings = resume_settings(args.resume)
+        recipe, _ = resume_settings(args.resume)
     else:
         fashion = args.data is None or args.data == FASHION_MNIST
         recipe = load_recipe(args.recipe or ("fashion-mnist" if fashion else "modern"))

@@ -2,13 +2,13 @@
 
     >>> from xception.data import training_sources
     >>> train, val = training_sources("fashion-mnist")            # or a folder in ImageFolder layout
-    >>> batches = train.batches(preprocessing, train=True, batch_size=128)
+    >>> batches = val.batches(preprocessing, train=False, batch_size=256)
 """
 
 from .fashion_mnist import load_fashion_mnist, read_idx, save_samples
 from .folder import FolderScan, ImageFolderDataset, SkipLog, Skipped, scan_folder, split_indices
 from .images import IMAGE_EXTENSIONS, UnreadableImage, is_image_file, load_image
-from .loader import Batches, EpochSampler, FolderBatches, TensorBatches
+from .loader import Batches, EpochOrder, FolderBatches, ShardSampler, TensorBatches
 from .sources import FASHION_MNIST, FolderSource, Source, TensorSource, evaluation_source, training_sources
 from .transforms import Augmentation, BatchTransform, eval_transform, train_transform
 
@@ -18,11 +18,12 @@ __all__ = [
     "Augmentation",
     "BatchTransform",
     "Batches",
-    "EpochSampler",
+    "EpochOrder",
     "FolderBatches",
     "FolderScan",
     "FolderSource",
     "ImageFolderDataset",
+    "ShardSampler",
     "SkipLog",
     "Skipped",
     "Source",

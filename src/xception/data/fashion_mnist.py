@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..weights.native import atomic_write
+from ..fileio import atomic_write
 
 log = logging.getLogger("xception.data")
 
@@ -82,7 +82,8 @@ def locate(data_dir: str | os.PathLike[str] | None = None, *, download: bool = T
             f"Fashion-MNIST is not in {where}; install it with 'apt-get install dataset-fashion-mnist', "
             "put the four IDX files in a folder and pass --data-dir, or allow the download"
         )
-    return download_fashion_mnist(Path(data_dir) if data_dir is not None else cache_dir())
+    return download_fashion_mnist(Path(data_dir) if data_dir is not None else cache_dir(), base_url=MIRROR,
+                                  checksums=CHECKSUMS)
 
 
 def download_fashion_mnist(

@@ -1,10 +1,10 @@
 """Batches for training and evaluation, with the seams distributed training needs.
 
-Every loader here yields ``(images, labels, skipped)`` on the target device and has the same three
-controls: ``set_epoch(epoch, start_batch)`` (which epoch's order, and where in it to start: exact resume),
-``len()`` (batches left in this epoch) and ``num_samples``. An :class:`EpochSampler` decides the order:
-a permutation seeded by (seed, epoch), so any process can recompute any epoch, and a ``rank`` /
-``world_size`` share of it, so several processes can split an epoch without overlap.
+Every loader here yields ``(images, labels, skipped)`` on the target device and has the same controls:
+``set_epoch(epoch, start)`` (which epoch's order, and from which position: exact resume), ``len()``
+(batches left in this epoch) and ``num_samples``. The order comes from a sampler the caller supplies —
+the training loop's resumable, rank-sharded one, or :class:`ShardSampler` for evaluation — so the
+same loaders serve one process or many.
 """
 
 from __future__ import annotations
@@ -33,64 +33,60 @@ def mix_seed(*parts: int) -> int:
     return value & 0x7FFFFFFFFFFFFFFF
 
 
-class EpochSampler(Sampler):
-    """The indices one process visits in one epoch.
+class EpochOrder(Protocol):
+    """A sampler that can replay any epoch from any position (e.g. ``xception.train.ddp.ResumableSampler``).
 
-    Args:
-        size: samples in the dataset.
-        shuffle: a fresh permutation each epoch (seeded by ``seed`` and the epoch), else 0, 1, 2, …
-        rank, world_size: this process's share: every ``world_size``-th index from ``rank``.
-        pad: repeat the first indices so every rank gets the same count (training: equal step counts);
-            False gives exact shares (evaluation: every sample counted once).
-        with_seeds: yield ``(index, seed)`` pairs so the dataset can draw that sample's augmentation
-            from its own seed (see :class:`~xception.data.folder.ImageFolderDataset`).
+    ``set_epoch(epoch, start)`` selects the epoch's order and skips its first ``start`` positions (counted
+    over all processes together); ``epoch`` is the epoch selected.
     """
 
-    def __init__(
-        self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-        pad: bool = True, with_seeds: bool = False,
-    ) -> None:
+    epoch: int
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
+    def __iter__(self) -> Iterator[int]: ...
+    def __len__(self) -> int: ...
+
+
+class ShardSampler(Sampler[int]):
+    """Every sample once, in order, dealt round-robin over ``world_size`` processes without padding:
+    evaluation counts summed over the processes are exact."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.rank, self.world_size, self.pad, self.with_seeds = rank, world_size, pad, with_seeds
-        self.epoch, self.start = 0, 0
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.epoch = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Visit epoch ``epoch``'s order, skipping this rank's first ``start`` samples (already seen)."""
-        self.epoch, self.start = epoch, start
+        self.epoch = epoch
 
-    def indices(self) -> list[int]:
-        """This rank's whole share of the current epoch (before ``start`` is applied)."""
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = list(range(self.size))
-        if self.pad and self.world_size > 1 and order:
-            total = math.ceil(self.size / self.world_size) * self.world_size
-            order += (order * math.ceil(total / len(order)))[: total - len(order)]
-        return order[self.rank :: self.world_size]
-
-    def __iter__(self) -> Iterator[int | tuple[int, int]]:
-        for index in self.indices()[self.start :]:
-            yield (index, mix_seed(self.seed, self.epoch, index)) if self.with_seeds else index
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world_size))
 
     def __len__(self) -> int:
-        if self.pad:
-            share = math.ceil(self.size / self.world_size)
-        else:
-            share = len(range(self.rank, self.size, self.world_size))
-        return max(0, share - self.start)
+        return len(range(self.rank, self.size, self.world_size))
+
+
+class _WithSeeds(Sampler[tuple[int, int]]):
+    """Pairs each index with its own augmentation seed, a function of (seed, epoch, index) only."""
+
+    def __init__(self, sampler: EpochOrder, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((i, mix_seed(self.seed, epoch, i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 class Batches(Protocol):
     """What the training loop and the evaluator need of a loader."""
 
     batch_size: int
-    sampler: EpochSampler
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
     def __iter__(self) -> Iterator[Batch]: ...
     def __len__(self) -> int: ...
 
@@ -102,12 +98,12 @@ class TensorBatches:
     """Batches from images held in memory as one uint8 tensor (N, C, H, W), transformed per batch.
 
     The uint8 batch moves to the device first and is augmented there; augmentation is seeded by
-    (seed, epoch, batch index), so resuming mid-epoch replays the same batches exactly.
+    (seed, epoch, rank, start position, batch index), so resuming mid-epoch replays the same batches.
     """
 
     def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, sampler: EpochSampler,
-        transform: BatchTransform, device: torch.device | str = "cpu", drop_last: bool = False,
+        self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, sampler: EpochOrder,
+        transform: BatchTransform, device: torch.device | str = "cpu", drop_last: bool = False, seed: int = 0,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected uint8 images shaped (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -115,16 +111,16 @@ class TensorBatches:
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels.long()
         self.batch_size, self.sampler, self.transform = batch_size, sampler, transform
-        self.device, self.drop_last = torch.device(device), drop_last
-        self.start_batch = 0
+        self.device, self.drop_last, self.seed = torch.device(device), drop_last, seed
+        self.start = 0
 
     @property
     def num_samples(self) -> int:
         return len(self.images)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.start_batch = start_batch
-        self.sampler.set_epoch(epoch, start_batch * self.batch_size)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.start = start
+        self.sampler.set_epoch(epoch, start)
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -139,9 +135,8 @@ class TensorBatches:
             if pin:
                 images, labels = images.pin_memory(), labels.pin_memory()
             images = images.to(self.device, non_blocking=True)
-            generator = torch.Generator().manual_seed(
-                mix_seed(self.sampler.seed, self.sampler.epoch, self.sampler.rank, self.start_batch + i)
-            )
+            rank = getattr(self.sampler, "rank", 0)
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, self.sampler.epoch, rank, self.start, i))
             yield self.transform(images, generator), labels.to(self.device, non_blocking=True), []
 
 
@@ -158,14 +153,18 @@ class FolderBatches:
     """
 
     def __init__(
-        self, dataset: ImageFolderDataset, *, batch_size: int, sampler: EpochSampler,
+        self, dataset: ImageFolderDataset, *, batch_size: int, sampler: EpochOrder,
         device: torch.device | str = "cpu", workers: int | None = None, drop_last: bool = False,
+        augment_seed: int | None = None,
     ) -> None:
+        """``augment_seed`` (training): each sample's augmentation is drawn from its own seed, derived from
+        this, the epoch and the index — the same whichever worker or process decodes it."""
         self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
         self.device = torch.device(device)
         workers = default_workers() if workers is None else workers
+        order = _WithSeeds(sampler, augment_seed) if augment_seed is not None else sampler
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+            dataset, batch_size=batch_size, sampler=order, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             drop_last=drop_last, collate_fn=collate_skipping, prefetch_factor=4 if workers > 0 else None,
         )
@@ -174,8 +173,8 @@ class FolderBatches:
     def num_samples(self) -> int:
         return len(self.dataset)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.sampler.set_epoch(epoch, start_batch * self.batch_size)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -17,7 +17,7 @@ import torch
 from ..preprocessing import Preprocessing
 from . import fashion_mnist
 from .folder import ImageFolderDataset, Skipped, find_split_folders, scan_folder, split_indices
-from .loader import Batches, EpochSampler, FolderBatches, TensorBatches
+from .loader import Batches, EpochOrder, FolderBatches, ShardSampler, TensorBatches
 from .transforms import Augmentation, BatchTransform, eval_transform, train_transform
 
 FASHION_MNIST = "fashion-mnist"
@@ -36,15 +36,19 @@ class Source(ABC):
 
     @abstractmethod
     def batches(
-        self, pre: Preprocessing, *, train: bool, batch_size: int, aug: Augmentation | None = None, seed: int = 0,
-        rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", workers: int | None = None,
+        self, pre: Preprocessing, *, train: bool, batch_size: int, sampler: EpochOrder | None = None,
+        aug: Augmentation | None = None, seed: int = 0, device: torch.device | str = "cpu",
+        workers: int | None = None,
     ) -> Batches:
-        """Training batches (shuffled, augmented, equal shares per rank) or evaluation batches (in order,
-        every sample exactly once across ranks)."""
+        """Training batches (augmented, in ``sampler``'s order; a sampler is required) or evaluation batches
+        (resized and cropped; every sample once, in order, unless a sampler says otherwise)."""
 
-    def _sampler(self, train: bool, seed: int, rank: int, world_size: int, with_seeds: bool = False) -> EpochSampler:
-        return EpochSampler(len(self), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train,
-                            with_seeds=with_seeds and train)
+    def _order(self, train: bool, sampler: EpochOrder | None) -> EpochOrder:
+        if sampler is not None:
+            return sampler
+        if train:
+            raise ValueError("training batches need a sampler (e.g. xception.train.ddp.ResumableSampler)")
+        return ShardSampler(len(self))
 
 
 class TensorSource(Source):
@@ -64,14 +68,15 @@ class TensorSource(Source):
         return TensorSource(self.images[index], self.labels[index], self.classes, description)
 
     def batches(
-        self, pre: Preprocessing, *, train: bool, batch_size: int, aug: Augmentation | None = None, seed: int = 0,
-        rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", workers: int | None = None,
+        self, pre: Preprocessing, *, train: bool, batch_size: int, sampler: EpochOrder | None = None,
+        aug: Augmentation | None = None, seed: int = 0, device: torch.device | str = "cpu",
+        workers: int | None = None,
     ) -> TensorBatches:
-        sampler = self._sampler(train, seed, rank, world_size)
+        order = self._order(train, sampler)
         return TensorBatches(
-            self.images, self.labels, batch_size=batch_size, sampler=sampler,
-            transform=BatchTransform(pre, aug if train else None), device=device,
-            drop_last=train and len(sampler) > batch_size,
+            self.images, self.labels, batch_size=batch_size, sampler=order,
+            transform=BatchTransform(pre, (aug or Augmentation()) if train else None), device=device,
+            drop_last=train and len(order) > batch_size, seed=seed,
         )
 
 
@@ -90,14 +95,15 @@ class FolderSource(Source):
         return len(self.samples)
 
     def batches(
-        self, pre: Preprocessing, *, train: bool, batch_size: int, aug: Augmentation | None = None, seed: int = 0,
-        rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", workers: int | None = None,
+        self, pre: Preprocessing, *, train: bool, batch_size: int, sampler: EpochOrder | None = None,
+        aug: Augmentation | None = None, seed: int = 0, device: torch.device | str = "cpu",
+        workers: int | None = None,
     ) -> FolderBatches:
         transform = train_transform(pre, aug or Augmentation()) if train else eval_transform(pre)
         dataset = ImageFolderDataset(self.samples, self.classes, transform, channels=pre.channels)
-        sampler = self._sampler(train, seed, rank, world_size, with_seeds=True)
-        return FolderBatches(dataset, batch_size=batch_size, sampler=sampler, device=device, workers=workers,
-                             drop_last=train and len(sampler) > batch_size)
+        order = self._order(train, sampler)
+        return FolderBatches(dataset, batch_size=batch_size, sampler=order, device=device, workers=workers,
+                             drop_last=train and len(order) > batch_size, augment_seed=seed if train else None)
 
 
 def training_sources(

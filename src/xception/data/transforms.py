@@ -100,12 +100,13 @@ class BatchTransform:
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if images.dim() != 4:
             raise ValueError(f"expected a batch shaped (N, C, H, W), got {tuple(images.shape)}")
+        channels = self.pre.channels
+        if images.shape[1] not in (1, channels):
+            raise ValueError(f"images have {images.shape[1]} channels but the preprocessing expects {channels}")
         x = images.float().div_(255.0)
-        if x.shape[1] == 1 and self.pre.channels == 3:
-            x = x.expand(-1, 3, -1, -1)
-        elif x.shape[1] != self.pre.channels:
-            raise ValueError(f"images have {x.shape[1]} channels but the preprocessing expects {self.pre.channels}")
         x = self._augment(x, generator) if self.aug is not None else self._resize_crop(x)
+        if x.shape[1] != channels:
+            x = x.expand(-1, channels, -1, -1)  # grayscale images for an RGB model
         mean = torch.tensor(self.pre.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.pre.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
@@ -119,11 +120,11 @@ class BatchTransform:
             short = pre.resize_size
             size = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
         if (h, w) != size:
-            x = F.interpolate(x, size=size, mode=pre.interpolation,
-                              antialias=pre.interpolation != "nearest",
-                              **({} if pre.interpolation == "nearest" else {"align_corners": False}))
+            smooth = pre.interpolation != "nearest"
+            x = F.interpolate(x, size=size, mode=pre.interpolation, antialias=smooth,
+                              **({"align_corners": False} if smooth else {})).clamp(0.0, 1.0)
         top, left = (size[0] - pre.input_size) // 2, (size[1] - pre.input_size) // 2
-        return x[..., top:top + pre.input_size, left:left + pre.input_size].clamp_(0.0, 1.0)
+        return x[..., top : top + pre.input_size, left : left + pre.input_size]
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Random resized crop + flip of each image as one affine resampling (normalised coordinates)."""

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..weights.native import atomic_write
+from ..fileio import atomic_write
 
 log = logging.getLogger("xception.train")
 

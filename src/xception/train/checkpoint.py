@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..weights.native import atomic_write
+from ..fileio import atomic_write
 
 CHECKPOINT_VERSION = 1
 LAST, BEST = "last.pt", "best.pt"

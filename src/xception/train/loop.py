@@ -5,9 +5,10 @@
     >>> result = train(load_recipe("modern").replace(epochs=30), "data/flowers", weights="xception.safetensors")
 
 Order of work: settings → data (fails fast on bad paths) → model → optimiser → resume → epochs (train,
-validate, log, checkpoint) → export of the best model. Everything a data-parallel run must change is
-reached through :class:`~xception.train.distributed.DistEnv` (rank, world size, sums across processes,
-main-process-only files).
+validate, log, checkpoint) → export of the best model. What a data-parallel run changes is reached
+through :mod:`xception.train.ddp`: the rank and world size (:class:`DistEnv`) shard the data through a
+:class:`ResumableSampler`, evaluation counts are summed across processes, only the main process writes
+files, and checkpoints store the global sample position reached in the epoch.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..api import create_model
-from ..data import SkipLog, training_sources
+from ..data import ShardSampler, SkipLog, training_sources
 from ..data.loader import default_workers
 from ..evaluate import count_batches, resolve_device
 from ..models import Xception, XceptionConfig
@@ -40,7 +41,7 @@ from ..preprocessing import Preprocessing
 from ..weights import save_weights
 from . import artifacts
 from .checkpoint import BEST, LAST, copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .distributed import DistEnv
+from .ddp import DistEnv, ResumableSampler, all_reduce_sum, barrier, launched_by_torchrun
 from .ema import ModelEma
 from .recipe import Recipe
 from .schedule import lr_at
@@ -115,7 +116,7 @@ def _train(
     dist: DistEnv | None,
 ) -> TrainResult:
     started = time.perf_counter()
-    dist = dist or DistEnv.from_environment()
+    dist = dist or _single_process()
     checkpoint = load_checkpoint(resume) if resume is not None else None
     settings = RunSettings(**checkpoint["run"]) if checkpoint else RunSettings(
         data=None if data is None else str(data), val=None if val is None else str(val),
@@ -144,11 +145,16 @@ def _train(
     forward = torch.compile(model) if recipe.compile else model
 
     workers = default_workers() if recipe.workers < 0 else recipe.workers
-    train_batches = train_src.batches(pre, train=True, batch_size=recipe.batch_size, aug=recipe.augmentation(),
-                                      seed=recipe.seed, rank=dist.rank, world_size=dist.world_size, device=device,
-                                      workers=workers)
-    val_batches = val_src.batches(pre, train=False, batch_size=2 * recipe.batch_size, rank=dist.rank,
-                                  world_size=dist.world_size, device=device, workers=workers) if val_src else None
+    sampler = ResumableSampler(len(train_src), rank=dist.rank, world_size=dist.world_size, seed=recipe.seed)
+    train_batches = train_src.batches(pre, train=True, batch_size=recipe.batch_size, sampler=sampler,
+                                      aug=recipe.augmentation(), seed=recipe.seed, device=device, workers=workers)
+    val_batches = val_src.batches(
+        pre, train=False, batch_size=2 * recipe.batch_size, sampler=ShardSampler(len(val_src), dist.rank,
+                                                                                   dist.world_size),
+        device=device, workers=workers,
+    ) if val_src else None
+    # Samples all processes together consume per batch: positions in an epoch are counted in these.
+    stride = recipe.batch_size * dist.world_size
     train_batches.set_epoch(0)
     batches_per_epoch = len(train_batches)
     if batches_per_epoch == 0:
@@ -179,7 +185,8 @@ def _train(
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
-        epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
+        epoch, step = checkpoint["epoch"], checkpoint["step"]
+        start_batch = checkpoint["position"] // stride
         best, partial = checkpoint["best"], checkpoint["partial"]
         for item in checkpoint.get("skipped", []):
             skip_log.seen.setdefault(item["path"], _skipped(item))
@@ -188,7 +195,7 @@ def _train(
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config = recipe.to_toml() + _run_table(settings, train_src, val_src, pre, global_batch, peak_lr, device)
-        from ..weights.native import atomic_write
+        from ..fileio import atomic_write
 
         atomic_write(run_dir / artifacts.CONFIG, lambda tmp: tmp.write_text(config))
     run_log = artifacts.RunLog(run_dir, enabled=dist.is_main, resume_epoch=epoch if checkpoint else None,
@@ -202,7 +209,8 @@ def _train(
         return {
             "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(), "epoch": epoch_, "batch": batch_, "step": step, "best": best, "partial": partial_,
+            "rng": rng_state(), "epoch": epoch_, "position": batch_ * stride, "world_size": dist.world_size,
+            "step": step, "best": best, "partial": partial_,
             "recipe": recipe.to_dict(), "run": vars(settings), "model_config": model.config.to_dict(),
             "class_names": classes, "preprocessing": pre.to_dict(),
             "skipped": [vars(s) for s in skip_log.seen.values()],
@@ -215,7 +223,7 @@ def _train(
         with stop.installed():
             while epoch < recipe.epochs:
                 frozen = _freeze_backbone(model, epoch < recipe.freeze_epochs and settings.weights is not None)
-                train_batches.set_epoch(epoch, start_batch)
+                train_batches.set_epoch(epoch, start_batch * stride)
                 model.train()
                 if frozen:
                     _backbone_eval(model)
@@ -283,7 +291,7 @@ def _train(
                         eval_model, _epoch_batches(val_batches), len(classes), device=device, autocast=autocast,
                         channels_last=channels_last, on_skipped=skip_log.add, progress=progress and dist.is_main,
                         desc="validating", total=len(val_batches),
-                    ).all_reduce(dist.all_reduce_sum)
+                    ).all_reduce(all_reduce_sum)
                     record.update(val_loss=counts.loss, val_top1=counts.top1, val_top5=counts.top5)
                 record.update(epoch_time_s=round(time.perf_counter() - epoch_start, 2),
                               time_s=round(elapsed_before + time.perf_counter() - started, 2), skipped=len(skip_log))
@@ -317,13 +325,13 @@ def _train(
         artifacts.plot_curves(records, run_dir)
         summary = {"best": best, "epochs": epoch, "weights": str(exported), "skipped": skip_log.counts(),
                    "skipped_files": [vars(s) for s in skip_log.seen.values()], "elapsed_s": round(elapsed, 1)}
-        from ..weights.native import atomic_write
+        from ..fileio import atomic_write
 
         atomic_write(run_dir / artifacts.SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         if skip_log:
             _say(dist, "skipped unreadable files: " + ", ".join(f"{n} {r}" for r, n in skip_log.counts().items()))
         _say(dist, f"done in {elapsed / 60:.1f} min; best model (epoch {best['epoch'] if best else '?'}): {exported}")
-    dist.barrier()
+    barrier()
     return TrainResult(run_dir, exported, epoch, best, False, skip_log.counts(), elapsed)
 
 
@@ -334,6 +342,12 @@ def resume_settings(path: str | os.PathLike[str]) -> tuple[Recipe, RunSettings]:
 
 
 # -- pieces of the loop ------------------------------------------------------------------------------------
+
+
+def _single_process() -> DistEnv:
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise ValueError("this version trains in one process; launch it without torchrun")
+    return DistEnv()
 
 
 def _run_dir(recipe: Recipe, out: str | os.PathLike[str] | None, resume: str | os.PathLike[str] | None) -> Path:
