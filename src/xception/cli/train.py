@@ -39,7 +39,7 @@ OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--seed", "seed", int, "seed for initialisation, shuffling, augmentation and the split"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N, mps"),
     ("--amp", "amp", str, "mixed precision: auto (bf16 on GPU), bf16, fp16, off"),
-    ("--channels-last", "channels_last", str, "NHWC memory layout: auto (GPU only), on, off"),
+    ("--channels-last", "channels_last", str, "NHWC memory layout: auto (on for CUDA and CPU), on, off"),
 ]
 
 

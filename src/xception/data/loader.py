@@ -167,6 +167,9 @@ class FolderBatches:
             dataset, batch_size=batch_size, sampler=order, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             drop_last=drop_last, collate_fn=collate_skipping, prefetch_factor=4 if workers > 0 else None,
+            # Worker seeds come from this generator, not the global one, so starting workers never shifts
+            # the random numbers training draws (dropout): a resumed run stays exact.
+            generator=torch.Generator().manual_seed(0),
         )
 
     @property

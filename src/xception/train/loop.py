@@ -40,7 +40,7 @@ from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
 from ..weights import save_weights
 from . import artifacts
-from .checkpoint import BEST, LAST, copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .ddp import DistEnv, ResumableSampler, all_reduce_sum, barrier, launched_by_torchrun
 from .ema import ModelEma
 from .recipe import Recipe
@@ -137,7 +137,9 @@ def _train(
     # -- model -----------------------------------------------------------------------------------------
     model, pre = _build_model(recipe, classes, settings.weights, checkpoint)
     model.check_input(torch.zeros(1, pre.channels, pre.input_size, pre.input_size))
-    channels_last = recipe.channels_last == "on" or (recipe.channels_last == "auto" and device.type == "cuda")
+    # NHWC is faster for these depthwise-separable convs on GPUs and on CPUs (oneDNN) alike: ~1.6× per
+    # training step on CPU for the Fashion-MNIST model (README).
+    channels_last = recipe.channels_last == "on" or (recipe.channels_last == "auto" and device.type in ("cuda", "cpu"))
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -183,6 +185,10 @@ def _train(
             ema.load_state_dict(checkpoint["ema"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        # The recipe may have changed on resume (e.g. a lower --lr after a NaN): recompute the current lr.
+        scheduler.base_lrs = [peak_lr] * len(optimizer.param_groups)
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+            group["lr"] = peak_lr * factor(scheduler.last_epoch)
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
         epoch, step = checkpoint["epoch"], checkpoint["step"]
@@ -200,10 +206,10 @@ def _train(
         atomic_write(run_dir / artifacts.CONFIG, lambda tmp: tmp.write_text(config))
     run_log = artifacts.RunLog(run_dir, enabled=dist.is_main, resume_epoch=epoch if checkpoint else None,
                                resume_step=step)
-    _say(dist, f"training {model.config.arch} ({_count(model)} parameters) on {train_src.description}: "
-               f"{len(classes)} classes, {pre.input_size} px, batch {global_batch}, lr {peak_lr:g}, "
-               f"{recipe.epochs} epochs, {device}{' (resumed at epoch ' + str(epoch + 1) + ')' if checkpoint else ''}"
-               f"\nrun folder: {run_dir}")
+    resumed = f" (resumed in epoch {epoch + 1})" if checkpoint else ""
+    started_message = (f"training {model.config.arch} ({_count(model)} parameters) on {train_src.description}: "
+                       f"{len(classes)} classes, {pre.input_size} px, batch {global_batch}, lr {peak_lr:g}, "
+                       f"{recipe.epochs} epochs, {device}{resumed}\nrun folder: {run_dir}")
 
     def state(epoch_: int, batch_: int, partial_: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -221,6 +227,7 @@ def _train(
     interrupted = False
     try:
         with stop.installed():
+            _say(dist, started_message)  # from here on, Ctrl-C stops cleanly with a checkpoint
             while epoch < recipe.epochs:
                 frozen = _freeze_backbone(model, epoch < recipe.freeze_epochs and settings.weights is not None)
                 train_batches.set_epoch(epoch, start_batch * stride)
@@ -303,9 +310,10 @@ def _train(
                 epoch, start_batch = epoch + 1, 0
                 partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
                 if dist.is_main:
-                    save_checkpoint(run_dir / LAST, state(epoch, 0, partial))
+                    # best.pt before last.pt: a crash in between leaves last.pt behind best.pt, never ahead of it.
                     if is_best:
-                        copy_checkpoint(run_dir / LAST, run_dir / BEST)
+                        save_checkpoint(run_dir / BEST, state(epoch, 0, partial))
+                    save_checkpoint(run_dir / LAST, state(epoch, 0, partial))
                 if stop.requested:
                     interrupted = epoch < recipe.epochs
                     break
@@ -456,7 +464,9 @@ def _epoch_batches(batches: Any) -> Iterator[Any]:
 def _export_best(run_dir: Path, best: dict[str, Any] | None, classes: list[str], pre: Preprocessing,
                  use_ema: bool, dataset: str) -> Path:
     """Write the best checkpoint's evaluation weights (the EMA's when averaging) as model.safetensors."""
-    state = load_checkpoint(run_dir / BEST)
+    if not (run_dir / BEST).is_file():
+        log.warning("%s is missing: exporting the last epoch's model instead", run_dir / BEST)
+    state = load_checkpoint(run_dir / (BEST if (run_dir / BEST).is_file() else LAST))
     model = Xception(XceptionConfig.from_dict(state["model_config"]))
     model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k != "updates"}
                           if use_ema else state["model"])

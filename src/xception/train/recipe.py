@@ -82,7 +82,7 @@ class Recipe:
     # runtime
     device: str = _f("auto", "runtime", "auto (cuda if present), cpu, cuda, cuda:1, mps")
     amp: str = _f("auto", "runtime", "mixed precision: auto (bf16 on GPU), bf16, fp16, off")
-    channels_last: str = _f("auto", "runtime", "NHWC memory layout: auto (on GPU), on, off")
+    channels_last: str = _f("auto", "runtime", "NHWC memory layout: auto (on for CUDA and CPU), on, off")
     compile: bool = _f(False, "runtime", "torch.compile the model")
     seed: int = _f(0, "runtime", "seed for initialisation, shuffling, augmentation and the split")
     deterministic: bool = _f(False, "runtime", "deterministic algorithms only (bit-exact reruns and resumes)")
@@ -221,7 +221,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             raise ValueError(f"recipe setting {name} must be a list of numbers, got {value!r}")
         return tuple(float(v) for v in value)
     if default is not None and not isinstance(value, type(default)) and name != "model_options":
-        raise ValueError(f"recipe setting {name} must be a {type(default).__name__}, got {value!r}")
+        kind = {int: "a whole number", float: "a number", str: "a string"}.get(type(default), type(default).__name__)
+        raise ValueError(f"recipe setting {name} must be {kind}, got {value!r}")
     return value
 
 
