@@ -8,13 +8,22 @@ import torch.nn.functional as F
 
 import xception
 from data_factory import CLASSES, add_bad_files, stripes_folder, tiny_recipe
-from xception.data import TensorSource
+from xception.data import TensorSource, training_sources
 from xception.data.transforms import Augmentation
 from xception.preprocessing import Preprocessing
 from xception.train import NonFiniteLoss, load_recipe, lr_at, train
 from xception.train.checkpoint import load_checkpoint
 from xception.train.ddp import ResumableSampler
 from xception.train.loop import _optimizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +149,17 @@ def test_fine_tuning_replaces_the_head_and_can_freeze_the_backbone(folder, tmp_p
                    out=tmp_path / "run2", progress=False)
     after = xception.create_model("xception", weights=result.weights).state_dict()
     assert not all(torch.equal(before[k], after[k]) for k in backbone)
+
+
+def test_gradient_accumulation_updates_once_per_accum_steps_batches(folder, tmp_path):
+    result = train(tiny_recipe(epochs=1, accum_steps=2, batch_size=4), folder[0], out=tmp_path / "run",
+                   progress=False)
+    train_share, _ = training_sources(folder[0], val_fraction=0.25)
+    batches = len(train_share) // 4  # the last partial batch is dropped
+    assert batches % 2 == 1 and result.best["step"] == (batches + 1) // 2  # the odd last batch updates too
+
+
+@pytest.mark.slow
+def test_compiled_model_trains(folder, tmp_path):
+    result = train(tiny_recipe(epochs=1, compile=True), folder[0], out=tmp_path / "run", progress=False)
+    assert result.weights.is_file()

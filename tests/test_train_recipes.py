@@ -103,3 +103,18 @@ def test_ema_follows_the_formula_with_its_warm_up():
         ema.update(model)
         assert ema.module.weight[0, 0].item() == pytest.approx(expected, rel=1e-6)
     assert not ema.module.weight.requires_grad
+
+
+def test_train_command_lists_and_shows_recipes_with_flag_overrides(capsys):
+    from xception.cli import main
+
+    assert main(["train", "--list-recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("paper", "modern", "fashion-mnist"))
+    # No data argument: the Fashion-MNIST recipe; flags and --set override it.
+    assert main(["train", "--show-recipe", "--epochs", "3", "--lr", "0.05", "--set", "model.width=0.5"]) == 0
+    shown = Recipe.from_toml(capsys.readouterr().out, "shown")
+    expected = apply_overrides(load_recipe("fashion-mnist"), ["epochs=3", "lr=0.05", "model.width=0.5"])
+    assert shown == expected.replace(name="shown")
+    assert main(["train", "some/folder", "--show-recipe"]) == 0
+    assert Recipe.from_toml(capsys.readouterr().out, "modern") == load_recipe("modern")

@@ -45,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         print(report.format())
-        print(f"test accuracy: {100 * report.counts.top1:.1f} %")
+        label = "test accuracy" if args.data == "fashion-mnist" and args.split == "test" else "accuracy"
+        print(f"{label}: {100 * report.counts.top1:.1f} %")
     return 0

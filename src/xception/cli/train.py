@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping")
     group = p.add_argument_group("recipe overrides")
     for flag, _, kind, text in OVERRIDES:
-        group.add_argument(flag, type=kind, help=text)
+        group.add_argument(flag, type=kind, help=text, metavar={int: "N", float: "X"}.get(kind, "NAME"))
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     group.add_argument("--deterministic", action="store_true", default=None,
                        help="deterministic algorithms only (bit-exact reruns and resumes)")

@@ -481,7 +481,7 @@ def _export_best(run_dir: Path, best: dict[str, Any] | None, classes: list[str],
 def _run_table(settings: RunSettings, train_src: Any, val_src: Any, pre: Preprocessing, global_batch: int,
                peak_lr: float, device: torch.device) -> str:
     """The [run] table of config.toml: what this run used besides the recipe (ignored as a recipe)."""
-    from .recipe import _toml
+    from .recipe import toml_value
 
     values = {
         "data": settings.data or "fashion-mnist", "val": settings.val or "", "weights": settings.weights or "",
@@ -490,8 +490,8 @@ def _run_table(settings: RunSettings, train_src: Any, val_src: Any, pre: Preproc
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     lines = ["", "[run]  # what this run used besides the recipe; ignored when the file is read as a recipe"]
-    lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-    lines += ["", "[run.preprocessing]"] + [f"{k} = {_toml(v)}" for k, v in pre.to_dict().items()]
+    lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    lines += ["", "[run.preprocessing]"] + [f"{k} = {toml_value(v)}" for k, v in pre.to_dict().items()]
     return "\n".join(lines) + "\n"
 
 

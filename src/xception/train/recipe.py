@@ -196,13 +196,13 @@ class Recipe:
         """The recipe as TOML, in sections, every setting spelled out (a fully resolved config)."""
         fields = dataclasses.fields(self)
         lines = [f"# {self.name} recipe, resolved: every setting spelled out.",
-                 f"description = {_toml(self.description)}", "", "[model]", f"name = {_toml(self.model)}"]
-        lines += [f"{k} = {_toml(v)}" for k, v in self.model_options.items() if v is not None]
+                 f"description = {toml_value(self.description)}", "", "[model]", f"name = {toml_value(self.model)}"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in self.model_options.items() if v is not None]
         for section in SECTIONS:
             lines += ["", f"[{section}]"]
             for f in fields:
                 if f.metadata["section"] == section:
-                    lines.append(f"{f.name} = {_toml(getattr(self, f.name))}".ljust(36) + f"# {f.metadata['doc']}")
+                    lines.append(f"{f.name} = {toml_value(getattr(self, f.name))}".ljust(36) + f"# {f.metadata['doc']}")
         return "\n".join(lines) + "\n"
 
 
@@ -226,7 +226,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -234,7 +234,7 @@ def _toml(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise ValueError(f"cannot write {value!r} to TOML")
 
 
