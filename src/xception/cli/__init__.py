@@ -14,7 +14,9 @@ import sys
 
 from .. import __version__
 
-COMMANDS: tuple[str, ...] = ("summary", "convert", "weights", "export", "bench")
+COMMANDS: tuple[str, ...] = (
+    "train", "evaluate", "predict", "summary", "weights", "convert", "export", "bench",
+)
 
 # Errors a user can fix: printed as one line, without a traceback (XCEPTION_DEBUG=1 shows it).
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, OSError)

@@ -1,0 +1,116 @@
+"""Classify image files with trained weights: the top-k class names and probabilities of each image.
+
+    >>> from xception.predict import predict
+    >>> for p in predict("runs/demo/model.safetensors", ["shoe.png", "photos/"]):
+    ...     print(p.path, p.top[0] if p.ok else p.error)
+
+Images are decoded in worker processes and classified in batches. A file that cannot be read is
+reported with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .data.images import UnreadableImage, is_image_file, load_image
+
+
+@dataclass
+class Prediction:
+    """One file's outcome: its top classes with probabilities, or why it could not be read."""
+
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "top": [{"class": name, "probability": p} for name, p in self.top]}
+
+    def format(self) -> str:
+        if self.error is not None:
+            return f"{self.path}: error: {self.error}"
+        return f"{self.path}: " + ", ".join(f"{name} {100 * p:.1f} %" for name, p in self.top)
+
+
+def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively, sorted)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)
+                                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+        else:
+            paths.append(path)  # reported later if missing or unreadable
+    return paths
+
+
+class _Files(Dataset):
+    def __init__(self, paths: list[Path], transform: Callable[[Any], torch.Tensor], channels: int) -> None:
+        self.paths, self.transform, self.channels = paths, transform, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.transform(load_image(self.paths[index], self.channels)), None
+        except UnreadableImage as err:
+            return index, None, err.reason + (f" ({err.detail})" if err.detail else "")
+
+
+def _keep_order(batch: list[tuple[int, torch.Tensor | None, str | None]]) -> list[tuple[int, Any, Any]]:
+    return batch
+
+
+@torch.no_grad()
+def predict(
+    weights: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, top_k: int = 5,
+    batch_size: int = 32, device: str = "auto", workers: int = 0, model_name: str = "xception",
+    progress: bool = False,
+) -> list[Prediction]:
+    """The ``top_k`` classes of every image in ``inputs`` (files or folders), in input order."""
+    from .api import create_model
+    from .data.transforms import eval_transform
+    from .evaluate import model_preprocessing, resolve_device
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be ≥ 1, got {top_k}")
+    paths = list_inputs(inputs)
+    if not paths:
+        raise ValueError("no images to classify: the folders given hold no image files")
+    dev = resolve_device(device)
+    model = create_model(model_name, weights=weights).to(dev).eval()
+    pre = model_preprocessing(model)
+    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    k = min(top_k, len(names))
+    loader = DataLoader(_Files(paths, eval_transform(pre), pre.channels), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_keep_order)
+    results: list[Prediction] = [Prediction(str(p)) for p in paths]
+    for batch in tqdm(loader, desc="predicting", unit="batch", disable=not progress, leave=False):
+        good = [(i, x) for i, x, _ in batch if x is not None]
+        for i, _, error in batch:
+            if error is not None:
+                results[i].error = error
+        if not good:
+            continue
+        images = torch.stack([x for _, x in good]).to(dev)
+        probs = model(images).float().softmax(1)
+        values, indices = probs.topk(k, dim=1)
+        for (i, _), v, idx in zip(good, values.tolist(), indices.tolist(), strict=True):
+            results[i].top = [(names[c], p) for c, p in zip(idx, v, strict=True)]
+    return results

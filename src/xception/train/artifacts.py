@@ -1,0 +1,119 @@
+"""A run's folder: resolved config, metrics.jsonl, TensorBoard events, checkpoints, plots, exported model.
+
+::
+
+    runs/<name>/
+      config.toml          the recipe with every setting resolved, plus a [run] table (data, weights, ...)
+      metrics.jsonl        one JSON line per epoch
+      events.out.tfevents.*  TensorBoard scalars (per step and per epoch)
+      last.pt, best.pt     checkpoints (see checkpoint.py)
+      loss.png, accuracy.png
+      model.safetensors    the best model (EMA weights when averaging), for evaluate / predict
+      summary.json         the outcome: best epoch and metrics, skipped files, time
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write
+
+log = logging.getLogger("xception.train")
+
+METRICS, CONFIG, SUMMARY = "metrics.jsonl", "config.toml", "summary.json"
+
+
+class RunLog:
+    """Writes metrics.jsonl and TensorBoard events (main process only; others pass ``enabled=False``)."""
+
+    def __init__(self, folder: Path, *, enabled: bool = True, resume_epoch: int | None = None,
+                 resume_step: int = 0) -> None:
+        self.folder, self.enabled = folder, enabled
+        self.writer: Any = None
+        if not enabled:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        if resume_epoch is not None:
+            # Epochs logged after the checkpoint we resume from will be run (and logged) again.
+            kept = [r for r in read_metrics(folder) if r["epoch"] <= resume_epoch]
+            (folder / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed: no TensorBoard events for this run")
+        else:
+            self.writer = SummaryWriter(str(folder), purge_step=resume_step if resume_epoch is not None else None)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.folder / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        scalars = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, int | float) and k != "epoch"}
+        self.scalars(record["step"], scalars)
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    path = folder / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut short by a crash: everything before it is good
+    return records
+
+
+def plot_curves(records: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """``loss.png`` and ``accuracy.png``: training and validation curves per epoch."""
+    if not records:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    paths = []
+    for name, keys, label in (
+        ("loss", (("train_loss", "training"), ("val_loss", "validation")), "cross-entropy loss"),
+        ("accuracy", (("train_acc", "training (augmented)"), ("val_top1", "validation top-1")), "accuracy (%)"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        for key, legend in keys:
+            values = [r.get(key) for r in records]
+            if any(v is not None for v in values):
+                scale = 100.0 if name == "accuracy" else 1.0
+                ax.plot(epochs, [v * scale if v is not None else float("nan") for v in values], marker="o",
+                        markersize=3, label=legend)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(f"{folder.name}: {name}")
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        plt.close(fig)
+        paths.append(path)
+    return paths

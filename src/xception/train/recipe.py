@@ -1,0 +1,286 @@
+"""Training recipes: plain TOML files a person can read, copy and edit; command-line flags override them.
+
+A recipe is a flat set of settings (:class:`Recipe`) written in sections for readability::
+
+    description = "..."
+    [model]       name (a registered model) and options for create_model (stem, width, drop_rate, ...)
+    [data]        preprocessing (used when the weights bring none) and augmentation
+    [optim]       epochs, batch size, optimiser, learning rate and its schedule, regularisation, EMA
+    [runtime]     device, mixed precision, channels_last, torch.compile, seed, determinism
+
+The recipes shipped with the package live next to this file (``recipes/*.toml``); ``xception train
+--recipe NAME --show-recipe`` prints one, ready to be saved and edited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..data.transforms import Augmentation
+from ..preprocessing import Preprocessing
+
+SECTIONS: tuple[str, ...] = ("data", "optim", "runtime")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "rmsprop")
+SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
+
+
+def _f(default: Any, section: str, doc: str) -> Any:
+    return field(default=default, metadata={"section": section, "doc": doc})
+
+
+@dataclass
+class Recipe:
+    """Every setting of a training run that is not about where the data or the output lives."""
+
+    name: str = field(default="custom", metadata={"section": "", "doc": "recipe name"})
+    description: str = field(default="", metadata={"section": "", "doc": "what the recipe is for"})
+    model: str = field(default="xception", metadata={"section": "", "doc": "registered model name"})
+    model_options: dict[str, Any] = field(default_factory=dict, metadata={"section": "model", "doc": ""})
+
+    # data: preprocessing (when the weights carry none) and training augmentation
+    input_size: int = _f(299, "data", "side of the square network input, pixels")
+    crop_pct: float = _f(0.875, "data", "evaluation: resize the shorter side to input_size / crop_pct, crop")
+    resize_mode: str = _f("crop", "data", "'crop' (resize + centre crop) or 'squash'")
+    interpolation: str = _f("bicubic", "data", "nearest, bilinear or bicubic")
+    mean: tuple[float, ...] = _f((0.5, 0.5, 0.5), "data", "per-channel mean of [0, 1] pixels")
+    std: tuple[float, ...] = _f((0.5, 0.5, 0.5), "data", "per-channel std of [0, 1] pixels")
+    scale: tuple[float, ...] = _f((0.08, 1.0), "data", "random resized crop: range of the crop's area fraction")
+    ratio: tuple[float, ...] = _f((0.75, 1.3333333), "data", "random resized crop: range of the aspect ratio")
+    hflip: float = _f(0.5, "data", "probability of a horizontal flip")
+    translate: float = _f(0.0, "data", "how far a crop may reach past the border (fraction of the side)")
+    val_fraction: float = _f(0.1, "data", "share of each class held out for validation without a val folder")
+    workers: int = _f(-1, "data", "image decoding processes (-1: one per core, at most 8)")
+
+    # optimisation
+    epochs: int = _f(100, "optim", "passes over the training data")
+    batch_size: int = _f(32, "optim", "images per step and process")
+    accum_steps: int = _f(1, "optim", "steps whose gradients are summed before an update")
+    optimizer: str = _f("sgd", "optim", "sgd, adamw or rmsprop")
+    lr: float = _f(0.045, "optim", "peak learning rate, for a global batch of lr_base_batch")
+    lr_base_batch: int = _f(0, "optim", "global batch the lr is meant for; lr scales linearly (0: never)")
+    momentum: float = _f(0.9, "optim", "SGD / RMSprop momentum")
+    nesterov: bool = _f(False, "optim", "Nesterov momentum (SGD)")
+    betas: tuple[float, ...] = _f((0.9, 0.999), "optim", "AdamW betas")
+    eps: float = _f(1e-8, "optim", "AdamW / RMSprop epsilon")
+    weight_decay: float = _f(1e-5, "optim", "decay of conv and linear weights (not of norms or biases)")
+    schedule: str = _f("step", "optim", "step (x decay_rate every decay_epochs), cosine or constant")
+    warmup_epochs: float = _f(0.0, "optim", "linear warm-up from 0 to lr")
+    decay_epochs: float = _f(2.0, "optim", "step schedule: epochs between decays")
+    decay_rate: float = _f(0.94, "optim", "step schedule: factor per decay")
+    min_lr: float = _f(0.0, "optim", "cosine schedule: final learning rate")
+    label_smoothing: float = _f(0.0, "optim", "label smoothing of the cross-entropy")
+    grad_clip: float = _f(0.0, "optim", "clip the gradient norm to this (0: off)")
+    ema_decay: float = _f(0.0, "optim", "Polyak averaging: EMA decay per update (0: off)")
+    freeze_epochs: int = _f(0, "optim", "fine-tuning: train only the new head for this many epochs")
+
+    # runtime
+    device: str = _f("auto", "runtime", "auto (cuda if present), cpu, cuda, cuda:1, mps")
+    amp: str = _f("auto", "runtime", "mixed precision: auto (bf16 on GPU), bf16, fp16, off")
+    channels_last: str = _f("auto", "runtime", "NHWC memory layout: auto (on for CUDA and CPU), on, off")
+    compile: bool = _f(False, "runtime", "torch.compile the model")
+    seed: int = _f(0, "runtime", "seed for initialisation, shuffling, augmentation and the split")
+    deterministic: bool = _f(False, "runtime", "deterministic algorithms only (bit-exact reruns and resumes)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- checks --------------------------------------------------------------------------------------
+
+    def validate(self) -> Recipe:
+        checks: list[tuple[bool, str]] = [
+            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
+            (self.accum_steps >= 1, f"accum_steps must be ≥ 1, got {self.accum_steps}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}"),
+            (self.lr_base_batch >= 0, f"lr_base_batch must be ≥ 0, got {self.lr_base_batch}"),
+            (self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be ≥ 0, got {self.warmup_epochs}"),
+            (self.decay_epochs > 0, f"decay_epochs must be > 0, got {self.decay_epochs}"),
+            (0 < self.decay_rate <= 1, f"decay_rate must be in (0, 1], got {self.decay_rate}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.grad_clip >= 0, f"grad_clip must be ≥ 0, got {self.grad_clip}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}"),
+            (self.freeze_epochs >= 0, f"freeze_epochs must be ≥ 0, got {self.freeze_epochs}"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
+            (self.channels_last in ("auto", "on", "off"),
+             f"channels_last must be auto, on or off, got {self.channels_last!r}"),
+            (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.workers >= -1, f"workers must be ≥ 0 (or -1 for automatic), got {self.workers}"),
+            (len(self.betas) == 2, f"betas needs two values, got {self.betas}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"recipe {self.name!r}: {message}")
+        self.preprocessing()  # checks input_size, crop_pct, interpolation, mean/std
+        self.augmentation()
+        return self
+
+    # -- derived objects -----------------------------------------------------------------------------
+
+    def preprocessing(self) -> Preprocessing:
+        """The recipe's preprocessing, used when the model's weights bring none."""
+        return Preprocessing(
+            input_size=self.input_size, crop_pct=self.crop_pct, resize_mode=self.resize_mode,  # type: ignore[arg-type]
+            interpolation=self.interpolation, mean=tuple(self.mean), std=tuple(self.std),  # type: ignore[arg-type]
+            channels=len(self.mean),
+        )
+
+    def augmentation(self) -> Augmentation:
+        return Augmentation(scale=(self.scale[0], self.scale[1]), ratio=(self.ratio[0], self.ratio[1]),
+                            hflip=self.hflip, translate=self.translate)
+
+    def scaled_lr(self, global_batch: int) -> float:
+        """The peak learning rate for ``global_batch`` images per update: ``lr × global_batch /
+        lr_base_batch`` (the linear scaling rule), or ``lr`` itself when ``lr_base_batch`` is 0."""
+        return self.lr * global_batch / self.lr_base_batch if self.lr_base_batch else self.lr
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def replace(self, **changes: Any) -> Recipe:
+        return Recipe.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["model_options"] = dict(self.model_options)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown recipe setting(s) {unknown}; known: {', '.join(sorted(fields))}")
+        values = {}
+        for name, value in data.items():
+            values[name] = _coerce(name, value, fields[name].default if fields[name].default is not
+                                   dataclasses.MISSING else None)
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, text: str, name: str = "custom") -> Recipe:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"recipe {name!r} is not valid TOML: {err}") from None
+        flat: dict[str, Any] = {"name": name}
+        sections = {f.name: f.metadata["section"] for f in dataclasses.fields(cls)}
+        for key, value in raw.items():
+            if key == "run":
+                continue  # a run folder's config.toml records what the run used: not a setting
+            if key == "model" and isinstance(value, dict):
+                options = dict(value)
+                if "name" in options:
+                    flat["model"] = options.pop("name")
+                flat["model_options"] = options
+            elif key in SECTIONS and isinstance(value, dict):
+                for sub, sub_value in value.items():
+                    if sections.get(sub) != key:
+                        where = f"[{sections[sub]}]" if sections.get(sub) else "no section (unknown setting)"
+                        raise ValueError(f"recipe {name!r}: [{key}] {sub} belongs in {where}")
+                    flat[sub] = sub_value
+            elif key == "description":
+                flat[key] = value
+            else:
+                raise ValueError(f"recipe {name!r}: unknown top-level setting {key!r}")
+        return cls.from_dict(flat)
+
+    def to_toml(self) -> str:
+        """The recipe as TOML, in sections, every setting spelled out (a fully resolved config)."""
+        fields = dataclasses.fields(self)
+        lines = [f"# {self.name} recipe, resolved: every setting spelled out.",
+                 f"description = {toml_value(self.description)}", "", "[model]", f"name = {toml_value(self.model)}"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in self.model_options.items() if v is not None]
+        for section in SECTIONS:
+            lines += ["", f"[{section}]"]
+            for f in fields:
+                if f.metadata["section"] == section:
+                    lines.append(f"{f.name} = {toml_value(getattr(self, f.name))}".ljust(36) + f"# {f.metadata['doc']}")
+        return "\n".join(lines) + "\n"
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Make TOML / command-line values fit the field: ints where floats go, lists for pairs."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"recipe setting {name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if name in ("mean", "std", "scale", "ratio", "betas"):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"recipe setting {name} must be a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    if default is not None and not isinstance(value, type(default)) and name != "model_options":
+        kind = {int: "a whole number", float: "a number", str: "a string"}.get(type(default), type(default).__name__)
+        raise ValueError(f"recipe setting {name} must be {kind}, got {value!r}")
+    return value
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ValueError(f"cannot write {value!r} to TOML")
+
+
+# -- the shipped recipes -------------------------------------------------------------------------------
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    folder = resources.files(__package__).joinpath("recipes")
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A shipped recipe by name (``paper``, ``modern``, ``fashion-mnist``) or a recipe file by path."""
+    text_path = Path(name_or_path)
+    if text_path.suffix == ".toml" or text_path.exists():
+        if not text_path.is_file():
+            raise FileNotFoundError(f"recipe file {text_path} does not exist")
+        return Recipe.from_toml(text_path.read_text(), name=text_path.stem)
+    names = list_recipes()
+    if str(name_or_path) not in names:
+        raise ValueError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(names)} "
+                         "(or give the path of a .toml file)")
+    text = resources.files(__package__).joinpath("recipes", f"{name_or_path}.toml").read_text()
+    return Recipe.from_toml(text, name=str(name_or_path))
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value read as TOML (``0.1``, ``true``, ``[0.5, 1.0]``), else as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
+    """Apply ``key=value`` strings (``lr=0.1``, ``model.width=0.5``) to a recipe."""
+    changes: dict[str, Any] = {}
+    options = dict(recipe.model_options)
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key = key.strip().replace("-", "_")
+        if key.startswith("model."):
+            options[key.removeprefix("model.")] = parse_value(value)
+        else:
+            changes[key.split(".")[-1]] = parse_value(value)
+    return recipe.replace(**changes, model_options=options)

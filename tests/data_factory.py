@@ -1,0 +1,80 @@
+"""Small generated datasets and bad files for the data, training, evaluation and prediction tests."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xception.data import images as img
+from xception.train import Recipe
+
+CLASSES = ("diagonal", "horizontal", "vertical")
+
+
+def stripes_folder(root: Path, per_class: int = 12, size: int = 32, seed: int = 0) -> Path:
+    """An easy, learnable ImageFolder: bright stripes on noise, one orientation per class."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = rng.integers(0, 80, (size, size, 3)).astype(np.uint8)
+            offset = int(rng.integers(0, 5))
+            for j in range(offset, size, 6):
+                if name == "horizontal":
+                    a[j : j + 2] = 255
+                elif name == "vertical":
+                    a[:, j : j + 2] = 255
+                else:
+                    for t in range(size):
+                        a[t, (t + j) % size] = 255
+            Image.fromarray(a).save(root / name / f"{label}{i:03d}.png")
+    return root
+
+
+def bomb_png(path: Path, width: int = 50_000, height: int = 50_000) -> Path:
+    """A tiny PNG whose header claims width×height pixels: a decompression bomb by its dimensions."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def add_bad_files(folder: Path) -> dict[str, str]:
+    """Every kind of bad file, in one class folder; returns {file name: expected skip reason}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    (folder / "empty.png").write_bytes(b"")
+    good.save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "whole.png").unlink()
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+    good.save(folder / "whole.jpg", quality=90)
+    data = (folder / "whole.jpg").read_bytes()
+    (folder / "whole.jpg").unlink()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "page.jpg").write_text("<html><body>not an image</body></html>")
+    (folder / "notes.txt").write_text("a note someone left here")
+    bomb_png(folder / "bomb.png")
+    return {
+        "empty.png": img.EMPTY, "cut.png": img.TRUNCATED, "cut.jpg": img.TRUNCATED, "page.jpg": img.NOT_AN_IMAGE,
+        "notes.txt": img.NOT_AN_IMAGE, "bomb.png": img.TOO_LARGE,
+    }
+
+
+def tiny_recipe(**changes: object) -> Recipe:
+    """A recipe for tests: a tiny small-stem Xception on 32 px RGB images, a few quick epochs, no workers."""
+    base = Recipe(
+        name="tiny", model_options={"stem": "small", "width": 0.25, "middle_repeats": 1}, input_size=32,
+        crop_pct=1.0, interpolation="bilinear", scale=(0.6, 1.0), hflip=0.0, val_fraction=0.25, workers=0,
+        epochs=2, batch_size=8, optimizer="adamw", lr=3e-3, lr_base_batch=0, weight_decay=0.0,
+        schedule="constant", ema_decay=0.0, device="cpu",
+    )
+    return base.replace(**changes)
