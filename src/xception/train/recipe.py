@@ -86,6 +86,7 @@ class Recipe:
     compile: bool = _f(False, "runtime", "torch.compile the model")
     seed: int = _f(0, "runtime", "seed for initialisation, shuffling, augmentation and the split")
     deterministic: bool = _f(False, "runtime", "deterministic algorithms only (bit-exact reruns and resumes)")
+    sync_bn: bool = _f(False, "runtime", "under torchrun: BatchNorm statistics over the global batch")
 
     def __post_init__(self) -> None:
         self.validate()
