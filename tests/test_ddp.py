@@ -20,8 +20,10 @@ from xception.train.checkpoint import load_checkpoint
 
 SRC = str(Path(xception.__file__).parents[1])
 # SGD on full images (no random crop or flip): the only difference left between runs is how they split work.
+# In float64: this tiny network's float32 training is chaotic (a 1e-7 change of the input moves the second
+# step's gradients by a few %), which would hide a real difference behind rounding noise.
 RECIPE = tiny_recipe(val_fraction=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), optimizer="sgd", lr=0.05, momentum=0.9,
-                     epochs=2, batch_size=12, deterministic=True)
+                     epochs=2, batch_size=12, deterministic=True, precision="float64", amp="off")
 
 
 def environment() -> dict[str, str]:
@@ -66,7 +68,7 @@ def test_two_processes_with_sync_bn_end_with_the_weights_of_one_process_with_the
     assert one["step"] == two["step"] == 6
     assert two["world_size"] == 2
     for key, value in one["model"].items():
-        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-9, atol=1e-12, msg=key)
     # The model really moved: the comparison is not between two copies of the initialisation.
     first = tiny_model_state(RECIPE)
     assert any(not torch.allclose(first[k], v) for k, v in one["model"].items() if v.is_floating_point())
@@ -75,13 +77,15 @@ def test_two_processes_with_sync_bn_end_with_the_weights_of_one_process_with_the
 def tiny_model_state(recipe) -> dict[str, torch.Tensor]:
     torch.manual_seed(recipe.seed)
     model = xception.create_model(recipe.model, num_classes=3, in_chans=3, **recipe.model_options)
-    return model.state_dict()
+    return model.double().state_dict()
 
 
 def test_only_rank_0_writes_the_run_folder(runs):
-    files = sorted(p.name for p in runs["two"].iterdir())
-    assert sorted(p.name for p in runs["one"].iterdir()) == files  # the same artifacts, once each
-    assert sum(name.startswith("events.out.tfevents") for name in files) == 1
+    def kinds(folder: Path) -> list[str]:  # TensorBoard's file name carries a time stamp and a pid
+        return sorted("events" if p.name.startswith("events.out.tfevents") else p.name for p in folder.iterdir())
+
+    assert kinds(runs["two"]) == kinds(runs["one"])  # the same artifacts, once each
+    assert kinds(runs["two"]).count("events") == 1
     records = [json.loads(line) for line in (runs["two"] / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
 
@@ -104,7 +108,8 @@ def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
     done = run(xception_cmd("train", "--resume", str(folder), "--epochs", "3", "--no-progress"))
     assert "resumed in epoch 3" in done.stderr
     state = load_checkpoint(folder / "last.pt")
-    assert state["epoch"] == 3 and state["world_size"] == 1 and state["step"] == 6 + 3
+    # The per-process batch (6) stays: alone, the process takes 6 steps for the third epoch's 36 images.
+    assert state["epoch"] == 3 and state["world_size"] == 1 and state["step"] == 6 + 6
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -127,7 +132,7 @@ def test_a_killed_worker_brings_the_job_down_and_max_restarts_resumes_it(data, t
     assert len(victims) == 2
     os.kill(victims[1], signal.SIGKILL)
     _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
+    assert proc.returncode == 0, stderr[-12000:]
     assert "resumed in epoch" in stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]

@@ -77,8 +77,27 @@ def init_distributed(device: torch.device) -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend, timeout=timeout)
+    store = _restart_store(timeout)
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+
+
+def _restart_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """After a ``--max-restarts`` relaunch, a view of torchrun's key-value store under a fresh prefix.
+
+    torchrun's agent keeps serving the same store across restarts; without a new prefix the new workers
+    can read the addresses the failed ones published and fail to connect. None: the default store.
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"xception/restart-{restart}", store)
 
 
 def shutdown_distributed() -> None:

@@ -104,6 +104,7 @@ def count_batches(
     was_training = model.training
     model.eval()
     counts = Counts.zeros(num_classes, device)
+    dtype = next(model.parameters()).dtype
     bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
     try:
         for images, labels, skipped in bar:
@@ -111,8 +112,7 @@ def count_batches(
                 on_skipped(skipped)
             if len(labels) == 0:
                 continue
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(dtype, memory_format=torch.channels_last if channels_last else torch.preserve_format)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 logits = model(images)
             counts.update(logits, labels)

@@ -161,7 +161,9 @@ def _train(
     channels_last = recipe.channels_last == "on" or (recipe.channels_last == "auto" and device.type in ("cuda", "cpu"))
     if recipe.sync_bn and dist.distributed:
         convert_sync_batchnorm(model, device)  # batch statistics over the global batch
-    model.to(device)
+    dtype = torch.float64 if recipe.precision == "float64" else torch.float32
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    model.to(device, dtype)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
@@ -190,7 +192,7 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda update: lr_at(recipe, update / updates_per_epoch, peak_lr) / peak_lr
     )
-    amp_dtype = _amp_dtype(recipe.amp, device)
+    amp_dtype = _amp_dtype(recipe.amp, device) if dtype == torch.float32 else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
@@ -278,8 +280,7 @@ def _train(
                     batch += 1
                     if len(labels) == 0:
                         continue
-                    if channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
+                    images = images.to(dtype, memory_format=layout)
                     update = batch % recipe.accum_steps == 0 or batch == batches_per_epoch
                     # Between updates gradients accumulate locally; processes exchange them once per update.
                     with _no_sync(parallel, not update):
