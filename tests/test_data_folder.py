@@ -10,8 +10,8 @@ from xception.data import SkipLog, Skipped, evaluation_source, scan_folder, spli
 from xception.data.folder import ImageFolderDataset, find_split_folders
 from xception.data.images import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED
 from xception.data.transforms import Augmentation, eval_transform, train_transform
+from xception.distributed import ResumableSampler
 from xception.preprocessing import Preprocessing
-from xception.train.ddp import ResumableSampler
 
 PRE = Preprocessing(input_size=32, crop_pct=1.0, interpolation="bilinear")
 

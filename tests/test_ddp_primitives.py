@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from xception.train.ddp import ResumableSampler, SyncBatchNorm2d, all_reduce_sum, convert_sync_batchnorm
+from xception.distributed import ResumableSampler, SyncBatchNorm2d, all_reduce_sum, convert_sync_batchnorm
 
 
 def free_port() -> int:

@@ -10,10 +10,10 @@ import xception
 from data_factory import CLASSES, add_bad_files, stripes_folder, tiny_recipe
 from xception.data import TensorSource, training_sources
 from xception.data.transforms import Augmentation
+from xception.distributed import ResumableSampler
 from xception.preprocessing import Preprocessing
 from xception.train import NonFiniteLoss, load_recipe, lr_at, train
 from xception.train.checkpoint import load_checkpoint
-from xception.train.ddp import ResumableSampler
 from xception.train.loop import _optimizer
 
 

@@ -104,6 +104,7 @@ def count_batches(
     was_training = model.training
     model.eval()
     counts = Counts.zeros(num_classes, device)
+    dtype = next(model.parameters()).dtype
     bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
     try:
         for images, labels, skipped in bar:
@@ -111,8 +112,7 @@ def count_batches(
                 on_skipped(skipped)
             if len(labels) == 0:
                 continue
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(dtype, memory_format=torch.channels_last if channels_last else torch.preserve_format)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 logits = model(images)
             counts.update(logits, labels)
@@ -243,7 +243,8 @@ def evaluate(
     is the one the weights carry. ``plot`` writes the confusion-matrix PNG there.
     """
     from .api import create_model
-    from .data import SkipLog, evaluation_source
+    from .data import ShardSampler, SkipLog, evaluation_source
+    from .distributed import all_reduce_sum, init_distributed, launched_by_torchrun, shutdown_distributed
 
     model = create_model(model_name, weights=weights)
     classes = model.class_names
@@ -256,13 +257,26 @@ def evaluate(
     skip_log = SkipLog(strict=strict)
     skip_log.add(source.skipped)
     dev = resolve_device(device)
-    model.to(dev)
-    pre = model_preprocessing(model)
-    batches = source.batches(pre, train=False, batch_size=batch_size, device=dev, workers=workers)
-    start = time.perf_counter()
-    counts = count_batches(model, batches, len(classes), device=dev, on_skipped=skip_log.add, progress=progress,
-                           total=len(batches))
-    elapsed = time.perf_counter() - start
+    # Under torchrun each process takes every world_size-th image; the counts are summed, so the metrics
+    # are those of the whole set, exactly.
+    joined = launched_by_torchrun()
+    env = init_distributed(dev)
+    if dev.type == "cuda" and env.distributed:
+        dev = torch.device("cuda", env.local_rank)
+    try:
+        model.to(dev)
+        pre = model_preprocessing(model)
+        batches = source.batches(pre, train=False, batch_size=batch_size, device=dev, workers=workers,
+                                 sampler=ShardSampler(len(source), env.rank, env.world_size))
+        start = time.perf_counter()
+        counts = count_batches(model, batches, len(classes), device=dev, on_skipped=skip_log.add,
+                               progress=progress and env.is_main, total=len(batches)).all_reduce(all_reduce_sum)
+        elapsed = time.perf_counter() - start
+    finally:
+        if joined:
+            shutdown_distributed()
+    if not env.is_main:
+        plot = None  # one process draws
     if counts.total == 0:
         raise ValueError(f"no readable images in {data}")
     report = EvalReport(str(weights), source.description, list(classes), counts, skip_log.counts(), elapsed)

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import is_main_process
     from ..evaluate import evaluate
     from ._common import print_json
     from ._output import setup_logging
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.weights, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
                       workers=args.workers, strict=args.strict, data_dir=args.data_dir,
                       progress=not args.no_progress, plot=plot)
+    if not is_main_process():
+        return 0  # under torchrun: rank 0 reports the counts summed over all processes
     if args.json:
         print_json(report.to_dict())
     else:

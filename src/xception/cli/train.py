@@ -69,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     group.add_argument("--deterministic", action="store_true", default=None,
                        help="deterministic algorithms only (bit-exact reruns and resumes)")
+    group.add_argument("--sync-bn", action="store_true", default=None,
+                       help="under torchrun: BatchNorm statistics over all processes' batches")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe setting, e.g. --set model.width=0.5 --set hflip=0 (repeatable)")
     p.add_argument("--show-recipe", action="store_true", help="print the resolved recipe as TOML and exit")
@@ -80,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import FASHION_MNIST
+    from ..distributed import is_main_process
     from ..train import apply_overrides, list_recipes, load_recipe, resume_settings, train
     from ._output import print_json, setup_logging
 
@@ -94,13 +97,15 @@ def run(args: argparse.Namespace) -> int:
         fashion = args.data is None or args.data == FASHION_MNIST
         recipe = load_recipe(args.recipe or ("fashion-mnist" if fashion else "modern"))
     changes = {setting: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, setting, _, _ in OVERRIDES}
-    changes.update(compile=args.compile, deterministic=args.deterministic, model=args.model)
+    changes.update(compile=args.compile, deterministic=args.deterministic, model=args.model, sync_bn=args.sync_bn)
     recipe = apply_overrides(recipe.replace(**{k: v for k, v in changes.items() if v is not None}), args.set)
     if args.show_recipe:
         print(recipe.to_toml(), end="")
         return 0
     result = train(recipe, args.data, val=args.val, data_dir=args.data_dir, out=args.out, weights=args.weights,
                    resume=args.resume, strict=args.strict, progress=not args.no_progress)
+    if not is_main_process():
+        return 130 if result.interrupted else 0  # under torchrun, rank 0 reports
     if args.json:
         print_json({"run_dir": result.run_dir, "weights": result.weights, "epochs": result.epochs_done,
                     "best": result.best, "interrupted": result.interrupted, "skipped": result.skipped,

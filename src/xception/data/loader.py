@@ -34,7 +34,7 @@ def mix_seed(*parts: int) -> int:
 
 
 class EpochOrder(Protocol):
-    """A sampler that can replay any epoch from any position (e.g. ``xception.train.ddp.ResumableSampler``).
+    """A sampler that can replay any epoch from any position (e.g. ``xception.distributed.ResumableSampler``).
 
     ``set_epoch(epoch, start)`` selects the epoch's order and skips its first ``start`` positions (counted
     over all processes together); ``epoch`` is the epoch selected.

@@ -47,7 +47,7 @@ class Source(ABC):
         if sampler is not None:
             return sampler
         if train:
-            raise ValueError("training batches need a sampler (e.g. xception.train.ddp.ResumableSampler)")
+            raise ValueError("training batches need a sampler (e.g. xception.distributed.ResumableSampler)")
         return ShardSampler(len(self))
 
 

@@ -5,7 +5,7 @@
     >>> result.weights                                   # runs/fashion-mnist-…/model.safetensors
 """
 
-from .ddp import DistEnv
+from ..distributed import DistEnv
 from .ema import ModelEma
 from .loop import NonFiniteLoss, RunSettings, TrainResult, resume_settings, train
 from .recipe import Recipe, apply_overrides, list_recipes, load_recipe

@@ -35,13 +35,24 @@ from tqdm import tqdm
 from ..api import create_model
 from ..data import ShardSampler, SkipLog, training_sources
 from ..data.loader import default_workers
+from ..distributed import (
+    DistEnv,
+    ResumableSampler,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    convert_sync_batchnorm,
+    init_distributed,
+    launched_by_torchrun,
+    restarted_by_torchrun,
+    shutdown_distributed,
+)
 from ..evaluate import count_batches, resolve_device
 from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
 from ..weights import save_weights
 from . import artifacts
 from .checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .ddp import DistEnv, ResumableSampler, all_reduce_sum, barrier, launched_by_torchrun
 from .ema import ModelEma
 from .recipe import Recipe
 from .schedule import lr_at
@@ -102,11 +113,18 @@ def train(
         strict: fail on the first unreadable image instead of skipping it.
     """
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    # Under torchrun (one process per GPU or CPU slot) join the process group; leave it when done.
+    joined = dist is None and launched_by_torchrun()
+    dist = dist or init_distributed(resolve_device(recipe.device))
+    if resume is None and out is not None and restarted_by_torchrun() and (Path(out) / LAST).is_file():
+        resume = out  # torchrun --max-restarts relaunched the job after a failure: continue from the checkpoint
     try:
         return _train(recipe, data, val=val, data_dir=data_dir, out=out, weights=weights, resume=resume,
                       strict=strict, progress=progress, dist=dist)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
+        if joined:
+            shutdown_distributed()
 
 
 def _train(
@@ -116,15 +134,16 @@ def _train(
     dist: DistEnv | None,
 ) -> TrainResult:
     started = time.perf_counter()
-    dist = dist or _single_process()
     checkpoint = load_checkpoint(resume) if resume is not None else None
     settings = RunSettings(**checkpoint["run"]) if checkpoint else RunSettings(
         data=None if data is None else str(data), val=None if val is None else str(val),
         data_dir=None if data_dir is None else str(data_dir), weights=None if weights is None else str(weights),
         strict=strict,
     )
-    run_dir = _run_dir(recipe, out, resume)
+    run_dir = broadcast_object(_run_dir(recipe, out, resume) if dist.is_main else None)  # one folder for all ranks
     device = resolve_device(recipe.device)
+    if device.type == "cuda" and dist.distributed:
+        device = torch.device("cuda", dist.local_rank)
     _seed_everything(recipe, device)
 
     # -- data: bad paths and empty classes fail here, before any work ----------------------------------
@@ -140,11 +159,14 @@ def _train(
     # NHWC is faster for these depthwise-separable convs on GPUs and on CPUs (oneDNN) alike: ~1.6× per
     # training step on CPU for the Fashion-MNIST model (README).
     channels_last = recipe.channels_last == "on" or (recipe.channels_last == "auto" and device.type in ("cuda", "cpu"))
-    model.to(device)
+    if recipe.sync_bn and dist.distributed:
+        convert_sync_batchnorm(model, device)  # batch statistics over the global batch
+    dtype = torch.float64 if recipe.precision == "float64" else torch.float32
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    model.to(device, dtype)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
-    forward = torch.compile(model) if recipe.compile else model
 
     workers = default_workers() if recipe.workers < 0 else recipe.workers
     sampler = ResumableSampler(len(train_src), rank=dist.rank, world_size=dist.world_size, seed=recipe.seed)
@@ -170,14 +192,14 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda update: lr_at(recipe, update / updates_per_epoch, peak_lr) / peak_lr
     )
-    amp_dtype = _amp_dtype(recipe.amp, device)
+    amp_dtype = _amp_dtype(recipe.amp, device) if dtype == torch.float32 else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
     # -- where we start ---------------------------------------------------------------------------------
-    epoch, start_batch, step, best = 0, 0, 0, None
+    epoch, position, step, best = 0, 0, 0, None  # position: samples of the epoch consumed by all ranks
     partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
     if checkpoint:
         model.load_state_dict(checkpoint["model"])
@@ -185,15 +207,21 @@ def _train(
             ema.load_state_dict(checkpoint["ema"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        # The recipe may have changed on resume (e.g. a lower --lr after a NaN): recompute the current lr.
+        scaler.load_state_dict(checkpoint["scaler"])
+        set_rng_state(checkpoint["rng"])
+        epoch, step, position = checkpoint["epoch"], checkpoint["step"], checkpoint["position"]
+        best, partial = checkpoint["best"], checkpoint["partial"]
+        if not dist.is_main:  # the epoch's running sums are global: one rank carries them on
+            partial = {**partial, "loss_sum": 0.0, "correct": 0, "seen": 0}
+        # The schedule follows the data seen, so a resume on another number of processes (another global
+        # batch, other updates per epoch) continues it where it stands; the recipe may have changed too
+        # (e.g. a lower --lr after a NaN): recompute the current lr.
+        train_batches.set_epoch(epoch, position)
+        done = batches_per_epoch - len(train_batches)
+        scheduler.last_epoch = epoch * updates_per_epoch + math.ceil(done / recipe.accum_steps)
         scheduler.base_lrs = [peak_lr] * len(optimizer.param_groups)
         for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
             group["lr"] = peak_lr * factor(scheduler.last_epoch)
-        scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"])
-        epoch, step = checkpoint["epoch"], checkpoint["step"]
-        start_batch = checkpoint["position"] // stride
-        best, partial = checkpoint["best"], checkpoint["partial"]
         for item in checkpoint.get("skipped", []):
             skip_log.seen.setdefault(item["path"], _skipped(item))
     elapsed_before = checkpoint["elapsed_s"] if checkpoint else 0.0
@@ -211,11 +239,11 @@ def _train(
                        f"{len(classes)} classes, {pre.input_size} px, batch {global_batch}, lr {peak_lr:g}, "
                        f"{recipe.epochs} epochs, {device}{resumed}\nrun folder: {run_dir}")
 
-    def state(epoch_: int, batch_: int, partial_: dict[str, Any]) -> dict[str, Any]:
+    def state(epoch_: int, position_: int, partial_: dict[str, Any]) -> dict[str, Any]:
         return {
             "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(), "epoch": epoch_, "position": batch_ * stride, "world_size": dist.world_size,
+            "rng": rng_state(), "epoch": epoch_, "position": position_, "world_size": dist.world_size,
             "step": step, "best": best, "partial": partial_,
             "recipe": recipe.to_dict(), "run": vars(settings), "model_config": model.config.to_dict(),
             "class_names": classes, "preprocessing": pre.to_dict(),
@@ -224,13 +252,19 @@ def _train(
         }
 
     stop = _StopRequest()
-    interrupted = False
+    interrupted = stopping = False
+    forward, parallel, frozen = model, None, None
     try:
         with stop.installed():
             _say(dist, started_message)  # from here on, Ctrl-C stops cleanly with a checkpoint
             while epoch < recipe.epochs:
-                frozen = _freeze_backbone(model, epoch < recipe.freeze_epochs and settings.weights is not None)
-                train_batches.set_epoch(epoch, start_batch * stride)
+                now_frozen = _freeze_backbone(model, epoch < recipe.freeze_epochs and settings.weights is not None)
+                if now_frozen != frozen:  # DDP hooks the parameters that train: wrap again when they change
+                    frozen, parallel = now_frozen, None
+                    parallel = _data_parallel(model, dist, device)
+                    forward = torch.compile(parallel) if recipe.compile else parallel
+                train_batches.set_epoch(epoch, position)
+                start_batch = batches_per_epoch - len(train_batches)
                 model.train()
                 if frozen:
                     _backbone_eval(model)
@@ -246,17 +280,19 @@ def _train(
                     batch += 1
                     if len(labels) == 0:
                         continue
-                    if channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    with autocast():
-                        logits = forward(images)
-                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
-                    scaler.scale(loss / recipe.accum_steps).backward()
+                    images = images.to(dtype, memory_format=layout)
+                    update = batch % recipe.accum_steps == 0 or batch == batches_per_epoch
+                    # Between updates gradients accumulate locally; processes exchange them once per update.
+                    with _no_sync(parallel, not update):
+                        with autocast():
+                            logits = forward(images)
+                            loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+                        scaler.scale(loss / recipe.accum_steps).backward()
                     loss_sum += loss.detach().double() * len(labels)
                     correct += (logits.detach().argmax(1) == labels).sum()
                     seen += len(labels)
-                    if batch % recipe.accum_steps and batch != batches_per_epoch:
-                        continue  # gradients accumulate until the update
+                    if not update:
+                        continue
                     _update(model, optimizer, scaler, recipe.grad_clip)
                     scheduler.step()
                     if ema is not None:
@@ -264,33 +300,38 @@ def _train(
                     step += 1
                     bar.update(batch - bar.n)
                     if step % 10 == 0 or batch == batches_per_epoch:
-                        mean_loss = float(loss_sum) / max(seen, 1)
+                        g_loss, g_correct, g_seen = _global_sums(loss_sum, correct, seen)
+                        mean_loss = g_loss / max(g_seen, 1)
                         _check_finite(mean_loss, epoch, step, run_dir, checkpoint is not None or epoch > 0)
-                        rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
+                        rate = g_seen / max(time.perf_counter() - epoch_start, 1e-9)
                         lr = optimizer.param_groups[0]["lr"]
-                        bar.set_postfix_str(f"loss {mean_loss:.4f}  acc {100 * int(correct) / max(seen, 1):.2f} %  "
+                        bar.set_postfix_str(f"loss {mean_loss:.4f}  acc {100 * g_correct / max(g_seen, 1):.2f} %  "
                                             f"lr {lr:.3g}  {rate:.0f} img/s", refresh=False)
                         run_log.scalars(step, {"train/loss": mean_loss, "train/lr": lr, "train/images_per_s": rate})
-                    if stop.requested:
+                    if not dist.distributed or step % 10 == 0:  # ranks agree on the step to stop at
+                        stopping = _any_rank(stop.requested, dist, device)
+                    if stopping:
                         break
                 bar.close()
+                g_loss, g_correct, g_seen = _global_sums(loss_sum, correct, seen)
 
-                if stop.requested and batch < batches_per_epoch:
-                    partial_ = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
+                if stopping and batch < batches_per_epoch:
+                    partial_ = {"loss_sum": g_loss, "correct": g_correct, "seen": g_seen,
                                 "time": time.perf_counter() - epoch_start}
                     if dist.is_main:
-                        save_checkpoint(run_dir / LAST, state(epoch, batch, partial_))
+                        save_checkpoint(run_dir / LAST, state(epoch, position + (batch - start_batch) * stride,
+                                                              partial_))
                     interrupted = True
                     break
 
                 # -- end of epoch: validate, log, checkpoint ------------------------------------------
-                train_loss = float(loss_sum) / max(seen, 1)
+                train_loss = g_loss / max(g_seen, 1)
                 _check_finite(train_loss, epoch, step, run_dir, checkpoint is not None or epoch > 0)
                 train_time = time.perf_counter() - epoch_start
                 record: dict[str, Any] = {
                     "epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": train_loss, "train_acc": int(correct) / max(seen, 1),
-                    "train_images_per_s": round(seen / max(train_time, 1e-9), 1),
+                    "train_loss": train_loss, "train_acc": g_correct / max(g_seen, 1),
+                    "train_images_per_s": round(g_seen / max(train_time, 1e-9), 1),
                 }
                 if val_batches is not None:
                     eval_model = ema.module if ema is not None else model
@@ -307,14 +348,14 @@ def _train(
                     best = record
                 run_log.epoch(record)
                 _say(dist, _epoch_line(record, recipe.epochs), bar_safe=True)
-                epoch, start_batch = epoch + 1, 0
+                epoch, position = epoch + 1, 0
                 partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
                 if dist.is_main:
                     # best.pt before last.pt: a crash in between leaves last.pt behind best.pt, never ahead of it.
                     if is_best:
                         save_checkpoint(run_dir / BEST, state(epoch, 0, partial))
                     save_checkpoint(run_dir / LAST, state(epoch, 0, partial))
-                if stop.requested:
+                if stopping:
                     interrupted = epoch < recipe.epochs
                     break
     finally:
@@ -352,10 +393,32 @@ def resume_settings(path: str | os.PathLike[str]) -> tuple[Recipe, RunSettings]:
 # -- pieces of the loop ------------------------------------------------------------------------------------
 
 
-def _single_process() -> DistEnv:
-    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
-        raise ValueError("this version trains in one process; launch it without torchrun")
-    return DistEnv()
+def _data_parallel(model: nn.Module, dist: DistEnv, device: torch.device) -> nn.Module:
+    """The model wrapped for data-parallel training (gradients averaged across ranks), or itself."""
+    if not dist.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _no_sync(parallel: nn.Module | None, skip: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's no_sync() when ``skip`` (a micro-batch of gradient accumulation), else nothing."""
+    return parallel.no_sync() if skip and hasattr(parallel, "no_sync") else contextlib.nullcontext()
+
+
+def _global_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, int, int]:
+    """The epoch's running loss sum, correct count and sample count over all ranks (exact counts)."""
+    sums = torch.tensor([float(loss_sum), float(correct), float(seen)], dtype=torch.float64, device=loss_sum.device)
+    all_reduce_sum(sums)
+    return float(sums[0]), round(float(sums[1])), round(float(sums[2]))
+
+
+def _any_rank(flag: bool, dist: DistEnv, device: torch.device) -> bool:
+    """True on every rank when it is true on one (a stop request reaches the ranks at different steps)."""
+    if not dist.distributed:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([int(flag)], device=device)).item())
 
 
 def _run_dir(recipe: Recipe, out: str | os.PathLike[str] | None, resume: str | os.PathLike[str] | None) -> Path:

@@ -86,6 +86,8 @@ class Recipe:
     compile: bool = _f(False, "runtime", "torch.compile the model")
     seed: int = _f(0, "runtime", "seed for initialisation, shuffling, augmentation and the split")
     deterministic: bool = _f(False, "runtime", "deterministic algorithms only (bit-exact reruns and resumes)")
+    sync_bn: bool = _f(False, "runtime", "under torchrun: BatchNorm statistics over the global batch")
+    precision: str = _f("float32", "runtime", "parameter precision: float32, or float64 for numerical checks")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +117,8 @@ class Recipe:
             (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
             (self.workers >= -1, f"workers must be ≥ 0 (or -1 for automatic), got {self.workers}"),
             (len(self.betas) == 2, f"betas needs two values, got {self.betas}"),
+            (self.precision in ("float32", "float64"), f"precision must be float32 or float64, got {self.precision!r}"),
+            (self.precision == "float32" or self.amp in ("auto", "off"), "precision float64 needs amp = 'off'"),
         ]
         for ok, message in checks:
             if not ok:

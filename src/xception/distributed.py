@@ -22,11 +22,14 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,16 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain single process: the one that prints and writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def restarted_by_torchrun() -> bool:
+    """True when ``torchrun --max-restarts`` relaunched the workers after a failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def init_distributed(device: torch.device) -> DistEnv:
     """Join the process group torchrun describes (a no-op single-process env when not launched by it)."""
     if not launched_by_torchrun():
@@ -64,8 +77,27 @@ def init_distributed(device: torch.device) -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend, timeout=timeout)
+    store = _restart_store(timeout)
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+
+
+def _restart_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """After a ``--max-restarts`` relaunch, a view of torchrun's key-value store under a fresh prefix.
+
+    torchrun's agent keeps serving the same store across restarts; without a new prefix the new workers
+    can read the addresses the failed ones published and fail to connect. None: the default store.
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"xception/restart-{restart}", store)
 
 
 def shutdown_distributed() -> None:
@@ -78,6 +110,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
 
 
 def barrier() -> None:
