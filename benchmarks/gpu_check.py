@@ -30,9 +30,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 SECTIONS = ("correctness", "inference", "training", "compiled")
-# Share of the budget each section may use at most (the compiled section gets what is left).
+# Share of the budget each section may use at most (the last section run gets what is left).
 SHARES = {"correctness": 0.3, "inference": 0.15, "training": 0.13}
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
+AUTOCAST_MARGIN = 1.5  # a bf16 fast path may drift up to 1.5× as far as bf16 autocast of the plain model
 
 
 def section_correctness(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,15 +69,21 @@ def section_correctness(args: argparse.Namespace) -> dict[str, Any]:
         x = torch.randn(batch, 3, size, size, generator=gen).to(device)
         with torch.inference_mode():
             reference = model.to(device)(x).float().cpu()
+            # How far bf16 alone moves the plain model (autocast, as users run it): the deeper aligned
+            # families drift further than a fixed tolerance allows, whatever the kernels.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                autocast_err = relative_error(model(x), reference) if cuda else 0.0
         model.cpu()
-        # The aligned families get the default path only, to stay within the time budget.
+        # The aligned families get the default path and plain PyTorch kernels, to stay within the budget.
         paper = family in ("legacy_xception", "xception")
-        for label, kw in (v for v in variants if paper or v[0] == "auto kernels, bf16"):
+        for label, kw in (v for v in variants if paper or v[0] in ("auto kernels, bf16", "torch kernels, bf16")):
             start = time.perf_counter()
             try:
                 fast = xception.optimize(model, device=device, batch_size=batch, input_size=size, **kw)
                 err = relative_error(fast(x), reference)
                 tol = TOLERANCE[str(kw["dtype"]).removeprefix("torch.")]
+                if kw["dtype"] == torch.bfloat16:  # no worse than bf16 autocast of the plain model, with a margin
+                    tol = max(tol, AUTOCAST_MARGIN * autocast_err)
                 status = "PASS" if err <= tol else "FAIL"
                 if fast.kernel_choices:
                     choices[f"{family}, {label}"] = fast.kernel_choices
@@ -84,10 +91,13 @@ def section_correctness(args: argparse.Namespace) -> dict[str, Any]:
             except Exception as e:  # reported as a failure of this variant; the others still run
                 err, tol, status, kernels = None, None, f"ERROR {type(e).__name__}: {e}", None
             checks.append({"model": family, "variant": label, "max_rel_err": err, "tolerance": tol,
+                           "bf16_autocast_err": autocast_err,
                            "status": status, "kernels": kernels, "seconds": round(time.perf_counter() - start, 1)})
             print(f"  {family:16s} {label:34s} {status:5s} err {err if err is None else f'{err:.1e}'}", flush=True)
-    return {"environment": environment(device), "batch_size": batch, "input_size": size, "checks": checks,
-            "kernel_choices": choices}
+            report = {"environment": environment(device), "batch_size": batch, "input_size": size, "checks": checks,
+                      "kernel_choices": choices}
+            _save(args, "correctness", report)  # so far: a section stopped at its time limit keeps its checks
+    return report
 
 
 def _bench(args: argparse.Namespace, modes: tuple[str, ...], batch: int, repeats: int, **kw: Any) -> dict[str, Any]:
@@ -123,6 +133,13 @@ def section_compiled(args: argparse.Namespace) -> dict[str, Any]:
 # -- the driver -------------------------------------------------------------------------------------------
 
 
+def _save(args: argparse.Namespace, section: str, report: dict[str, Any]) -> None:
+    path = Path(args.out) / f"{section}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(path)
+
+
 def run_section(name: str, args: argparse.Namespace, out: Path, timeout: float) -> dict[str, Any] | None:
     """Run one section in its own process, within ``timeout`` seconds; its JSON, or None."""
     print(f"== {name} (at most {timeout:.0f} s)", flush=True)
@@ -138,7 +155,11 @@ def run_section(name: str, args: argparse.Namespace, out: Path, timeout: float) 
         code = "timeout"
     path = out / f"{name}.json"
     print(f"== {name}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
-    return json.loads(path.read_text()) if code == 0 and path.exists() else None
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    report["finished"] = code == 0  # False: what a section saved before it stopped
+    return report
 
 
 def _result(report: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -157,9 +178,14 @@ def summary(sections: dict[str, dict[str, Any] | None], budget_used: float) -> s
         lines.append(f"device: {env.get('gpu', env['device'])}; torch {env['torch']}, CUDA {env.get('cuda')}, "
                      f"cuDNN {env.get('cudnn')}, triton {env['triton']}, timm {env['timm']}")
         passed = sum(c["status"] == "PASS" for c in corr["checks"])
+        if not corr.get("finished", True):
+            lines.append("correctness: the section stopped at its time limit; the checks it finished:")
         lines.append(f"correctness: {passed}/{len(corr['checks'])} fast-path checks pass "
-                     f"(bf16 ≤ {TOLERANCE['bfloat16']}, fp16 ≤ {TOLERANCE['float16']}, fp32 ≤ {TOLERANCE['float32']} "
-                     "of the logit scale, vs float32 eager, TF32 off)")
+                     f"(max |Δ| / max |logit| vs float32 eager, TF32 off: fp32 ≤ {TOLERANCE['float32']}; "
+                     f"bf16 ≤ {TOLERANCE['bfloat16']} or ≤ {AUTOCAST_MARGIN}× the plain model's bf16-autocast error)")
+        autocast = {c["model"]: c.get("bf16_autocast_err") for c in corr["checks"]}
+        lines.append("  plain model under bf16 autocast: " + ", ".join(
+            f"{m} {e:.1e}" for m, e in autocast.items() if e is not None))
         for c in corr["checks"]:
             if c["status"] != "PASS":
                 lines.append(f"  {c['status']}: {c['model']} / {c['variant']} (err {c['max_rel_err']})")
@@ -232,8 +258,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     if args.section:
-        result = globals()[f"section_{args.section}"](args)
-        (out / f"{args.section}.json").write_text(json.dumps(result, indent=2, default=str))
+        _save(args, args.section, globals()[f"section_{args.section}"](args))
         return 0
 
     import torch
@@ -249,11 +274,12 @@ def main() -> int:
         print(f"gpu_check: unknown section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
     results: dict[str, dict[str, Any] | None] = {}
+    wanted_in_order = [s for s in SECTIONS if s in wanted]  # the last one gets whatever time is left
     for name in SECTIONS:
         if name not in wanted:
             continue
         left = args.budget - (time.perf_counter() - start)
-        timeout = left if name == "compiled" else min(left, SHARES[name] * args.budget)
+        timeout = left if name == wanted_in_order[-1] else min(left, SHARES[name] * args.budget)
         if left < 15:
             print(f"== {name}: skipped, budget spent", flush=True)
             results[name] = None

@@ -144,6 +144,10 @@ def _train(
     device = resolve_device(recipe.device)
     if device.type == "cuda" and dist.distributed:
         device = torch.device("cuda", dist.local_rank)
+    if device.type == "cpu":
+        from ..fast.memory import keep_freed_memory
+
+        keep_freed_memory()  # each step frees and re-faults megabytes of activations otherwise (fast/memory.py)
     _seed_everything(recipe, device)
 
     # -- data: bad paths and empty classes fail here, before any work ----------------------------------
