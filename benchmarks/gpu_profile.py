@@ -31,7 +31,7 @@ from xception.bench import calibrate_batch_norms
 
 FAMILIES = [  # (family, pattern over the kernel name), first match wins
     ("depthwise conv", r"depthwise|dwconv|conv_depthwise|_dw_|grouped"),
-    ("layout change / copy", r"nchwToNhwc|nhwcToNchw|transpose|copy|Memcpy|convert|cast"),
+    ("layout change / copy", r"nchwToNhwc|nhwcToNchw|transpose|copy_kernel|Memcpy"),
     ("conv / GEMM", r"conv|gemm|sm90|xmma|cutlass|implicit|wgrad|dgrad|fprop"),
     ("elementwise (ReLU, add, bias, BN)", r"elementwise|vectorized|batch_norm|bn_|relu|add|mul"),
     ("pooling", r"pool"),

@@ -226,6 +226,25 @@ def test_bad_requests_say_what_to_do():
         if not triton_depthwise.interpreting():
             with pytest.raises(ValueError, match="kernels='triton'"):
                 optimize(model, kernels="triton")
+        with pytest.raises(ValueError, match="kernels='cudnn' needs a CUDA device"):
+            optimize(model, kernels="cudnn")
+
+
+def test_a_cudnn_request_on_cpu_falls_back_to_pytorch_ops():
+    program = FusedXception(fold_copy(small("xception"))).set_backend("cudnn")
+    assert {c.backend for c in program.convs()} == {"torch"}
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 0.0)])
+def test_bias_through_the_batch_norm_kernel_is_a_plain_add(dtype, tol):
+    """The cudnn backend adds biases with BatchNorm's kernel: it must be y + b up to rounding."""
+    y = torch.randn(4, 16, 9, 9, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(16, dtype=dtype)
+    out = fused_module.add_channel_bias(y, bias, torch.ones_like(bias) - fused_module.BIAS_EPS,
+                                        torch.zeros_like(bias))
+    expected = y.double() + bias.double().view(1, -1, 1, 1)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    assert ((out.double() - expected).abs() / expected.abs().clamp_min(1)).max() <= max(tol, 2 ** -8)
 
 
 # -- clean fallbacks ------------------------------------------------------------------------------------
@@ -260,7 +279,7 @@ def test_without_onednn_auto_uses_pytorch_ops(monkeypatch):
 
 def test_fused_conv_refuses_unknown_backends():
     with pytest.raises(ValueError, match="backend must be one of"):
-        FusedConv(nn.Conv2d(2, 2, 1)).set_backend("cudnn")
+        FusedConv(nn.Conv2d(2, 2, 1)).set_backend("cublas")
 
 
 def fold_copy(model: nn.Module) -> nn.Module:
@@ -274,7 +293,7 @@ def fold_copy(model: nn.Module) -> nn.Module:
 
 @cuda
 @pytest.mark.parametrize("name", ["xception", "legacy_xception", "xception41", "xception41p"])
-@pytest.mark.parametrize("kernels", ["torch", "auto"])
+@pytest.mark.parametrize("kernels", ["torch", "auto", "cudnn"])
 def test_bf16_fast_path_on_cuda_matches_float32_within_bf16_tolerance(name, kernels):
     model = small(name)
     x = torch.randn(4, 3, 75, 75)
@@ -306,7 +325,22 @@ def test_triton_depthwise_is_used_where_it_wins_and_agrees_with_cudnn():
     ref = optimize(model, device="cuda", kernels="torch", dtype=torch.float32)
     assert relative_error(fast(x), ref(x)) <= 1e-4
     auto = optimize(model, device="cuda", batch_size=4, input_size=75)
-    assert auto.kernel_choices and all(c["backend"] in ("torch", "triton") for c in auto.kernel_choices.values())
+    assert auto.kernel_choices and all(c["backend"] in ("cudnn", "triton") for c in auto.kernel_choices.values())
+    assert auto.settings["kernels"].startswith("auto (triton or cudnn fused")
+
+
+@cuda
+def test_cudnn_fused_convs_agree_with_pytorch_ops_in_float32():
+    model = small("xception")
+    x = torch.randn(4, 3, 75, 75)
+    fused = optimize(model, device="cuda", kernels="cudnn", dtype=torch.float32)
+    plain = optimize(model, device="cuda", kernels="torch", dtype=torch.float32)
+    assert {c.backend for c in fused.program.convs()} == {"cudnn"}
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        assert relative_error(fused(x), plain(x).cpu()) <= 1e-4
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
 
 
 @pytest.mark.slow

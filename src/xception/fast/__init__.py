@@ -12,8 +12,8 @@ Each step and the number that justifies it are in ``benchmarks/NOTES.md``:
 2. ReLUs, TF-'same' pads and residual adds fused into the convolutions (:mod:`.fused`).
 3. channels_last memory: PyTorch then runs depthwise and 1×1 convs with oneDNN (CPU) / cuDNN NHWC kernels.
 4. CPU: oneDNN convolutions with pre-packed weights; freed memory kept for reuse (:mod:`.memory`).
-   GPU: bf16 weights and activations, a fused Triton depthwise kernel where it beats cuDNN (timed per
-   layer on the first batch).
+   GPU: bf16 weights and activations, cuDNN's fused conv + bias (+ residual) + ReLU, a Triton depthwise
+   kernel where it beats cuDNN (timed per layer on the first batch).
 5. Optional: ``torch.compile`` (with Inductor's freezing), CUDA graphs for fixed batch shapes.
 """
 
@@ -30,7 +30,7 @@ from torch import nn
 from ..models import Xception
 from . import triton_depthwise
 from .fold import fold_batch_norms, fold_conv_bn, fold_xception, fuse_conv_bn_weights
-from .fused import FusedConv, FusedXception, mkldnn_available
+from .fused import FusedConv, FusedXception, cudnn_fusion_available, mkldnn_available
 from .graphs import CudaGraphRunner
 from .memory import keep_freed_memory
 
@@ -39,8 +39,8 @@ __all__ = [
     "fuse_conv_bn_weights", "keep_freed_memory", "mkldnn_available", "optimize",
 ]
 
-Kernels = Literal["auto", "torch", "mkldnn", "triton"]
-KERNELS: tuple[str, ...] = ("auto", "torch", "mkldnn", "triton")
+Kernels = Literal["auto", "torch", "mkldnn", "triton", "cudnn"]
+KERNELS: tuple[str, ...] = ("auto", "torch", "mkldnn", "triton", "cudnn")
 
 
 class FastXception(nn.Module):
@@ -63,6 +63,7 @@ class FastXception(nn.Module):
         self.kernel_choices: dict[str, dict[str, Any]] = {}
         self._run: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled / graphed program, if any
         self._choose_depthwise = False
+        self._base_backend: str = "torch"  # what a depthwise layer runs when Triton does not win
 
     def check_input(self, x: torch.Tensor) -> None:
         Xception.check_input(self, x)  # the checks read only .config
@@ -91,14 +92,14 @@ class FastXception(nn.Module):
                  for name, m in convs.items()]
         try:
             for conv in convs.values():
-                conv.set_backend("torch")
+                conv.set_backend(self._base_backend)
             self.program(x)
         finally:
             for hook in hooks:
                 hook.remove()
         for name, conv in convs.items():
             timings = {}
-            for backend in ("torch", "triton"):
+            for backend in (self._base_backend, "triton"):
                 if conv.set_backend(backend).backend != backend:
                     continue
                 timings[backend] = _cuda_time(lambda conv=conv, inp=inputs[name]: conv(inp), repeats)
@@ -173,8 +174,9 @@ def optimize(
         cuda_graphs: replay each batch shape as one CUDA graph (removes per-kernel launch overhead).
         batch_size: warm up now (compile, choose kernels, capture graphs) for this batch size.
         input_size: image side for that warm-up (default: the model's preprocessing, else 299).
-        kernels: ``"auto"`` (oneDNN fused convs on CPU; on CUDA the Triton depthwise kernel wherever it
-            beats cuDNN on the first batch), or force ``"torch"``, ``"mkldnn"`` or ``"triton"``.
+        kernels: ``"auto"`` (CPU: oneDNN fused convs; CUDA: cuDNN's fused conv + bias + ReLU, and the
+            Triton depthwise kernel wherever it beats cuDNN on the first batch; with ``compile`` or
+            ``cuda_graphs``, plain PyTorch ops), or force ``"torch"``, ``"mkldnn"``, ``"triton"``, ``"cudnn"``.
         keep_memory: CPU only: keep freed memory for reuse (process-wide, see :mod:`xception.fast.memory`);
             default on for CPU.
     """
@@ -195,13 +197,21 @@ def optimize(
         raise ValueError("kernels='mkldnn' needs a CPU device and a PyTorch built with oneDNN")
     if kernels == "triton" and not triton_depthwise.available(device):
         raise ValueError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
+    if kernels == "cudnn" and not cudnn_fusion_available(device):
+        raise ValueError("kernels='cudnn' needs a CUDA device with cuDNN; use kernels='auto' to fall back")
 
     plain = copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32).cpu().eval()
     folded = fold_xception(plain)
     use_triton = kernels == "triton" or (
         kernels == "auto" and not compile and device.type == "cuda" and triton_depthwise.available(device)
     )
-    program = FusedXception(plain, prefer_relu_in=use_triton).to(device=device, dtype=dtype)
+    # cuDNN's fused ops are not traced by torch.compile, nor yet measured inside CUDA graphs: opt-in there.
+    use_cudnn = kernels == "cudnn" or (
+        kernels == "auto" and not compile and not cuda_graphs and cudnn_fusion_available(device)
+    )
+    # Forced Triton reads the ReLU into the depthwise kernel; otherwise ReLUs close the conv before them,
+    # where cuDNN fuses them with the bias.
+    program = FusedXception(plain, prefer_relu_in=kernels == "triton").to(device=device, dtype=dtype)
     if channels_last:
         program = program.to(memory_format=torch.channels_last)
     backend = "torch"
@@ -209,9 +219,14 @@ def optimize(
                                and dtype == torch.float32 and mkldnn_available()):
         backend = "mkldnn"
         program.set_backend("mkldnn")
-    elif use_triton:
-        backend = "triton" if kernels == "triton" else "auto (triton or cudnn per depthwise layer)"
-        program.set_backend("triton", depthwise_only=True)
+    elif use_triton or use_cudnn:
+        if use_cudnn:
+            backend = "cudnn"
+            program.set_backend("cudnn")
+        if use_triton:
+            base = "cudnn fused" if use_cudnn else "cudnn"
+            backend = "triton" if kernels == "triton" else f"auto (triton or {base} per depthwise layer)"
+            program.set_backend("triton", depthwise_only=True)
     # Only the CPU allocator benefits; CUDA tensors come from PyTorch's caching allocator already.
     keep_memory = (keep_memory is None or keep_memory) and device.type == "cpu" and keep_freed_memory()
 
@@ -220,6 +235,7 @@ def optimize(
                 "keep_memory": keep_memory}
     fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings)
     fast._choose_depthwise = use_triton and kernels == "auto"
+    fast._base_backend = "cudnn" if use_cudnn else "torch"
     if compile:
         fast._run = FrozenCompiled(program)
     if cuda_graphs:
