@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import xception
-from xception.bench import calibrate_batch_norms, relative_error
+from xception.bench import Timer, calibrate_batch_norms, relative_error
 from xception.fast.fused import FusedConv
 
 ORIGINAL = FusedConv.forward
@@ -65,23 +66,12 @@ def cudnn_fused(self: FusedConv, x: torch.Tensor, add: torch.Tensor | None = Non
                                             1.0, self.bias, *args)
 
 
-def time_ms(fn, device: torch.device, repeats: int) -> float:
+def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Median milliseconds per call after three warm-up calls (CUDA events on GPU)."""
+    timer = Timer(device)
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
+    return statistics.median(timer(fn) for _ in range(repeats))
 
 
 POLICIES = {"conv-bias": ORIGINAL, "bn-kernel": bn_kernel, "cudnn-fused": cudnn_fused}

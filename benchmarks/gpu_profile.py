@@ -17,7 +17,6 @@ import json
 import re
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch
 
 import xception
-from xception.bench import calibrate_batch_norms
+from xception.bench import Timer, calibrate_batch_norms
 
 FAMILIES = [  # (family, pattern over the kernel name), first match wins
     ("depthwise conv", r"depthwise|dwconv|conv_depthwise|_dw_|grouped"),
@@ -47,22 +46,11 @@ def family_of(name: str) -> str:
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    """Median milliseconds per call after three warm-up calls (CUDA events on GPU)."""
+    timer = Timer(device)
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
+    return statistics.median(timer(fn) for _ in range(repeats))
 
 
 def kernel_table(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
