@@ -19,10 +19,10 @@ venv: $(STAMP)
 
 # The demo: train the small-input Xception on Fashion-MNIST on the CPU, evaluate it on the test set, classify
 # a few test images. DEMO_ARGS cut the fashion-mnist recipe to fit 10 minutes on 2 cores: 8 epochs of a
-# model half as wide, without crop augmentation. OMP_WAIT_POLICY=PASSIVE keeps PyTorch's two threads from
+# model half as wide, without shifts. OMP_WAIT_POLICY=PASSIVE keeps PyTorch's two threads from
 # spinning when other work shares the cores (10× slower otherwise on a busy machine).
 DEMO      ?= $(RUNS)/demo
-DEMO_ARGS ?= --epochs 8 --set model.width=0.125 --set "scale=[1.0, 1.0]" --set translate=0
+DEMO_ARGS ?= --epochs 8 --set model.width=0.125 --set translate=0
 
 demo: venv fashion-mnist
 	@rm -rf $(DEMO)
