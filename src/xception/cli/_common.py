@@ -43,4 +43,5 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], right: S
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
+    """``--json`` output: indented, paths and other non-JSON values as strings."""
+    print(json.dumps(data, indent=2, default=str))

@@ -1,11 +1,9 @@
-"""What the long-running commands share: warnings that do not break progress bars, JSON output."""
+"""What the long-running commands share: warnings that do not break progress bars."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from typing import Any
 
 
 class _TqdmHandler(logging.Handler):
@@ -24,6 +22,3 @@ def setup_logging() -> None:
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))

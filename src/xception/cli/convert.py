@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from ._common import print_json
 
 
 def register(subparsers: Any) -> None:
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         "sha256": sha256_file(args.dst),
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         print(f"{args.src} ({report.format}, {meta.model}, {meta.config.num_classes} classes) → {args.dst}: "
               f"{report.loaded} tensors, sha256 {result['sha256']}")

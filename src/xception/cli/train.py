@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import FASHION_MNIST
     from ..distributed import is_main_process
     from ..train import apply_overrides, list_recipes, load_recipe, resume_settings, train
-    from ._output import print_json, setup_logging
+    from ._common import print_json
+    from ._output import setup_logging
 
     setup_logging()
     if args.list_recipes:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from ._common import print_json
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         path = hub.fetch(tag, progress=not args.json) if args.download else tag.path()
         rows.append({**tag.to_dict(), "path": str(path), "cached": path.exists()})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     for row in rows:
         top1 = row["metrics"].get("top1")
