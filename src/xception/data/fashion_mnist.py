@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, file_digest
 
 log = logging.getLogger("xception.data")
 
@@ -94,7 +94,7 @@ def download_fashion_mnist(
     dest = Path(dest)
     for name, md5 in checksums.items():
         target = dest / name
-        if target.is_file() and _md5(target) == md5:
+        if target.is_file() and file_digest(target, "md5") == md5:
             continue
         url = base_url.rstrip("/") + "/" + name
         log.info("downloading %s", url)
@@ -121,14 +121,6 @@ def _fetch(url: str, path: Path, md5: str, timeout: float) -> None:
     if digest.hexdigest() != md5:
         raise ValueError(f"{url} has MD5 {digest.hexdigest()}, expected {md5}: the download is damaged or not "
                          "the published file; nothing was kept, try again")
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:

@@ -48,6 +48,7 @@ from ..distributed import (
     shutdown_distributed,
 )
 from ..evaluate import count_batches, resolve_device
+from ..fileio import atomic_write
 from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
 from ..weights import save_weights
@@ -160,8 +161,7 @@ def _train(
     # -- model -----------------------------------------------------------------------------------------
     model, pre = _build_model(recipe, classes, settings.weights, checkpoint)
     model.check_input(torch.zeros(1, pre.channels, pre.input_size, pre.input_size))
-    # NHWC is faster for these depthwise-separable convs on GPUs and on CPUs (oneDNN) alike: ~1.6× per
-    # training step on CPU for the Fashion-MNIST model (README).
+    # NHWC is faster for these depthwise-separable convs on GPUs and on CPUs (oneDNN) alike (benchmarks/NOTES.md).
     channels_last = recipe.channels_last == "on" or (recipe.channels_last == "auto" and device.type in ("cuda", "cpu"))
     if recipe.sync_bn and dist.distributed:
         convert_sync_batchnorm(model, device)  # batch statistics over the global batch
@@ -233,8 +233,6 @@ def _train(
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config = recipe.to_toml() + _run_table(settings, train_src, val_src, pre, global_batch, peak_lr, device)
-        from ..fileio import atomic_write
-
         atomic_write(run_dir / artifacts.CONFIG, lambda tmp: tmp.write_text(config))
     run_log = artifacts.RunLog(run_dir, enabled=dist.is_main, resume_epoch=epoch if checkpoint else None,
                                resume_step=step)
@@ -378,8 +376,6 @@ def _train(
         artifacts.plot_curves(records, run_dir)
         summary = {"best": best, "epochs": epoch, "weights": str(exported), "skipped": skip_log.counts(),
                    "skipped_files": [vars(s) for s in skip_log.seen.values()], "elapsed_s": round(elapsed, 1)}
-        from ..fileio import atomic_write
-
         atomic_write(run_dir / artifacts.SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
         if skip_log:
             _say(dist, "skipped unreadable files: " + ", ".join(f"{n} {r}" for r, n in skip_log.counts().items()))

@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..fileio import file_digest
 from ..preprocessing import KERAS, TIMM_LEGACY, Preprocessing
 from .imagenet import imagenet_class_names
 
@@ -124,14 +125,6 @@ def cache_dir() -> Path:
 
 
 # -- checksums -------------------------------------------------------------------------------------------
-
-def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def verify_checksum(path: str | os.PathLike[str], checksum: str) -> str:
     """Raise :class:`ChecksumError` unless ``path`` matches ``checksum``; return the full hex digest."""
