@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .data.folder import walk_files
 from .data.images import UnreadableImage, is_image_file, load_image
 
 
@@ -52,8 +53,7 @@ def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)
-                                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+            paths.extend(p for p in walk_files(path) if is_image_file(p))
         else:
             paths.append(path)  # reported later if missing or unreadable
     return paths

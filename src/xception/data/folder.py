@@ -100,7 +100,7 @@ def scan_folder(root: str | os.PathLike[str], classes: Sequence[str] | None = No
     skipped: list[Skipped] = []
     for name in found:
         images = 0
-        for path in _walk_files(root / name):
+        for path in walk_files(root / name):
             if not is_image_file(path):
                 skipped.append(Skipped(str(path), NOT_AN_IMAGE, f"unknown extension {path.suffix or '(none)'}"))
             elif path.stat().st_size == 0:
@@ -113,7 +113,8 @@ def scan_folder(root: str | os.PathLike[str], classes: Sequence[str] | None = No
     return FolderScan(root, list(classes), samples, skipped)
 
 
-def _walk_files(folder: Path) -> list[Path]:
+def walk_files(folder: Path) -> list[Path]:
+    """Every file below ``folder`` (links followed), hidden files and folders left out, in sorted order."""
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
