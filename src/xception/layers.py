@@ -13,7 +13,7 @@ Both agree at stride 1 with odd kernels, where a static padding is used for spee
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,65 @@ def same_padding(
     if rule == "symmetric" or (stride == 1 and span % 2 == 0):
         return None, span // 2
     return TFSamePad2d(kernel, stride, dilation, value), 0
+
+
+class _StridedPointwise(torch.autograd.Function):
+    """A strided 1×1 convolution whose weight gradient is one matrix product on the subsampled input.
+
+    torch 2.14's CPU weight-gradient kernel for strided 1×1 convolutions on channels_last tensors
+    corrupts the heap for some shapes (e.g. 8 → 16 channels at 56 px; ``benchmarks/NOTES.md`` has a
+    one-line reproduction). A stride-s 1×1 conv only reads every s-th pixel, so its weight gradient is
+    ``grad_outputᵀ · x[::s, ::s]`` over all output pixels: the same sum, computed by a GEMM, and as fast.
+    The forward pass and the input gradient keep PyTorch's own kernels.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride: tuple[int, int]) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu"):  # compute in the autocast dtype, as F.conv2d would
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        ctx.save_for_backward(x, weight)
+        ctx.stride = stride
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x, weight, bias, stride)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        sh, sw = ctx.stride
+        grad = grad.to(x.dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [sh, sw], [0, 0], [1, 1], False, [0, 0], 1, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            cols = x[:, :, ::sh, ::sw].permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            rows = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])
+            grad_w = (rows.t() @ cols).view(weight.shape)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+class StridedPointwiseConv2d(nn.Conv2d):
+    """The 1×1 stride-s convolution of a residual shortcut (no padding).
+
+    Exactly ``nn.Conv2d(in, out, 1, stride)`` in weights and outputs; when training on the CPU its
+    weight gradient avoids a PyTorch kernel that corrupts memory (see :class:`_StridedPointwise`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, 1, stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = (self.weight,) if self.bias is None else (self.weight, self.bias)
+        if (self.stride != (1, 1) and x.device.type == "cpu" and torch.is_grad_enabled()
+                and (x.requires_grad or any(p.requires_grad for p in params))):
+            return _StridedPointwise.apply(x, self.weight, self.bias, self.stride)
+        return super().forward(x)
 
 
 def make_activation(name: str | None, inplace: bool = False) -> nn.Module | None:

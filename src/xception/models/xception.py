@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import SeparableConv2d, make_divisible, same_padding
+from ..layers import SeparableConv2d, StridedPointwiseConv2d, make_divisible, same_padding
 from ..preprocessing import Preprocessing
 from .config import Family, ModuleSpec, XceptionConfig
 
@@ -90,7 +90,7 @@ class XceptionModule(nn.Module):
         self.shortcut: nn.Module | None = None
         if spec.skip and config.residual:
             if in_chs != out_chs[-1] or spec.stride != 1:
-                conv = nn.Conv2d(in_chs, out_chs[-1], 1, stride, bias=False)
+                conv = StridedPointwiseConv2d(in_chs, out_chs[-1], stride)
                 self.shortcut = nn.Sequential(
                     OrderedDict(conv=conv) if preact else OrderedDict(conv=conv, bn=norm(out_chs[-1]))
                 )
