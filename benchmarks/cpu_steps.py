@@ -26,15 +26,15 @@ import torch
 from xception.bench import (
     TIMM_MODEL,
     BenchConfig,
-    Timer,
     environment,
-    export_onnx,
     flops_per_image,
     gemm_flops_runner,
     time_in_turns,
 )
+from xception.export import onnx_proto
 from xception.fast import FusedXception, fold_xception, keep_freed_memory, optimize
 from xception.models import build_model
+from xception.runtime import time_call
 
 
 def rungs(model: torch.nn.Module, x: torch.Tensor, compile: bool) -> dict[str, Callable[[], Any]]:
@@ -74,6 +74,25 @@ def rungs(model: torch.nn.Module, x: torch.Tensor, compile: bool) -> dict[str, C
     return out
 
 
+def onnxruntime_rung(x: torch.Tensor, threads: int | None) -> Callable[[], Any] | None:
+    """ONNX Runtime on timm's ONNX export (the library's exporter), or None without onnxruntime or timm."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        import timm
+    except ImportError as err:
+        print(f"no onnxruntime rung: {err}", file=sys.stderr)
+        return None
+    path = Path("/tmp/xception-cpu-steps-timm.onnx")
+    onnx.save(onnx_proto(timm.create_model(TIMM_MODEL).eval(), torch.zeros(2, *x.shape[1:])), str(path))
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -91,28 +110,18 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model("legacy_xception").eval()
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size)
+    ort_run = onnxruntime_rung(x, args.threads)
+    cpu = torch.device("cpu")
     with torch.inference_mode():
         runs = rungs(model, x, args.compile)
-        try:
-            import onnxruntime as ort
-            import timm
-
-            path = Path("/tmp/xception-cpu-steps-timm.onnx")
-            export_onnx(timm.create_model(TIMM_MODEL).eval(), x, path)
-            opts = ort.SessionOptions()
-            if args.threads:
-                opts.intra_op_num_threads = args.threads
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            feed = {"x": x.numpy()}
-            runs["onnxruntime on timm's export"] = lambda: sess.run(None, feed)
-        except ImportError as err:
-            print(f"no onnxruntime rung: {err}", file=sys.stderr)
-        gemm, gemm_flops, _ = gemm_flops_runner(torch.device("cpu"))
+        if ort_run is not None:
+            runs["onnxruntime on timm's export"] = ort_run
+        gemm, gemm_flops, _ = gemm_flops_runner(cpu)
         runs["GEMM 2048² (anchor)"] = gemm
         for run in runs.values():  # warm-up
             run()
         faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        times = time_in_turns(runs, args.repeats, Timer(torch.device("cpu")),
+        times = time_in_turns(runs, args.repeats, lambda fn: time_call(fn, cpu),
                               lambda m: print(m, file=sys.stderr, flush=True))
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
 

@@ -16,11 +16,8 @@ replaced. The policies compared on ``legacy_xception`` (bf16, batch 256, 299 px)
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -28,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 import xception
-from xception.bench import Timer, calibrate_batch_norms, relative_error
+from xception.bench import calibrate_batch_norms, relative_error
 from xception.fast.fused import FusedConv
+from xception.runtime import median_ms
 
 ORIGINAL = FusedConv.forward
 
@@ -66,14 +64,6 @@ def cudnn_fused(self: FusedConv, x: torch.Tensor, add: torch.Tensor | None = Non
                                             1.0, self.bias, *args)
 
 
-def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median milliseconds per call after three warm-up calls (CUDA events on GPU)."""
-    timer = Timer(device)
-    for _ in range(3):
-        fn()
-    return statistics.median(timer(fn) for _ in range(repeats))
-
-
 POLICIES = {"conv-bias": ORIGINAL, "bn-kernel": bn_kernel, "cudnn-fused": cudnn_fused}
 
 
@@ -104,14 +94,14 @@ def main() -> int:
     print(f"| policy | ms / batch of {batch} | img/s | max err (8 images, vs float32) |")
     print("|---|---:|---:|---:|")
     with torch.inference_mode():
-        ms = time_ms(eager, device, 3 if args.tiny else 10)
+        ms = median_ms(eager, device, 3 if args.tiny else 10, warmup=3)
     print(f"| plain model, autocast | {ms:.2f} | {batch / ms * 1e3:,.0f} | |", flush=True)
     for name, forward in POLICIES.items():
         FusedConv.forward = forward
         try:
             with torch.inference_mode():
                 err = relative_error(fast(xf[:8]), reference)
-                ms = time_ms(lambda: fast(xf), device, 3 if args.tiny else 10)
+                ms = median_ms(lambda: fast(xf), device, 3 if args.tiny else 10, warmup=3)
             print(f"| {name} | {ms:.2f} | {batch / ms * 1e3:,.0f} | {err:.1e} |", flush=True)
         except Exception as e:  # a policy this PyTorch or GPU cannot run
             print(f"| {name} | failed: {type(e).__name__}: {str(e)[:80]} | | |", flush=True)

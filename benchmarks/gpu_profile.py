@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch
 
 import xception
-from xception.bench import Timer, calibrate_batch_norms
+from xception.bench import calibrate_batch_norms
+from xception.runtime import median_ms
 
 FAMILIES = [  # (family, pattern over the kernel name), first match wins
     ("depthwise conv", r"depthwise|dwconv|conv_depthwise|_dw_|grouped"),
@@ -43,14 +43,6 @@ def family_of(name: str) -> str:
         if re.search(pattern, name, re.IGNORECASE):
             return family
     return "other"
-
-
-def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median milliseconds per call after three warm-up calls (CUDA events on GPU)."""
-    timer = Timer(device)
-    for _ in range(3):
-        fn()
-    return statistics.median(timer(fn) for _ in range(repeats))
 
 
 def kernel_table(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
@@ -115,7 +107,7 @@ def main() -> int:
     for autotune in (False, True):
         torch.backends.cudnn.benchmark = autotune
         for name, fn in contenders.items():
-            ms = time_ms(fn, device, repeats=3 if args.tiny else 10)
+            ms = median_ms(fn, device, 3 if args.tiny else 10, warmup=3)
             rows.append({"mode": name, "cudnn_benchmark": autotune, "ms": round(ms, 3),
                          "images_per_s": round(batch / ms * 1e3, 1)})
             print(f"  {name:22s} cudnn.benchmark={autotune!s:5s} {ms:8.2f} ms  {batch / ms * 1e3:9,.0f} img/s",

@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import xception
+from xception import cli
 from xception.analysis import model_cost, separable_vs_standard
 from xception.cli import main
 
@@ -15,6 +16,12 @@ from xception.cli import main
 @pytest.fixture(scope="module")
 def paper_report():
     return model_cost(xception.create_model("xception"), 299)
+
+
+@pytest.fixture(autouse=True)
+def summary_only(monkeypatch):
+    # The command under test alone, so that this file does not depend on the others being importable.
+    monkeypatch.setattr(cli, "COMMANDS", ("summary",))
 
 
 @pytest.mark.parametrize("k, m, n, d", [(3, 728, 728, 19), (3, 64, 128, 147), (5, 32, 48, 7), (3, 1536, 2048, 10)])
@@ -76,14 +83,62 @@ def test_summary_command_prints_json_and_draws_the_chart(tmp_path, capsys):
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_summary_command_tables_and_options(capsys):
-    assert main(["summary", "xception", "--input-size", "28", "-o", "stem=small", "-o", "width=0.25",
-                 "-o", "in_chans=1", "-o", "num_classes=10"]) == 0
+def test_the_report_prints_as_the_readme_shows(paper_report):
+    text = paper_report.format(layers=False)
+    assert text.startswith("xception at 299×299: 22,855,952 trainable parameters (22,910,480 with BN statistics), "
+                           "8.36 G multiply-adds per image\n\nmodule ")
+    assert "\nall                     8.357          68.167            7.706  0.113\n" in text
+    assert text.endswith("With standard convs in place of the 34 separable ones the model would need 68.8 G "
+                         "multiply-adds (8.2× more) and 179,126,216 parameters.")
+    assert "entry_flow.block2.main.sepconv1.depthwise" not in text
+    with_layers = paper_report.format()
+    assert with_layers.endswith(text)
+    layer_lines = with_layers.removesuffix(text).splitlines()
+    assert layer_lines[0].split() == ["layer", "type", "output", "params", "mult-adds"]
+    assert len(layer_lines) == 2 + len(paper_report.layers) + 1  # header, rule, rows, blank line
+    # 32 filters of 3×3×3 over a 149×149 output
+    assert layer_lines[2].split() == ["entry_flow.block1.conv1", "Conv2d", "32×149×149", "864", f"{149**2 * 864:,}"]
+
+
+def test_summary_command_prints_the_report_and_takes_model_options(capsys):
+    assert main(["summary", "xception", "--input-size", "28", "--set", "model.stem=small",
+                 "--set", "model.width=0.25", "--set", "model.in_chans=1", "--set", "model.num_classes=10"]) == 0
     out = capsys.readouterr().out
-    assert "entry_flow.block2.main.sepconv1.depthwise" in out
     small = xception.create_model("xception", stem="small", width=0.25, in_chans=1, num_classes=10)
+    assert out == model_cost(small, 28, name="xception").format() + "\n"
     params = sum(p.numel() for p in small.parameters())
     assert f"xception at 28×28: {params:,} trainable parameters" in out
+    assert main(["summary", "xception", "--no-layers", "--set", "model.stem=small"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("xception at 16×16: ")  # the small stem's smallest input when no size is given
+
+
+def test_model_options_are_written_model_key(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "COMMANDS", ("summary", "export"))
+    for command in (["summary"], ["export", "model.onnx"]):
+        args = cli.build_parser().parse_args([*command, "--set", "model.width=0.5", "--set", "model.stem=small",
+                                              "--set", "model.activation=null", "--set", "model.residual=false"])
+        assert args.options == [("width", 0.5), ("stem", "small"), ("activation", None), ("residual", False)]
+    with pytest.raises(SystemExit) as exit_:
+        main(["summary", "--set", "width=0.5"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "model options are written model.KEY, as in --set model.width=0.5" in err
+    with pytest.raises(SystemExit):
+        main(["summary", "--help"])
+    assert "--set model.stem=small --set model.width=0.5" in capsys.readouterr().out  # the examples agree
+
+
+def test_the_former_option_spelling_still_works_with_one_notice(capsys):
+    assert main(["summary", "--no-layers", "--input-size", "28", "-o", "stem=small", "--option", "width=0.25"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert "-o is deprecated" in captured.err and "write --set model.stem=small" in captured.err
+    expected = model_cost(xception.create_model("xception", stem="small", width=0.25), 28, name="xception")
+    assert captured.out == expected.format(layers=False) + "\n"
+    with pytest.raises(SystemExit):
+        main(["summary", "--help"])
+    assert "--option" not in capsys.readouterr().out  # hidden from help
 
 
 def test_summary_command_reports_bad_input_in_one_line(capsys):
@@ -92,3 +147,7 @@ def test_summary_command_reports_bad_input_in_one_line(capsys):
     assert err.startswith("xception summary: error: unknown model 'xceptoin'")
     assert main(["summary", "xception", "--input-size", "32"]) == 1
     assert "needs at least 71×71" in capsys.readouterr().err
+    assert main(["summary", "--set", "model.colour=red"]) == 1
+    assert "error: unknown model option(s) ['colour']" in capsys.readouterr().err
+    assert main(["summary", "--set", "model.width=wide"]) == 1
+    assert capsys.readouterr().err == "xception summary: error: width must be a number, got 'wide'\n"

@@ -16,7 +16,7 @@ import torch
 
 import xception
 from data_factory import stripes_folder, tiny_recipe
-from xception.train.checkpoint import load_checkpoint
+from xception.train import load_checkpoint
 
 SRC = str(Path(xception.__file__).parents[1])
 # SGD on full images (no random crop or flip): the only difference left between runs is how they split work.

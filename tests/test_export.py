@@ -8,14 +8,17 @@ import torch
 import xception
 from xception.cli import main
 from xception.export import export_model
+from xception.weights import WeightsMeta
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model = xception.create_model("xception", width=0.125, middle_repeats=1, num_classes=4, stem="small",
                                   in_chans=1)
-    model.class_names = ["a", "b", "c", "d"]
-    model.preprocessing = xception.Preprocessing(input_size=32, channels=1, mean=(0.5,), std=(0.5,))
+    model.weights_meta = WeightsMeta(
+        model="xception", config=model.config, class_names=("a", "b", "c", "d"),
+        preprocessing=xception.Preprocessing(input_size=32, channels=1, mean=(0.5,), std=(0.5,)),
+    )
     return model.eval()
 
 

@@ -20,6 +20,7 @@ from xception.fast import (
     fold_batch_norms,
     fold_xception,
     fuse_conv_bn_weights,
+    native,
     optimize,
     triton_depthwise,
 )
@@ -148,7 +149,16 @@ def test_the_fast_path_matches_the_full_size_paper_model():
     assert relative_error(optimize(model)(x), expected) <= CPU_TOL
 
 
-def test_auto_picks_onednn_on_cpu_and_fuses_relus_adds_and_pads():
+def test_auto_picks_the_native_kernels_on_cpu_and_onednn_without_them(monkeypatch):
+    model = small("xception")
+    if native.available():
+        assert optimize(model).settings["kernels"].startswith(f"native ({native.isa()}")
+    monkeypatch.setattr(native, "available", lambda: False)
+    assert optimize(model).settings["kernels"] == ("mkldnn" if fused_module.mkldnn_available() else "torch")
+
+
+def test_onednn_fuses_relus_adds_and_pads(monkeypatch):
+    monkeypatch.setattr(native, "available", lambda: False)
     model = small("xception")  # TF padding: strided max-pools pad (0, 1)
     fast = optimize(model)
     assert fast.settings["kernels"] == ("mkldnn" if fused_module.mkldnn_available() else "torch")
@@ -264,6 +274,7 @@ def test_without_triton_everything_falls_back_to_pytorch(monkeypatch):
 
 
 def test_without_onednn_auto_uses_pytorch_ops(monkeypatch):
+    monkeypatch.setattr(native, "available", lambda: False)
     monkeypatch.setattr(fused_module, "mkldnn_available", lambda: False)
     monkeypatch.setattr(fast_module, "mkldnn_available", lambda: False)
     model = small("xception")

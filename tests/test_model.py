@@ -1,10 +1,16 @@
 """The paper's model and its relatives: counts, shapes, features, dilation, gradients, ablations, errors."""
 
+import ast
+import subprocess
+import sys
+from collections import Counter
+
 import pytest
 import torch
 from torch import nn
 
 import xception
+from xception.errors import ConfigError
 from xception.layers import SeparableConv2d, TFSamePad2d
 from xception.models import MODELS, XceptionConfig, XceptionModule, model_config
 
@@ -23,6 +29,49 @@ def paper() -> xception.Xception:
     return xception.create_model("xception").eval()
 
 
+def modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has imported after running ``code``."""
+    done = subprocess.run([sys.executable, "-c", f"import sys\n{code}\nprint(sorted(sys.modules))"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+
+
+def ours(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.startswith("xception"))
+
+
+HELP = """
+import runpy
+sys.argv = ["xception", *ARGS]
+try:
+    runpy.run_module("xception", run_name="__main__")
+except SystemExit:
+    pass
+"""
+
+
+def test_the_package_names_its_surface_and_loads_it_on_first_use():
+    assert set(xception.__all__) <= set(dir(xception))
+    for name in xception.__all__:
+        assert getattr(xception, name) is not None, name
+    from xception import XceptionConfig, create_model  # from-imports go through the same lazy lookup
+
+    assert create_model is xception.api.create_model and XceptionConfig is xception.models.XceptionConfig
+    with pytest.raises(AttributeError, match="has no attribute 'nonexistent'"):
+        xception.nonexistent  # noqa: B018
+
+
+def test_importing_the_package_and_asking_the_cli_for_help_do_not_import_torch():
+    loaded = modules_after("import xception")
+    assert "torch" not in loaded, ours(loaded)
+    # python -m xception --help: no command imports torch to register itself, so help stays fast.
+    for args in ([], ["train"], ["summary"]):
+        loaded = modules_after(HELP.replace("ARGS", repr([*args, "--help"])))
+        assert "torch" not in loaded, (args, ours(loaded))
+    assert "torch" in modules_after("import xception\nxception.create_model")  # loaded on first use
+
+
 def test_the_paper_model_has_22_855_952_trainable_parameters(paper):
     assert n_params(paper) == 22_855_952
     with_stats = n_params(paper) + sum(b.numel() for n, b in paper.named_buffers() if "running" in n)
@@ -36,14 +85,33 @@ def test_without_the_head_and_counting_bn_statistics_it_matches_keras_notop():
 
 
 def test_the_paper_model_has_36_convolutions_in_14_modules_and_81_weighted_layers(paper):
+    blocks = [block for _, block in paper.blocks()]
+    stem, modules = blocks[0], blocks[1:]
+    assert len(blocks) == 14
+    stem_convs = [m for m in stem.modules() if isinstance(m, nn.Conv2d)]
     separable = [m for m in paper.modules() if isinstance(m, SeparableConv2d)]
-    plain = [m for n, m in paper.named_modules() if isinstance(m, nn.Conv2d) and ".main." not in n]
-    bns = [m for n, m in paper.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(separable) == 34
-    assert len(plain) == 6  # 2 stem convs + 4 residual 1×1 convs
-    assert len(bns) == 40
-    assert len(list(paper.blocks())) == 14
-    assert 34 + 2 == 36
+    assert (len(stem_convs), len(separable)) == (2, 34)
+    assert len(stem_convs) + len(separable) == 36  # the paper's 36 convolution layers
+    shortcut_convs = [m for b in modules if b.shortcut is not None for m in b.shortcut.modules()
+                      if isinstance(m, nn.Conv2d)]
+    assert len(shortcut_convs) == 4  # residual 1×1 convs of modules 2, 3, 4 and 13
+
+    # Layers that carry weights, a separable conv counting as one layer (as Keras's SeparableConv2D).
+    inside_separable = {id(m) for s in separable for m in s.modules() if m is not s}
+    kinds = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.Linear: "dense", SeparableConv2d: "separable"}
+    weighted: Counter[str] = Counter()
+    plain_convs = []
+    for m in paper.modules():
+        own_weights = any(True for _ in m.parameters(recurse=False))
+        if id(m) in inside_separable or not (own_weights or isinstance(m, SeparableConv2d)):
+            continue
+        kind = next((k for cls, k in kinds.items() if isinstance(m, cls)), type(m).__name__)
+        weighted[kind] += 1
+        if kind == "conv":
+            plain_convs.append(m)
+    assert weighted == {"conv": 6, "separable": 34, "bn": 40, "dense": 1}
+    assert sum(weighted.values()) == 81
+    assert {id(m) for m in plain_convs} == {id(m) for m in stem_convs + shortcut_convs}
 
 
 @pytest.mark.parametrize(
@@ -280,6 +348,25 @@ class TestBadInput:
     def test_impossible_options(self, option, message):
         with pytest.raises(ValueError, match=message):
             xception.create_model("xception", **option)
+
+    @pytest.mark.parametrize(
+        "option, message",
+        [({"width": "abc"}, "width must be a number, got 'abc'"),
+         ({"num_classes": 2.5}, "num_classes must be an integer"),
+         ({"output_stride": "16"}, "output_stride must be an integer"),
+         ({"residual": "False"}, "residual must be true or false")],  # a string would pass as truthy
+    )
+    def test_options_of_the_wrong_type_are_named(self, option, message):
+        with pytest.raises(ConfigError, match=message):
+            xception.create_model("xception", **option)
+
+    def test_config_errors_are_config_errors(self):
+        with pytest.raises(ConfigError):
+            xception.create_model("xceptoin")
+        with pytest.raises(ConfigError):
+            xception.create_model("xception", colour="red")
+        with pytest.raises(ConfigError):
+            xception.create_model("xception", output_stride=4)
 
     def test_errors_come_before_any_computation(self, monkeypatch):
         model = small()

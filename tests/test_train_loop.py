@@ -13,18 +13,9 @@ from xception.data import TensorSource, training_sources
 from xception.data.transforms import Augmentation
 from xception.distributed import ResumableSampler
 from xception.preprocessing import Preprocessing
-from xception.train import NonFiniteLoss, load_recipe, lr_at, train
-from xception.train.checkpoint import load_checkpoint
-from xception.train.loop import _optimizer
+from xception.train import NonFiniteLoss, build_optimizer, load_checkpoint, load_recipe, lr_at, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +45,7 @@ def test_a_few_optimisation_steps_lower_the_loss():
     batches = source.batches(recipe.preprocessing(), train=True, batch_size=32, sampler=ResumableSampler(32),
                              aug=Augmentation(scale=(1.0, 1.0), hflip=0.0))
     x, y, _ = next(iter(batches))
-    optimizer = _optimizer(recipe, model, recipe.lr)
+    optimizer = build_optimizer(recipe, model, recipe.lr)
     model.train()
     losses = []
     for _ in range(8):

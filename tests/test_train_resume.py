@@ -16,7 +16,7 @@ import torch
 
 import xception
 from data_factory import stripes_folder, tiny_recipe
-from xception.train.checkpoint import load_checkpoint
+from xception.train import load_checkpoint
 
 EPOCHS = 4
 SRC = str(Path(xception.__file__).parents[1])

@@ -16,9 +16,14 @@ h5py = pytest.importorskip("h5py")
 
 from weights_helpers import assert_same_state, keras_predict, max_abs_diff, randomise_keras, tolerance, write_keras2_h5  # noqa: E402
 from xception import create_model, save_weights  # noqa: E402
+from xception.fileio import sha256_file  # noqa: E402
 from xception.preprocessing import KERAS  # noqa: E402
-from xception.weights import HeadReplacedWarning, WeightsMismatchError, imagenet_class_names  # noqa: E402
-from xception.weights.native import sha256_file  # noqa: E402
+from xception.weights import (  # noqa: E402
+    HeadReplacedWarning,
+    WeightsMismatchError,
+    imagenet_class_names,
+    load_pretrained,
+)
 
 # Keras's torch backend converts tensors the NumPy-1 way; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -83,7 +88,8 @@ def test_loaded_model_carries_keras_preprocessing_and_metadata(keras_top, loaded
     assert model.class_names == imagenet_class_names()
     meta = model.weights_meta
     assert meta.model == "xception" and meta.sha256 == sha256_file(keras_top["top"])
-    assert model.load_report.format == "keras-h5" and model.load_report.skipped == ()
+    report = load_pretrained(keras_top["top"]).report
+    assert report.format == "keras-h5" and report.skipped == () and not report.new_head
 
 
 def test_layers_matched_by_structure_not_by_generated_names(keras_top, loaded_top, tmp_path):
@@ -128,9 +134,9 @@ def test_a_fine_tuned_keras_model_with_nested_xception(tmp_path):
 
 def test_different_num_classes_keeps_backbone_and_reports_skipped_head(keras_top, loaded_top):
     with pytest.warns(HeadReplacedWarning, match=r"predictions/kernel, predictions/bias"):
-        model = create_model(weights=keras_top["top"], num_classes=10)
-    assert model.load_report.skipped == ("predictions/kernel", "predictions/bias")
-    assert model.load_report.new_head and model.class_names is None and model.weights_meta.metrics == {}
+        model, report = load_pretrained(keras_top["top"], num_classes=10)
+    assert report.skipped == ("predictions/kernel", "predictions/bias")
+    assert report.new_head and model.class_names is None and model.weights_meta.metrics == {}
     assert model.head.fc.weight.shape == (10, 2048)
     model.reset_classifier(1000)  # same shapes again, so that the backbones can be compared tensor by tensor
     assert_same_state(model, loaded_top, except_prefix="head.")
@@ -138,8 +144,8 @@ def test_different_num_classes_keeps_backbone_and_reports_skipped_head(keras_top
 
 def test_no_top_file_into_a_classifier_model_reports_new_head(keras_top):
     with pytest.warns(HeadReplacedWarning, match="no classifier"):
-        model = create_model(weights=keras_top["notop"], num_classes=1000)
-    assert model.load_report.new_head and model.load_report.skipped == ()
+        model, report = load_pretrained(keras_top["notop"], num_classes=1000)
+    assert report.new_head and report.skipped == ()
     assert model.class_names is None
 
 

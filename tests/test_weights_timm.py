@@ -13,7 +13,12 @@ timm = pytest.importorskip("timm")
 
 from weights_helpers import assert_same_state, max_abs_diff, randomise_torch, tolerance  # noqa: E402
 from xception import create_model  # noqa: E402
-from xception.weights import HeadReplacedWarning, WeightsMismatchError, imagenet_class_names  # noqa: E402
+from xception.weights import (  # noqa: E402
+    HeadReplacedWarning,
+    WeightsMismatchError,
+    imagenet_class_names,
+    load_pretrained,
+)
 from xception.weights.timm import PREPROCESSING  # noqa: E402
 
 # The aligned variants are large: a small input keeps the test fast and still crosses every stride.
@@ -42,7 +47,8 @@ def legacy(tmp_path_factory):
 
 def test_legacy_xception_weights_give_timm_logits_at_299(legacy):
     model = legacy["model"]
-    assert model.load_report.model == "legacy_xception" and model.load_report.format == "timm"
+    report = load_pretrained(legacy["path"]).report
+    assert report.model == "legacy_xception" and report.format == "timm"
     assert model.config.padding == "symmetric" and model.config.bn_eps == timm_bn_eps(legacy["reference"])
     assert max_abs_diff(run(model, legacy["x"]), legacy["logits"]) <= tolerance(legacy["logits"])
 
@@ -52,8 +58,8 @@ def test_aligned_weights_give_timm_logits(name, size, tmp_path):
     reference = randomise_torch(timm.create_model(name), seed=5)
     path = tmp_path / f"{name}.pth"
     torch.save(reference.state_dict(), path)
-    model = create_model(weights=path)
-    assert model.load_report.model == name
+    model, report = load_pretrained(path)
+    assert report.model == name
     assert model.config.padding == "symmetric" and model.config.bn_eps == timm_bn_eps(reference)
     assert model.preprocessing == PREPROCESSING[name]
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(6))
@@ -76,8 +82,8 @@ def test_legacy_weights_carry_timm_preprocessing_and_class_names(legacy):
 
 def test_pooled_features_match_timm_pre_logits(legacy):
     with pytest.warns(HeadReplacedWarning, match=r"no classifier \(num_classes=0\); skipped the file's fc.weight"):
-        model = create_model(weights=legacy["path"], num_classes=0)
-    assert model.load_report.skipped == ("fc.weight", "fc.bias")
+        model, report = load_pretrained(legacy["path"], num_classes=0)
+    assert report.skipped == ("fc.weight", "fc.bias")
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(7))
     reference = legacy["reference"]
     with torch.no_grad():
@@ -87,8 +93,8 @@ def test_pooled_features_match_timm_pre_logits(legacy):
 
 def test_different_num_classes_keeps_backbone_and_reports_skipped_head(legacy):
     with pytest.warns(HeadReplacedWarning, match=r"1000 classes, the model 10; skipped fc.weight, fc.bias"):
-        model = create_model("legacy_xception", weights=legacy["path"], num_classes=10)
-    assert model.load_report.skipped == ("fc.weight", "fc.bias") and model.load_report.new_head
+        model, report = load_pretrained(legacy["path"], name="legacy_xception", num_classes=10)
+    assert report.skipped == ("fc.weight", "fc.bias") and report.new_head
     assert model.class_names is None and model.head.fc.out_features == 10
     model.reset_classifier(1000)  # same shapes again, so that the backbones can be compared tensor by tensor
     assert_same_state(model, legacy["model"], except_prefix="head.")

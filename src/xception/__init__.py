@@ -7,14 +7,26 @@
     >>> fast = xception.optimize(model)                     # inference: BN folded, fused convs
 """
 
-from .api import create_model
-from .fast import optimize
-from .layers import SeparableConv2d
-from .models import Xception, XceptionConfig, list_models
-from .preprocessing import Preprocessing
-from .weights import list_weights, save_weights
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Each public name and the submodule that defines it. They are imported on first use (PEP 562), so that
+# ``import xception`` — and with it ``xception --help`` — does not pay for importing torch.
+_EXPORTS: dict[str, str] = {
+    "Preprocessing": ".preprocessing",
+    "SeparableConv2d": ".layers",
+    "Xception": ".models",
+    "XceptionConfig": ".models",
+    "create_model": ".api",
+    "list_models": ".models",
+    "list_weights": ".weights",
+    "optimize": ".fast",
+    "save_weights": ".weights",
+}
 
 __all__ = [
     "Preprocessing",
@@ -28,3 +40,25 @@ __all__ = [
     "optimize",
     "save_weights",
 ]
+
+if TYPE_CHECKING:
+    from .api import create_model
+    from .fast import optimize
+    from .layers import SeparableConv2d
+    from .models import Xception, XceptionConfig, list_models
+    from .preprocessing import Preprocessing
+    from .weights import list_weights, save_weights
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

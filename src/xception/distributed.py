@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import Sampler
 
@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistEnv:
-    """Where this process stands in the job."""
+    """Where this process stands in the job (the training code calls it ``world``)."""
 
     rank: int = 0
     world_size: int = 1
@@ -69,9 +69,9 @@ def init_distributed(device: torch.device) -> DistEnv:
     """Join the process group torchrun describes (a no-op single-process env when not launched by it)."""
     if not launched_by_torchrun():
         return DistEnv()
-    if dist.is_initialized():
-        return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
-                       dist.get_backend())
+    if torch_dist.is_initialized():
+        return DistEnv(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                       torch_dist.get_backend())
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=float(os.environ.get("XCEPTION_DIST_TIMEOUT", 300)))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -79,14 +79,14 @@ def init_distributed(device: torch.device) -> DistEnv:
         torch.cuda.set_device(local_rank)
     store = _restart_store(timeout)
     if store is None:
-        dist.init_process_group(backend=backend, timeout=timeout)
+        torch_dist.init_process_group(backend=backend, timeout=timeout)
     else:
-        dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(os.environ["RANK"]),
-                                world_size=int(os.environ["WORLD_SIZE"]))
-    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+        torch_dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(os.environ["RANK"]),
+                                      world_size=int(os.environ["WORLD_SIZE"]))
+    return DistEnv(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, backend)
 
 
-def _restart_store(timeout: datetime.timedelta) -> dist.Store | None:
+def _restart_store(timeout: datetime.timedelta) -> torch_dist.Store | None:
     """After a ``--max-restarts`` relaunch, a view of torchrun's key-value store under a fresh prefix.
 
     torchrun's agent keeps serving the same store across restarts; without a new prefix the new workers
@@ -95,41 +95,40 @@ def _restart_store(timeout: datetime.timedelta) -> dist.Store | None:
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+    store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
-    return dist.PrefixStore(f"xception/restart-{restart}", store)
+    return torch_dist.PrefixStore(f"xception/restart-{restart}", store)
 
 
 def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def _in_group() -> bool:
+    """Whether this process belongs to a process group of more than one process."""
+    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks in place (unchanged in a single process) and return it."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    if _in_group():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
     return tensor
 
 
 def broadcast_object(obj: T) -> T:
     """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _in_group():
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        torch_dist.broadcast_object_list(box, src=0)
         return box[0]
     return obj
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def scaled_lr(base_lr: float, global_batch: int, reference_batch: int) -> float:
-    """The linear scaling rule (Goyal et al. 2017): the recipe's lr is for ``reference_batch`` images per
-    step; ``global_batch`` = per-process batch × processes × accumulation steps scales it proportionally."""
-    return base_lr * global_batch / reference_batch
+    if _in_group():
+        torch_dist.barrier()
 
 
 class ResumableSampler(Sampler[int]):
@@ -226,7 +225,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and _in_group()):
             return super().forward(x)
         self._check_input_dim(x)
         if self.track_running_stats and self.num_batches_tracked is not None:

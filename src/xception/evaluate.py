@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 log = logging.getLogger("xception.evaluate")
 
+
 TOP_K = 5
 
 
@@ -210,27 +211,6 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
     return path
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
-
-
-def model_preprocessing(model: nn.Module) -> Any:
-    """The preprocessing the weights carry; a [-1, 1] default at the model's channels if they carry none."""
-    from .preprocessing import Preprocessing
-
-    if model.preprocessing is not None:  # type: ignore[union-attr]
-        return model.preprocessing
-    channels = model.config.in_chans  # type: ignore[union-attr]
-    log.warning("the weights carry no preprocessing: using 299 px, [-1, 1] scaling")
-    return Preprocessing(mean=(0.5,) * channels, std=(0.5,) * channels, channels=channels)
-
-
 def evaluate(
     weights: str | os.PathLike[str], data: str | os.PathLike[str], *, model_name: str = "xception",
     split: str = "test", batch_size: int = 128, device: str = "auto", workers: int | None = None,
@@ -242,9 +222,10 @@ def evaluate(
     The folder's classes are matched by name to the class names the weights carry; the preprocessing
     is the one the weights carry. ``plot`` writes the confusion-matrix PNG there.
     """
-    from .api import create_model
+    from .api import create_model, inference_preprocessing
     from .data import ShardSampler, SkipLog, evaluation_source
     from .distributed import all_reduce_sum, init_distributed, launched_by_torchrun, shutdown_distributed
+    from .runtime import resolve_device
 
     model = create_model(model_name, weights=weights)
     classes = model.class_names
@@ -265,9 +246,8 @@ def evaluate(
         dev = torch.device("cuda", env.local_rank)
     try:
         model.to(dev)
-        pre = model_preprocessing(model)
-        batches = source.batches(pre, train=False, batch_size=batch_size, device=dev, workers=workers,
-                                 sampler=ShardSampler(len(source), env.rank, env.world_size))
+        batches = source.batches(inference_preprocessing(model), train=False, batch_size=batch_size, device=dev,
+                                 workers=workers, sampler=ShardSampler(len(source), env.rank, env.world_size))
         start = time.perf_counter()
         counts = count_batches(model, batches, len(classes), device=dev, on_skipped=skip_log.add,
                                progress=progress and env.is_main, total=len(batches)).all_reduce(all_reduce_sum)

@@ -14,9 +14,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from .fileio import atomic_write
 from .models import Xception
@@ -56,6 +57,11 @@ def metadata_json(model: Xception) -> str:
     })
 
 
+def _dynamic_batch() -> tuple[dict[int, Any], ...]:
+    """The one input's first dimension (the batch) left free: 1 to 4096."""
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},)
+
+
 def _require(module: str, extra: str = "export") -> None:
     try:
         __import__(module)
@@ -76,25 +82,31 @@ def export_model(
         raise ValueError("export a classifier or a num_classes=0 model, not a features_only backbone")
     model = model.eval()
     x = example_input(model, input_size)
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},)
     if fmt == "pt2":
-        program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_batch())
         atomic_write(path, lambda tmp: torch.export.save(program, tmp))
         return ExportResult(path, fmt, tuple(x.shape))
 
-    _require("onnx")
-    _require("onnxscript")
+    proto = onnx_proto(model, x)
     import onnx
 
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every step
-        program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=dynamic,
-                                    input_names=["images"], output_names=["outputs"], verbose=False)
-    proto = program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = "xception", metadata_json(model)
     atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
     diff = verify_onnx(model, path, x) if verify else None
     return ExportResult(path, fmt, tuple(x.shape), diff)
+
+
+def onnx_proto(model: nn.Module, x: torch.Tensor) -> Any:
+    """``model`` traced on ``x`` by ``torch.export`` as an ONNX ``ModelProto`` (dynamic batch, input
+    ``images``, output ``outputs``), without metadata: any module, not only ours (the benchmark exports
+    timm's network with it too)."""
+    _require("onnx")
+    _require("onnxscript")
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every step
+        program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=_dynamic_batch(),
+                                    input_names=["images"], output_names=["outputs"], verbose=False)
+    return program.model_proto
 
 
 def verify_onnx(model: Xception, path: str | os.PathLike[str], x: torch.Tensor) -> float | None:

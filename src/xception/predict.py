@@ -84,9 +84,9 @@ def predict(
     progress: bool = False,
 ) -> list[Prediction]:
     """The ``top_k`` classes of every image in ``inputs`` (files or folders), in input order."""
-    from .api import create_model
+    from .api import create_model, inference_preprocessing
     from .data.transforms import eval_transform
-    from .evaluate import model_preprocessing, resolve_device
+    from .runtime import resolve_device
 
     if top_k < 1:
         raise ValueError(f"top_k must be ≥ 1, got {top_k}")
@@ -95,10 +95,10 @@ def predict(
         raise ValueError("no images to classify: the folders given hold no image files")
     dev = resolve_device(device)
     model = create_model(model_name, weights=weights).to(dev).eval()
-    pre = model_preprocessing(model)
+    preprocessing = inference_preprocessing(model)
     names = model.class_names or [str(i) for i in range(model.config.num_classes)]
     k = min(top_k, len(names))
-    loader = DataLoader(_Files(paths, eval_transform(pre), pre.channels), batch_size=batch_size,
+    loader = DataLoader(_Files(paths, eval_transform(preprocessing), preprocessing.channels), batch_size=batch_size,
                         num_workers=workers, collate_fn=_keep_order)
     results: list[Prediction] = [Prediction(str(p)) for p in paths]
     for batch in tqdm(loader, desc="predicting", unit="batch", disable=not progress, leave=False):

@@ -51,6 +51,11 @@ class Preprocessing:
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be > 0")
 
+    @classmethod
+    def centred(cls, channels: int = 3, input_size: int = 299) -> Preprocessing:
+        """Keras's Xception scaling (``x / 127.5 − 1``, pixels to [-1, 1]) for any number of channels."""
+        return cls(input_size=input_size, mean=(0.5,) * channels, std=(0.5,) * channels, channels=channels)
+
     @property
     def resize_size(self) -> int:
         """Shorter side after the resize, before the centre crop."""

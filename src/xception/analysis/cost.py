@@ -21,6 +21,7 @@ from torch import nn
 
 from ..layers import SeparableConv2d
 from ..models import Xception
+from ..tables import format_table
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,42 @@ class CostReport:
     def standard_model_macs(self) -> int:
         """Multiply-adds of the same network with every separable conv replaced by a standard conv."""
         return self.macs - self.separable_total.macs + self.standard_total.macs
+
+    def format(self, layers: bool = True) -> str:
+        """The text ``xception summary`` prints: the layer table (``layers=False`` leaves it out), the
+        totals, separable against standard cost per module and per flow, and the all-standard network."""
+        parts = []
+        if layers:
+            rows = [(r.name, r.kind, "×".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs:,}")
+                    for r in self.layers]
+            parts.append(format_table(rows, ["layer", "type", "output", "params", "mult-adds"], right=(3, 4)))
+        h, w = self.input_size
+        parts.append(f"{self.model} at {h}×{w}: {self.trainable_params:,} trainable parameters "
+                     f"({self.total_params:,} with BN statistics), {self.macs / 1e9:.2f} G multiply-adds per image")
+
+        module_rows = []
+        for block, cost in self.blocks.items():
+            sep, std = cost["separable"], cost["standard"]
+            module_rows.append((block, f"{std.macs / 1e6:,.1f}", f"{sep.macs / 1e6:,.1f}",
+                                f"{sep.macs / std.macs:.3f}", f"{std.params:,}", f"{sep.params:,}"))
+        headers = ["module", "standard MMACs", "separable MMACs", "ratio", "standard params", "separable params"]
+        parts.append(format_table(module_rows, headers))
+
+        flow_macs = self.flow_macs
+        sep_t, std_t = self.separable_total, self.standard_total
+        flows = [(flow, flow_macs.get(flow, 0), c["separable"], c["standard"]) for flow, c in self.flows.items()]
+        flow_rows = [
+            (flow, f"{macs / 1e9:.3f}", f"{std.macs / 1e9:.3f}", f"{sep.macs / 1e9:.3f}", f"{sep.macs / std.macs:.3f}")
+            for flow, macs, sep, std in [*flows, ("all", self.macs, sep_t, std_t)]
+        ]
+        headers = ["flow", "all layers GMACs", "standard GMACs", "separable GMACs", "ratio"]
+        parts.append(format_table(flow_rows, headers))
+
+        standard = self.standard_model_macs
+        parts.append(f"With standard convs in place of the {len(self.separable)} separable ones the model would "
+                     f"need {standard / 1e9:.1f} G multiply-adds ({standard / self.macs:.1f}× more) and "
+                     f"{self.total_params - sep_t.params + std_t.params:,} parameters.")
+        return "\n\n".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         def costs(table: dict[str, dict[str, Cost]]) -> dict[str, Any]:

@@ -13,13 +13,16 @@ import os
 import sys
 
 from .. import __version__
+from ..errors import XceptionError
 
 COMMANDS: tuple[str, ...] = (
     "train", "evaluate", "predict", "summary", "weights", "convert", "export", "bench",
 )
 
 # Errors a user can fix: printed as one line, without a traceback (XCEPTION_DEBUG=1 shows it).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    XceptionError, ValueError, FileNotFoundError, PermissionError, OSError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

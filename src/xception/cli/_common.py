@@ -1,47 +1,90 @@
-"""Argument helpers shared by the commands."""
+"""Argument helpers shared by the commands.
+
+Commands take options one way, ``--set KEY=VALUE`` (repeatable), and model options are written
+``model.KEY`` in every command (``--set model.width=0.5``), as in a recipe's ``[model]`` table.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import sys
+import tomllib
 from typing import Any
 
+MODEL_PREFIX = "model."
+MODEL_OPTION_EXAMPLES = (
+    "model.num_classes=10, model.in_chans=1, model.width=0.5, model.middle_repeats=4, model.stem=small, "
+    "model.output_stride=16, model.residual=false, model.activation=relu, model.padding=symmetric, "
+    "model.bn_eps=1e-5, …"
+)
 
-def parse_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as JSON when it can be (numbers, true/false, null), else a string."""
+
+def parse_value(text: str) -> Any:
+    """A command-line value: read as TOML (``0.5``, ``true``, ``[1, 2]``), ``null`` as None, else the text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return None if text == "null" else text
+
+
+def split_assignment(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` → (key, raw value), the key with ``-`` read as ``_``."""
     key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip().replace("-", "_"), value
+    return key, raw
+
+
+def parse_model_option(text: str) -> tuple[str, Any]:
+    """``model.KEY=VALUE`` → (KEY, value). A key without ``model.`` is refused with the right spelling."""
+    key, raw = split_assignment(text)
+    if key == MODEL_PREFIX:
+        raise argparse.ArgumentTypeError(f"expected {MODEL_PREFIX}KEY=VALUE, got {text!r}")
+    if not key.startswith(MODEL_PREFIX):
+        raise argparse.ArgumentTypeError(
+            f"{text}: model options are written {MODEL_PREFIX}KEY, as in --set {MODEL_PREFIX}{key}={raw}"
+        )
+    return key.removeprefix(MODEL_PREFIX), parse_value(raw)
+
+
+class _DeprecatedOption(argparse.Action):
+    """``-o/--option KEY=VALUE``, the former spelling of ``--set model.KEY=VALUE``: appends to the same
+    list, and says once per command line how to write it now."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.noticed = False
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        try:
+            key, raw = split_assignment(values)
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+        if not self.noticed:
+            print(f"{parser.prog}: warning: {option_string} is deprecated and will be removed; "
+                  f"write --set {MODEL_PREFIX}{key}={raw}", file=sys.stderr)
+            self.noticed = True
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), (key, parse_value(raw))])
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``-o KEY=VALUE`` for any field of XceptionConfig."""
+    """``--set model.KEY=VALUE`` for any field of XceptionConfig, into ``args.options`` as (KEY, value) pairs.
+
+    ``-o/--option KEY=VALUE``, the former spelling, still works for now: hidden, with a notice.
+    """
+    parser.set_defaults(options=[])
     parser.add_argument(
-        "-o", "--option", dest="options", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
-        help="set a model option, repeatable: num_classes=10, in_chans=1, width=0.5, middle_repeats=4, "
-        "stem=small, output_stride=16, residual=false, activation=relu, padding=symmetric, bn_eps=1e-5, …",
+        "--set", dest="options", action="append", type=parse_model_option, metavar="model.KEY=VALUE",
+        help=f"set a model option, repeatable: {MODEL_OPTION_EXAMPLES}",
     )
-
-
-def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], right: Sequence[int] = ()) -> str:
-    """A plain-text table; columns listed in ``right`` are right-aligned (numbers)."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(row: list[str]) -> str:
-        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        return "  ".join(padded).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+    parser.add_argument("-o", "--option", dest="options", action=_DeprecatedOption, metavar="KEY=VALUE",
+                        help=argparse.SUPPRESS)
 
 
 def print_json(data: Any) -> None:
     """``--json`` output: indented, paths and other non-JSON values as strings."""
     print(json.dumps(data, indent=2, default=str))
+

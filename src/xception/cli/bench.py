@@ -1,4 +1,5 @@
-"""``xception bench``: throughput, latency and peak memory of every mode, against timm and ONNX Runtime."""
+"""``xception bench``: throughput, latency and peak memory of every mode, against timm, ONNX Runtime and
+OpenVINO."""
 
 from __future__ import annotations
 
@@ -7,32 +8,52 @@ import sys
 
 from ._common import add_model_options, print_json
 
+MODES_PLACEHOLDER = "{modes}"
+
+
+class _HelpWithModes(argparse.RawDescriptionHelpFormatter):
+    """Fills in the list of modes only when the help is printed: the list is the benchmark's table of
+    contenders, and importing it (and torch) at registration would slow down every command's start."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if MODES_PLACEHOLDER in text:
+            text = text.replace(MODES_PLACEHOLDER, _modes_help())
+        return super()._fill_text(text, width, indent)
+
+
+def _modes_help() -> str:
+    from ..bench import CONTENDERS, DEFAULT_MODES
+
+    width = max(len(spec.name) for spec in CONTENDERS)
+    lines = [f"  {spec.name:{width}s}  {spec.about}" for spec in CONTENDERS]
+    defaults = "; ".join(f"{device} {','.join(modes)}" for device, modes in DEFAULT_MODES.items())
+    return "modes:\n" + "\n".join(lines) + f"\ndefaults: {defaults}"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..bench import ALL_MODES, DEFAULT_MODES
-
     p = sub.add_parser(
         "bench",
-        help="measure inference/training speed and memory against timm, ONNX Runtime and a GEMM anchor",
+        help="measure inference/training speed and memory against timm, ONNX Runtime, OpenVINO and a GEMM anchor",
         description="Benchmark our model in each mode (eager, compiled, the fast path of xception.optimize)\n"
-        "beside timm's legacy_xception and ONNX Runtime on either's ONNX export, all in one process on the\n"
-        "same input. Contenders are timed in turns (repeat 1 of each, then repeat 2, ...) so that machine\n"
-        "noise hits them alike; figures are medians, latency percentiles are per batch, warm-up is excluded.\n"
-        "A 2048² matmul (float32 on CPU, bfloat16 on GPU) runs in the same turns as an anchor; every output\n"
-        "is checked against the float32 eager model (max err).",
-        epilog="modes: " + ", ".join(ALL_MODES) + "\n"
-        f"defaults: cpu {','.join(DEFAULT_MODES['cpu'])}; cuda {','.join(DEFAULT_MODES['cuda'])}\n\n"
+        "beside timm's legacy_xception, and ONNX Runtime and OpenVINO on either's ONNX export, all in one\n"
+        "process on the same input. Contenders are timed in turns (repeat 1 of each, then repeat 2, ...) so\n"
+        "that machine noise hits them alike; figures are medians, latency percentiles are per batch, warm-up\n"
+        "is excluded. A 2048² matmul (float32 on CPU, bfloat16 on GPU) runs in the same turns as an anchor;\n"
+        "every output is checked against the float32 eager model (max err). Ratios are only taken between\n"
+        "contenders of the same precision.",
+        epilog=f"{MODES_PLACEHOLDER}\n\n"
         "examples:\n"
-        "  xception bench                                   # CPU, batch 8, 299 px\n"
+        "  xception bench                                        # CPU, batch 8, 299 px\n"
         "  xception bench --modes eager,fast,compiled,fast-compiled,timm,ort-timm,ort-ours --repeats 15\n"
-        "  xception bench --device cuda --batch-size 256 --json --out gpu.json\n"
-        "  xception bench --device cuda --modes train-eager,train-timm --train-batch-size 128\n"
-        "  xception bench --model xception41 --input-size 224 -o width=0.5\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "  xception bench --modes fast,ort-timm,ov-timm,fast-bf16,ov-timm-bf16 --threads 2\n"
+        "  xception bench --device cuda --json --out gpu.json    # GPU, batch 256\n"
+        "  xception bench --device cuda --modes train-eager,train-timm   # training batch 128\n"
+        "  xception bench --model xception41 --input-size 224 --set model.width=0.5\n",
+        formatter_class=_HelpWithModes,
     )
     p.add_argument("--model", default="legacy_xception",
                    help="our model to measure (default: legacy_xception, the same network as timm's)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="inference batch (default: 8 on CPU, 256 on CUDA)")
     p.add_argument("--train-batch-size", type=int, default=None,
                    help="training-step batch (default: 128 on CUDA, else the inference batch)")
@@ -41,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed calls per mode, taken in turns (default: 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per mode first (default: 2)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: float32 CPU, bfloat16 CUDA)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime alike")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for PyTorch, ONNX Runtime and OpenVINO alike")
     p.add_argument("--no-keep-memory", action="store_true",
                    help="leave glibc's allocator alone (by default freed memory is kept for reuse on CPU, "
                    "for every contender alike; see xception.fast.memory)")
@@ -53,12 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import BenchConfig, format_report, parse_device, run_benchmark, write_report
+    from ..bench import BenchConfig, format_report, run_benchmark, write_report
 
-    cuda = parse_device(args.device).type == "cuda"
     cfg = BenchConfig(
-        model=args.model, device=args.device, batch_size=args.batch_size or (256 if cuda else 8),
-        train_batch_size=args.train_batch_size or (128 if cuda else None), input_size=args.input_size,
+        model=args.model, device=args.device, batch_size=args.batch_size, train_batch_size=args.train_batch_size,
+        input_size=args.input_size,
         modes=[m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None,
         repeats=args.repeats, warmup=args.warmup, dtype=args.dtype, threads=args.threads,
         keep_memory=not args.no_keep_memory, measure_memory=not args.no_memory,

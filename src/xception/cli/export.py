@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "class names and preprocessing in their metadata (key 'xception') and are checked against PyTorch "
         "with onnxruntime when it is installed.",
         epilog="examples:\n  xception export model.onnx --weights runs/fmnist/model.safetensors\n"
-        "  xception export xception.pt2 --model xception --input-size 299",
+        "  xception export xception.pt2 --model xception --input-size 299\n"
+        "  xception export tiny.onnx --model xception --set model.stem=small --set model.in_chans=1 --input-size 28",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("output", help="file to write: NAME.onnx or NAME.pt2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import ConfigError
 from ._common import print_json
 
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..weights import hub
 
     if args.download and not args.tags:
-        raise ValueError("name the tags to download, e.g. 'xception weights xception.keras_in1k --download'")
+        raise ConfigError("name the tags to download, e.g. 'xception weights xception.keras_in1k --download'")
     tags = [hub.get_tag(name) for name in args.tags] if args.tags else list(hub.TAGS.values())
     rows = []
     for tag in tags:

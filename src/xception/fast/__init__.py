@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from ..models import Xception
-from . import triton_depthwise
+from ..runtime import check_device, inference_dtype, median_ms
+from . import native, triton_depthwise
 from .fold import fold_batch_norms, fold_conv_bn, fold_xception, fuse_conv_bn_weights
-from .fused import FusedConv, FusedXception, cudnn_fusion_available, mkldnn_available
+from .fused import Backend, FusedConv, FusedXception, cudnn_fusion_available, mkldnn_available
 from .graphs import CudaGraphRunner
 from .memory import keep_freed_memory
 
@@ -39,8 +40,8 @@ __all__ = [
     "fuse_conv_bn_weights", "keep_freed_memory", "mkldnn_available", "optimize",
 ]
 
-Kernels = Literal["auto", "torch", "mkldnn", "triton", "cudnn"]
-KERNELS: tuple[str, ...] = ("auto", "torch", "mkldnn", "triton", "cudnn")
+Kernels = Literal["auto", "native", "torch", "mkldnn", "triton", "cudnn"]
+KERNELS: tuple[str, ...] = ("auto", "native", "torch", "mkldnn", "triton", "cudnn")
 
 
 class FastXception(nn.Module):
@@ -53,7 +54,8 @@ class FastXception(nn.Module):
 
     def __init__(
         self, program: FusedXception, *, device: torch.device, dtype: torch.dtype, channels_last: bool,
-        settings: dict[str, Any],
+        settings: dict[str, Any], runner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        choose_depthwise: bool = False, base_backend: Backend = "torch",
     ) -> None:
         super().__init__()
         self.program = program
@@ -61,9 +63,9 @@ class FastXception(nn.Module):
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.settings = settings
         self.kernel_choices: dict[str, dict[str, Any]] = {}
-        self._run: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled / graphed program, if any
-        self._choose_depthwise = False
-        self._base_backend: str = "torch"  # what a depthwise layer runs when Triton does not win
+        self._run = runner  # the compiled / graphed program, if any
+        self._choose_depthwise = choose_depthwise  # time Triton against base_backend on the first batch
+        self._base_backend = base_backend  # what a depthwise layer runs when Triton does not win
 
     def check_input(self, x: torch.Tensor) -> None:
         Xception.check_input(self, x)  # the checks read only .config
@@ -102,7 +104,7 @@ class FastXception(nn.Module):
             for backend in (self._base_backend, "triton"):
                 if conv.set_backend(backend).backend != backend:
                     continue
-                timings[backend] = _cuda_time(lambda conv=conv, inp=inputs[name]: conv(inp), repeats)
+                timings[backend] = median_ms(lambda conv=conv, inp=inputs[name]: conv(inp), x.device, repeats)
             best = min(timings, key=timings.__getitem__)
             conv.set_backend(best)  # type: ignore[arg-type]
             self.kernel_choices[name] = {"backend": best, **{f"{k}_ms": v for k, v in timings.items()}}
@@ -127,20 +129,6 @@ class FrozenCompiled:
 
         with inductor_config.patch(freezing=True):
             return self.compiled(x)
-
-
-def _cuda_time(fn: Any, repeats: int) -> float:
-    """Median milliseconds of ``fn`` on the current CUDA stream, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -174,9 +162,11 @@ def optimize(
         cuda_graphs: replay each batch shape as one CUDA graph (removes per-kernel launch overhead).
         batch_size: warm up now (compile, choose kernels, capture graphs) for this batch size.
         input_size: image side for that warm-up (default: the model's preprocessing, else 299).
-        kernels: ``"auto"`` (CPU: oneDNN fused convs; CUDA: cuDNN's fused conv + bias + ReLU, and the
-            Triton depthwise kernel wherever it beats cuDNN on the first batch; with ``compile`` or
-            ``cuda_graphs``, plain PyTorch ops), or force ``"torch"``, ``"mkldnn"``, ``"triton"``, ``"cudnn"``.
+        kernels: ``"auto"`` (CPU: the compiled kernels of :mod:`.native` — each separable conv one fused
+            GEMM — where they are installed, oneDNN fused convs for the rest or where they are not; CUDA:
+            cuDNN's fused conv + bias + ReLU, and the Triton depthwise kernel wherever it beats cuDNN on the
+            first batch; with ``compile`` or ``cuda_graphs``, plain PyTorch ops), or force ``"native"``,
+            ``"torch"``, ``"mkldnn"``, ``"triton"``, ``"cudnn"``.
         keep_memory: CPU only: keep freed memory for reuse (process-wide, see :mod:`xception.fast.memory`);
             default on for CPU.
     """
@@ -184,17 +174,18 @@ def optimize(
         raise TypeError(f"optimize() expects an xception.Xception, got {type(model).__name__}")
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    device = torch.device(device) if device is not None else _model_device(model)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but CUDA is not available; use device='cpu'")
+    device = check_device(torch.device(device)) if device is not None else _model_device(model)
     if cuda_graphs and device.type != "cuda":
         raise ValueError("cuda_graphs=True needs device='cuda'")
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = inference_dtype(device)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     if kernels == "mkldnn" and (device.type != "cpu" or not mkldnn_available()):
         raise ValueError("kernels='mkldnn' needs a CPU device and a PyTorch built with oneDNN")
+    if kernels == "native" and (device.type != "cpu" or dtype != torch.float32 or not native.available()):
+        raise ValueError("kernels='native' needs a float32 CPU model and the compiled CPU kernels "
+                         f"(here: {native.isa()}); use kernels='auto' to fall back to oneDNN")
     if kernels == "triton" and not triton_depthwise.available(device):
         raise ValueError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
     if kernels == "cudnn" and not cudnn_fusion_available(device):
@@ -215,10 +206,13 @@ def optimize(
     if channels_last:
         program = program.to(memory_format=torch.channels_last)
     backend = "torch"
-    if kernels == "mkldnn" or (kernels == "auto" and not compile and device.type == "cpu"
-                               and dtype == torch.float32 and mkldnn_available()):
+    cpu_auto = kernels == "auto" and not compile and device.type == "cpu" and dtype == torch.float32
+    if kernels == "mkldnn" or (cpu_auto and mkldnn_available()):
         backend = "mkldnn"
-        program.set_backend("mkldnn")
+        program.set_backend("mkldnn")  # what the native kernels cannot run stays on oneDNN
+    if kernels == "native" or (cpu_auto and native.available()):
+        steps = native.use_native_kernels(program)
+        backend = f"native ({native.isa()}, {steps} fused steps)" + (" + mkldnn" if backend == "mkldnn" else "")
     elif use_triton or use_cudnn:
         if use_cudnn:
             backend = "cudnn"
@@ -233,13 +227,12 @@ def optimize(
     settings = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last,
                 "folded_batch_norms": folded, "kernels": backend, "compile": compile, "cuda_graphs": cuda_graphs,
                 "keep_memory": keep_memory}
-    fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings)
-    fast._choose_depthwise = use_triton and kernels == "auto"
-    fast._base_backend = "cudnn" if use_cudnn else "torch"
-    if compile:
-        fast._run = FrozenCompiled(program)
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = FrozenCompiled(program) if compile else None
     if cuda_graphs:
-        fast._run = CudaGraphRunner(fast._run or program)
+        runner = CudaGraphRunner(runner or program)
+    fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings,
+                        runner=runner, choose_depthwise=use_triton and kernels == "auto",
+                        base_backend="cudnn" if use_cudnn else "torch")
     if batch_size is not None:
         size = input_size or (model.preprocessing.input_size if model.preprocessing is not None else 299)
         start = time.perf_counter()

@@ -18,21 +18,27 @@ import torch
 from torch import nn
 
 
-def fuse_conv_bn_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (weight, bias) of one convolution computing ``bn(conv(x))`` in eval mode."""
-    if conv.out_channels != bn.num_features:
-        raise ValueError(f"cannot fold a BatchNorm of {bn.num_features} channels into a conv with "
-                         f"{conv.out_channels} outputs")
+def batch_norm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) in float64 such that eval-mode ``bn(x) = scale·x + shift`` per channel."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
-    weight = conv.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(bn.num_features, dtype=torch.float64)
     scale = torch.rsqrt(bn.running_var.double() + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight.detach().double()
     shift = -bn.running_mean.double() * scale
     if bn.bias is not None:
         shift = shift + bn.bias.detach().double()
+    return scale, shift
+
+
+def fuse_conv_bn_weights(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (weight, bias) of one convolution computing ``bn(conv(x))`` in eval mode."""
+    if conv.out_channels != bn.num_features:
+        raise ValueError(f"cannot fold a BatchNorm of {bn.num_features} channels into a conv with "
+                         f"{conv.out_channels} outputs")
+    scale, shift = batch_norm_affine(bn)
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(bn.num_features, dtype=torch.float64)
     fused_weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
     fused_bias = bias * scale + shift
     return fused_weight.to(conv.weight.dtype), fused_bias.to(conv.weight.dtype)

@@ -29,6 +29,7 @@ from torch import nn
 from ..layers import TFSamePad2d, tf_same_padding
 from ..models.xception import ClassifierHead, Xception, XceptionModule
 from . import triton_depthwise
+from .fold import batch_norm_affine
 
 Backend = Literal["torch", "mkldnn", "triton", "cudnn"]
 BACKENDS: tuple[str, ...] = ("torch", "mkldnn", "triton", "cudnn")
@@ -62,12 +63,7 @@ class Affine(nn.Module):
 
     def __init__(self, bn: nn.BatchNorm2d) -> None:
         super().__init__()
-        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.detach().double()
-        shift = -bn.running_mean.double() * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.detach().double()
+        scale, shift = batch_norm_affine(bn)
         dtype = bn.running_mean.dtype
         self.register_buffer("scale", scale.to(dtype).view(1, -1, 1, 1))
         self.register_buffer("shift", shift.to(dtype).view(1, -1, 1, 1))
@@ -78,6 +74,8 @@ class Affine(nn.Module):
 
 class FusedConv(nn.Module):
     """``relu?(conv(pad(relu?(x))) + add?)`` with BatchNorm already folded into weight and bias."""
+
+    takes_residual = True  # forward(x, add=...) adds a residual before the output ReLU
 
     def __init__(self, conv: nn.Conv2d, pad: TFSamePad2d | None = None) -> None:
         super().__init__()
@@ -133,7 +131,7 @@ class FusedConv(nn.Module):
             self.set_backend(self.backend)
         return self
 
-    def _pads(self, x: torch.Tensor) -> tuple[int, int, int, int]:
+    def pads(self, x: torch.Tensor) -> tuple[int, int, int, int]:
         """(top, bottom, left, right): the TF 'same' padding of this input, or the static padding."""
         if self.pad is None:
             (ph, pw) = self.padding
@@ -146,7 +144,7 @@ class FusedConv(nn.Module):
         if self.backend == "triton":
             y = triton_depthwise.depthwise_conv2d_taps(
                 x, self._taps, self.bias, self.kernel_size, stride=self.stride[0], dilation=self.dilation[0],
-                padding=self._pads(x), relu_in=self.relu_in, relu_out=self.relu_out and add is None,
+                padding=self.pads(x), relu_in=self.relu_in, relu_out=self.relu_out and add is None,
             )
             return y if add is None else self._finish(y, add)
         if self.pad is not None:
@@ -283,7 +281,7 @@ class FusedBlock(nn.Module):
         if self.shortcut is not None:
             out = self.shortcut(x, add=last(h))
         elif self.identity:
-            out = last(h, add=x) if isinstance(last, FusedConv) else last(h) + x
+            out = last(h, add=x) if getattr(last, "takes_residual", False) else last(h) + x
         else:
             out = last(h)
         return F.relu(out) if self.act else out

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any, Literal
 
+from ..errors import ConfigError
 from ..layers import ACTIVATIONS, ORDERS, PADDING_RULES, Activation, PaddingRule, SeparableOrder
 
 Family = Literal["paper", "aligned", "preact"]
@@ -94,6 +96,13 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+# Fields of XceptionConfig by their annotation: the type their values must have, and how to say so.
+_TYPED_FIELDS: dict[str, tuple[type, str]] = {
+    "int": (Integral, "an integer"), "int | None": (Integral, "an integer"), "float": (Real, "a number"),
+    "bool": (bool, "true or false"),
+}
+
+
 @dataclass(frozen=True)
 class XceptionConfig:
     """Everything that defines a network: its architecture and the options a user may change.
@@ -163,7 +172,8 @@ class XceptionConfig:
         return 71 if self.architecture.stem_padding == "valid" else 32
 
     def validate(self) -> XceptionConfig:
-        """Raise ValueError naming what is allowed, before any layer is built."""
+        """Raise :class:`ConfigError` naming what is allowed, before any layer is built."""
+        self._check_types()
         checks: list[tuple[bool, str]] = [
             (self.arch in ARCHITECTURES, f"unknown architecture {self.arch!r}; known: {sorted(ARCHITECTURES)}"),
             (self.num_classes >= 0, f"num_classes must be ≥ 0 (0 = no classifier), got {self.num_classes}"),
@@ -182,13 +192,23 @@ class XceptionConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         if self.output_stride is not None and self.output_stride not in self.allowed_output_strides:
-            raise ValueError(
+            raise ConfigError(
                 f"output_stride={self.output_stride} is not possible for {self.arch} with the {self.stem} "
                 f"stem; allowed: {', '.join(map(str, self.allowed_output_strides))}"
             )
         return self
+
+    def _check_types(self) -> None:
+        # Options often come from text (command line, TOML, JSON): a string where a number or a switch
+        # belongs must fail with its name, not as a TypeError inside a comparison, nor pass as truthy.
+        for f in dataclasses.fields(self):
+            value, (kind, what) = getattr(self, f.name), _TYPED_FIELDS.get(str(f.type), (object, ""))
+            if value is None and str(f.type).endswith("| None"):
+                continue
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                raise ConfigError(f"{f.name} must be {what}, got {value!r}")
 
     def replace(self, **changes: Any) -> XceptionConfig:
         return XceptionConfig.from_dict({**self.to_dict(), **changes})
@@ -201,5 +221,5 @@ class XceptionConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown model option(s) {sorted(unknown)}; known: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown model option(s) {sorted(unknown)}; known: {', '.join(sorted(names))}")
         return cls(**data).validate()

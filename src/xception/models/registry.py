@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
 from .config import XceptionConfig
 from .xception import Xception
 
@@ -48,7 +49,7 @@ def model_entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
 
 
 def model_config(name: str, **overrides: Any) -> XceptionConfig:

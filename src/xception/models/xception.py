@@ -16,15 +16,18 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import SeparableConv2d, StridedPointwiseConv2d, make_divisible, same_padding
-from ..preprocessing import Preprocessing
 from .config import Family, ModuleSpec, XceptionConfig
+
+if TYPE_CHECKING:  # the model never imports the weights package: the loader attaches this value
+    from ..preprocessing import Preprocessing
+    from ..weights.meta import WeightsMeta
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,9 @@ class Xception(nn.Module):
         self.features_only = False
         self.out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)
         self.grad_checkpointing = False
-        # Set by the weights loaders: what the loaded weights expect and mean (None for a fresh model).
-        self.class_names: list[str] | None = None
-        self.preprocessing: Preprocessing | None = None
-        self.weights_meta: Any = None
-        self.load_report: Any = None
+        # What the loaded weights mean (xception.weights.WeightsMeta), set once by the weights loader;
+        # None for a fresh model.
+        self.weights_meta: WeightsMeta | None = None
 
         def chans(c: int) -> int:
             return c if config.width == 1.0 else make_divisible(c * config.width)
@@ -297,6 +298,17 @@ class Xception(nn.Module):
             return self.forward_intermediates(x)
         return self.forward_head(self.forward_features(x))
 
+    @property
+    def preprocessing(self) -> Preprocessing | None:
+        """What the loaded weights expect of their input (None for a fresh model or weights without it)."""
+        return self.weights_meta.preprocessing if self.weights_meta is not None else None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """What the classifier's outputs mean, when the weights say so (a copy: the weights' value is frozen)."""
+        names = self.weights_meta.class_names if self.weights_meta is not None else None
+        return list(names) if names is not None else None
+
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
@@ -306,6 +318,8 @@ class Xception(nn.Module):
             raise ValueError(f"num_classes must be ≥ 0, got {num_classes}")
         self.head.reset(num_classes, global_pool)
         self.config = self.config.replace(num_classes=num_classes, global_pool=self.head.pool_type)
+        if self.weights_meta is not None:
+            self.weights_meta = self.weights_meta.without_head(self.config)
 
     def as_features(self, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)) -> Xception:
         """Turn this model into a backbone whose forward returns feature maps (timm's features_only)."""

@@ -3,25 +3,74 @@
     >>> from xception.train import load_recipe, train
     >>> result = train(load_recipe("fashion-mnist"))     # trains the small-input Xception on Fashion-MNIST
     >>> result.weights                                   # runs/fashion-mnist-…/model.safetensors
+
+The phases :func:`train` runs are public too, for experiments that drive runs themselves:
+:func:`open_run` (:func:`build_run`, :func:`restore`), :func:`fit` (:func:`train_one_epoch`,
+:func:`end_epoch`, :func:`validate`) and :func:`finish`; a :class:`Run` carries a :class:`TrainState`,
+exactly what a checkpoint (``last.pt``, ``best.pt``) holds.
 """
 
 from ..distributed import DistEnv
+from .artifacts import RunLog, read_metrics
+from .checkpoint import EpochSums, RunSettings, TrainState, load_checkpoint
 from .ema import ModelEma
-from .loop import NonFiniteLoss, RunSettings, TrainResult, resume_settings, train
+from .loop import (
+    Compute,
+    EpochEnd,
+    FitResult,
+    NonFiniteLoss,
+    Run,
+    RunData,
+    StopRequest,
+    TrainResult,
+    build_optimizer,
+    build_run,
+    end_epoch,
+    finish,
+    fit,
+    open_log,
+    open_run,
+    restore,
+    resume_settings,
+    train,
+    train_one_epoch,
+    validate,
+)
 from .recipe import Recipe, apply_overrides, list_recipes, load_recipe
 from .schedule import lr_at
 
 __all__ = [
+    "Compute",
     "DistEnv",
+    "EpochEnd",
+    "EpochSums",
+    "FitResult",
     "ModelEma",
     "NonFiniteLoss",
     "Recipe",
+    "Run",
+    "RunData",
+    "RunLog",
     "RunSettings",
+    "StopRequest",
     "TrainResult",
+    "TrainState",
     "apply_overrides",
+    "build_optimizer",
+    "build_run",
+    "end_epoch",
+    "finish",
+    "fit",
     "list_recipes",
+    "load_checkpoint",
     "load_recipe",
     "lr_at",
+    "open_log",
+    "open_run",
+    "read_metrics",
+    "restore",
     "resume_settings",
     "train",
+    "train_one_epoch",
+    "validate",
 ]

@@ -6,7 +6,7 @@
       config.toml          the recipe with every setting resolved, plus a [run] table (data, weights, ...)
       metrics.jsonl        one JSON line per epoch
       events.out.tfevents.*  TensorBoard scalars (per step and per epoch)
-      last.pt, best.pt     checkpoints (see checkpoint.py)
+      last.pt, best.pt     checkpoints: the training state (see checkpoint.py)
       loss.png, accuracy.png
       model.safetensors    the best model (EMA weights when averaging), for evaluate / predict
       summary.json         the outcome: best epoch and metrics, skipped files, time
@@ -70,8 +70,15 @@ class RunLog:
             self.writer.close()
             self.writer = None
 
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The run folder's epoch records (metrics.jsonl), in order; a line cut short by a crash ends them."""
     path = folder / METRICS
     if not path.is_file():
         return []

@@ -1,24 +1,133 @@
 """Training checkpoints: everything needed to continue a run exactly, written atomically.
 
-A checkpoint is a ``torch.save`` dict of tensors and plain values only, read back with
-``torch.load(weights_only=True)``: nothing is unpickled. It holds the model, the EMA model, optimiser,
-scheduler and gradient-scaler states, the random-number generators, the position (epoch, batch within
-the epoch, global step), the best validation score so far, the partial epoch's running sums and the
-resolved recipe and run settings.
+A checkpoint (``last.pt``, ``best.pt``) is the :class:`TrainState` of a run as a ``torch.save`` dict of
+tensors and plain values only, read back with ``torch.load(weights_only=True)``: nothing is unpickled.
+It holds the model, the EMA model, optimiser, scheduler and gradient-scaler states, the random-number
+generators, the position (epoch, global sample position within the epoch, update step), the best
+epoch's record, the partial epoch's running sums, the resolved recipe and run settings, the model
+configuration, class names and preprocessing, the files skipped so far and the time spent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..data import SkipLog, Skipped
+from ..errors import ConfigError, MissingPathError
 from ..fileio import atomic_write
+from ..models import Xception
+from ..preprocessing import Preprocessing
+from .ema import ModelEma
+from .recipe import Recipe
 
 CHECKPOINT_VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass
+class RunSettings:
+    """Where a run reads and writes: stored in checkpoints so ``--resume`` needs nothing else."""
+
+    data: str | None = None
+    val: str | None = None
+    data_dir: str | None = None
+    weights: str | None = None
+    strict: bool = False
+
+
+@dataclass
+class EpochSums:
+    """Running sums of the epoch's training batches over all processes: summed loss, correct
+    predictions, images seen, and seconds spent (what a mid-epoch checkpoint carries on)."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    time: float = 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainState:
+    """Exactly what a checkpoint holds: the objects that change as a run trains, and what it is about.
+
+    :meth:`to_checkpoint` turns it into the checkpoint dict; :meth:`restore` loads one into a state built
+    for the same model configuration. ``elapsed_before_s`` is the time spent in earlier sessions of the
+    run, ``session_start`` the ``perf_counter`` reading when this one began.
+    """
+
+    model: Xception
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    recipe: Recipe
+    settings: RunSettings
+    class_names: list[str]
+    preprocessing: Preprocessing
+    skipped: SkipLog
+    world_size: int = 1
+    epoch: int = 0  # epochs completed
+    position: int = 0  # samples of the current epoch consumed by all processes together
+    step: int = 0  # optimiser updates so far
+    best: dict[str, Any] | None = None  # the best epoch's metrics record
+    partial: EpochSums = field(default_factory=EpochSums)
+    elapsed_before_s: float = 0.0
+    session_start: float = field(default_factory=time.perf_counter)
+
+    def elapsed_s(self) -> float:
+        """Seconds the run has trained, over all its sessions."""
+        return self.elapsed_before_s + time.perf_counter() - self.session_start
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint dict (the RNG states are read now): what :func:`save_checkpoint` writes."""
+        return {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": self.epoch, "position": self.position,
+            "world_size": self.world_size, "step": self.step, "best": self.best, "partial": self.partial.to_dict(),
+            "recipe": self.recipe.to_dict(), "run": dataclasses.asdict(self.settings),
+            "model_config": self.model.config.to_dict(), "class_names": self.class_names,
+            "preprocessing": self.preprocessing.to_dict(), "skipped": [vars(s) for s in self.skipped.seen.values()],
+            "elapsed_s": self.elapsed_s(),
+        }
+
+    def restore(self, checkpoint: dict[str, Any], *, carry_sums: bool = True) -> None:
+        """Load ``checkpoint`` into this state: weights, optimiser, scheduler, scaler, RNGs, position, best
+        record, skipped files and time. ``carry_sums=False`` zeroes the epoch's running sums (they are
+        global, so one process of a data-parallel job carries them on). The recipe, settings, class names
+        and preprocessing stay those this state was built with."""
+        self.model.load_state_dict(checkpoint["model"])
+        if self.ema is not None and checkpoint.get("ema") is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        set_rng_state(checkpoint["rng"])
+        self.epoch, self.step, self.position = checkpoint["epoch"], checkpoint["step"], checkpoint["position"]
+        self.best = checkpoint["best"]
+        partial = EpochSums(**checkpoint["partial"])
+        self.partial = partial if carry_sums else EpochSums(time=partial.time)
+        for item in checkpoint.get("skipped", []):
+            self.skipped.seen.setdefault(item["path"], Skipped(**item))
+        self.elapsed_before_s = checkpoint["elapsed_s"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -34,9 +143,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a crash leaves the previous file intact."""
-    atomic_write(path, lambda tmp: torch.save({"version": CHECKPOINT_VERSION, **state}, tmp))
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` (:meth:`TrainState.to_checkpoint`) to ``path`` atomically: a crash leaves the
+    previous file intact."""
+    atomic_write(path, lambda tmp: torch.save({"version": CHECKPOINT_VERSION, **checkpoint}, tmp))
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
@@ -45,16 +155,17 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         path = path / LAST
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; --resume takes a run folder or a .pt checkpoint")
+        raise MissingPathError(f"no checkpoint at {path}; --resume takes a run folder or a .pt checkpoint")
     return path
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict in ``path`` (a ``.pt`` file, or a run folder: its ``last.pt``)."""
     path = find_checkpoint(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for damaged or foreign files
-        raise ValueError(f"{path} is not a readable training checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is not a training checkpoint of this version")
-    return state
+        raise ConfigError(f"{path} is not a readable training checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(f"{path} is not a training checkpoint of this version")
+    return checkpoint

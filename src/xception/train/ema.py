@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class ModelEma(nn.Module):
     """A copy of a model whose weights follow ``ema = d·ema + (1 − d)·weights`` after each update.
@@ -20,7 +22,7 @@ class ModelEma(nn.Module):
     def __init__(self, model: nn.Module, decay: float) -> None:
         super().__init__()
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+            raise ConfigError(f"EMA decay must be in (0, 1), got {decay}")
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.decay = decay

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.transforms import Augmentation
+from ..errors import ConfigError, MissingPathError
 from ..preprocessing import Preprocessing
 
 SECTIONS: tuple[str, ...] = ("data", "optim", "runtime")
@@ -122,7 +123,7 @@ class Recipe:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"recipe {self.name!r}: {message}")
+                raise ConfigError(f"recipe {self.name!r}: {message}")
         self.preprocessing()  # checks input_size, crop_pct, interpolation, mean/std
         self.augmentation()
         return self
@@ -161,7 +162,7 @@ class Recipe:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ValueError(f"unknown recipe setting(s) {unknown}; known: {', '.join(sorted(fields))}")
+            raise ConfigError(f"unknown recipe setting(s) {unknown}; known: {', '.join(sorted(fields))}")
         values = {}
         for name, value in data.items():
             values[name] = _coerce(name, value, fields[name].default if fields[name].default is not
@@ -173,7 +174,7 @@ class Recipe:
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"recipe {name!r} is not valid TOML: {err}") from None
+            raise ConfigError(f"recipe {name!r} is not valid TOML: {err}") from None
         flat: dict[str, Any] = {"name": name}
         sections = {f.name: f.metadata["section"] for f in dataclasses.fields(cls)}
         for key, value in raw.items():
@@ -185,15 +186,11 @@ class Recipe:
                     flat["model"] = options.pop("name")
                 flat["model_options"] = options
             elif key in SECTIONS and isinstance(value, dict):
-                for sub, sub_value in value.items():
-                    if sections.get(sub) != key:
-                        where = f"[{sections[sub]}]" if sections.get(sub) else "no section (unknown setting)"
-                        raise ValueError(f"recipe {name!r}: [{key}] {sub} belongs in {where}")
-                    flat[sub] = sub_value
+                flat.update(_section_settings(name, key, value, sections))
             elif key == "description":
                 flat[key] = value
             else:
-                raise ValueError(f"recipe {name!r}: unknown top-level setting {key!r}")
+                raise ConfigError(f"recipe {name!r}: unknown top-level setting {key!r}")
         return cls.from_dict(flat)
 
     def to_toml(self) -> str:
@@ -210,11 +207,20 @@ class Recipe:
         return "\n".join(lines) + "\n"
 
 
+def _section_settings(recipe: str, section: str, values: dict[str, Any], sections: dict[str, str]) -> dict[str, Any]:
+    """The settings of a TOML ``[section]``, each checked to belong in it."""
+    for setting in values:
+        if sections.get(setting) != section:
+            where = f"[{sections[setting]}]" if sections.get(setting) else "no section (unknown setting)"
+            raise ConfigError(f"recipe {recipe!r}: [{section}] {setting} belongs in {where}")
+    return dict(values)
+
+
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Make TOML / command-line values fit the field: ints where floats go, lists for pairs."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"recipe setting {name} must be true or false, got {value!r}")
+            raise ConfigError(f"recipe setting {name} must be true or false, got {value!r}")
         return value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -222,11 +228,11 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         return int(value)
     if name in ("mean", "std", "scale", "ratio", "betas"):
         if not isinstance(value, list | tuple):
-            raise ValueError(f"recipe setting {name} must be a list of numbers, got {value!r}")
+            raise ConfigError(f"recipe setting {name} must be a list of numbers, got {value!r}")
         return tuple(float(v) for v in value)
     if default is not None and not isinstance(value, type(default)) and name != "model_options":
         kind = {int: "a whole number", float: "a number", str: "a string"}.get(type(default), type(default).__name__)
-        raise ValueError(f"recipe setting {name} must be {kind}, got {value!r}")
+        raise ConfigError(f"recipe setting {name} must be {kind}, got {value!r}")
     return value
 
 
@@ -256,11 +262,11 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     text_path = Path(name_or_path)
     if text_path.suffix == ".toml" or text_path.exists():
         if not text_path.is_file():
-            raise FileNotFoundError(f"recipe file {text_path} does not exist")
+            raise MissingPathError(f"recipe file {text_path} does not exist")
         return Recipe.from_toml(text_path.read_text(), name=text_path.stem)
     names = list_recipes()
     if str(name_or_path) not in names:
-        raise ValueError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(names)} "
+        raise ConfigError(f"unknown recipe {str(name_or_path)!r}; shipped recipes: {', '.join(names)} "
                          "(or give the path of a .toml file)")
     text = resources.files(__package__).joinpath("recipes", f"{name_or_path}.toml").read_text()
     return Recipe.from_toml(text, name=str(name_or_path))
@@ -281,7 +287,7 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key = key.strip().replace("-", "_")
         if key.startswith("model."):
             options[key.removeprefix("model.")] = parse_value(value)

@@ -1,16 +1,18 @@
 """Weights: formats in (Keras .h5, timm .pth/.safetensors, ours), our format out, named tags and downloads."""
 
-from .checkpoint import Checkpoint, HeadReplacedWarning, LoadReport, WeightsMismatchError
 from .hub import TAGS, WeightsTag, cache_dir, fetch, get_tag, list_weights
 from .imagenet import imagenet_class_names
-from .load import convert_weights, detect_format, load_pretrained, read_checkpoint
-from .native import WeightsMeta, is_native, load_native, read_metadata, read_weights, save_weights
+from .load import Loaded, convert_weights, detect_format, load_native, load_pretrained, read_mapped_weights
+from .mapping import HeadReplacedWarning, LoadReport, MappedWeights, WeightsMismatchError
+from .meta import WeightsMeta
+from .native import is_native, read_metadata, read_weights, save_weights
 
 __all__ = [
     "TAGS",
-    "Checkpoint",
     "HeadReplacedWarning",
     "LoadReport",
+    "Loaded",
+    "MappedWeights",
     "WeightsMeta",
     "WeightsMismatchError",
     "WeightsTag",
@@ -24,7 +26,7 @@ __all__ = [
     "list_weights",
     "load_native",
     "load_pretrained",
-    "read_checkpoint",
+    "read_mapped_weights",
     "read_metadata",
     "read_weights",
     "save_weights",

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ..preprocessing import KERAS
-from .checkpoint import Checkpoint, has_shortcut_conv, modules_after_stem, sepconvs, skeleton
 from .imagenet import imagenet_class_names
+from .mapping import MappedWeights, has_shortcut_conv, modules_after_stem, sepconvs, skeleton
 
 MODEL = "xception"
 BN_WEIGHTS = frozenset({"gamma", "beta", "moving_mean", "moving_variance"})
@@ -148,8 +148,8 @@ def read_layers(path: str | os.PathLike[str]) -> list[KerasLayer]:
         raise ValueError(f"{path} is a damaged or truncated HDF5 file ({err}); download or export it again") from None
 
 
-def read_keras(path: str | os.PathLike[str]) -> Checkpoint:
-    """A Keras Xception ``.h5`` file (with or without its classifier) as a checkpoint for ``xception``."""
+def read_keras(path: str | os.PathLike[str]) -> MappedWeights:
+    """A Keras Xception ``.h5`` file (with or without its classifier) as mapped weights for ``xception``."""
     layers = read_layers(path)
     table, shortcuts = layer_table()
     by_module: list[tuple[KerasLayer, str]] = [(layer, table[layer.name]) for layer in layers if layer.name in table]
@@ -178,6 +178,6 @@ def read_keras(path: str | os.PathLike[str]) -> Checkpoint:
             tensors[key] = torch.from_numpy(np.ascontiguousarray(to_torch(value)))
             names[key] = f"{layer.name}/{weight}"
 
-    checkpoint = Checkpoint("keras-h5", MODEL, tensors, names, unmapped, preprocessing=KERAS)
-    checkpoint.class_names = imagenet_class_names() if checkpoint.num_classes == 1000 else None
-    return checkpoint
+    mapped = MappedWeights("keras-h5", MODEL, tensors, names, unmapped, preprocessing=KERAS)
+    mapped.class_names = imagenet_class_names() if mapped.num_classes == 1000 else None
+    return mapped

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 from ..fileio import sha256_file
 from ..models import Xception, model_config
 from . import hub
-from .checkpoint import Checkpoint, LoadReport, load_into
 from .keras import read_keras
-from .native import WeightsMeta, read_metadata, read_weights, save_weights
-from .timm import read_torch, timm_checkpoint
+from .mapping import LoadReport, MappedWeights, load_into
+from .meta import WeightsMeta
+from .native import read_metadata, read_weights, save_weights
+from .timm import map_timm_state, read_torch
 
 Format = Literal["hdf5", "torch", "safetensors"]
 SUPPORTED = "Keras .h5 (legacy HDF5 layout), PyTorch/timm .pth state dicts, safetensors (timm's or ours)"
@@ -49,17 +50,17 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
                      f"supported: {SUPPORTED}")
 
 
-def _our_state_dict(state: dict[str, Any], name: str | None, path: str | os.PathLike[str]) -> Checkpoint:
+def _our_state_dict(state: dict[str, Any], name: str | None, path: str | os.PathLike[str]) -> MappedWeights:
     """A bare state dict in our own names (e.g. ``torch.save(model.state_dict())``): the name is needed,
     since nothing in the file says which padding and BN settings it was trained with."""
     if name is None:
         raise ValueError(f"{path} is a state dict of this library without metadata: name its model, e.g. "
                          "create_model('xception', weights=...); save with xception.save_weights to keep it")
-    return Checkpoint("xception-state-dict", name, dict(state))
+    return MappedWeights("xception-state-dict", name, dict(state))
 
 
-def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) -> Checkpoint:
-    """Read any supported file into a :class:`Checkpoint` (our names, PyTorch layouts)."""
+def read_mapped_weights(path: str | os.PathLike[str], *, name: str | None = None) -> MappedWeights:
+    """Read any supported file into a :class:`MappedWeights` (our names, PyTorch layouts)."""
     kind = detect_format(path)
     if kind == "hdf5":
         return read_keras(path)
@@ -67,7 +68,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) ->
         meta = read_metadata(path)
         if meta is not None:
             tensors, meta = read_weights(path)
-            return Checkpoint(
+            return MappedWeights(
                 "xception", meta.model, tensors, config=meta.config, preprocessing=meta.preprocessing,
                 class_names=meta.class_names, metrics=meta.metrics, source=meta.source, sha256=meta.sha256,
             )
@@ -79,7 +80,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, name: str | None = None) ->
         state = read_torch(path)
     if "entry_flow.block1.conv1.weight" in state:
         return _our_state_dict(state, name, path)
-    return timm_checkpoint(state, str(path))
+    return map_timm_state(state, str(path))
 
 
 def resolve(
@@ -112,13 +113,20 @@ def resolve(
     )
 
 
-def _name_conflict(requested: str, ckpt: Checkpoint, source: str) -> str:
-    message = f"{source} holds {ckpt.format} weights for {ckpt.model!r}, but {requested!r} was requested. "
-    if {requested, ckpt.model} == {"xception", "legacy_xception"}:
+def _name_conflict(requested: str, mapped: MappedWeights, source: str) -> str:
+    message = f"{source} holds {mapped.format} weights for {mapped.model!r}, but {requested!r} was requested. "
+    if {requested, mapped.model} == {"xception", "legacy_xception"}:
         message += ("'xception' computes as Keras does (TF 'same' padding, BN eps 1e-3), 'legacy_xception' as "
                     "timm does (symmetric padding, eps 1e-5): on the same weights their outputs differ. ")
-    return message + (f"Leave the name out or ask for {ckpt.model!r} (padding= and bn_eps= overrides still "
+    return message + (f"Leave the name out or ask for {mapped.model!r} (padding= and bn_eps= overrides still "
                       "apply if you mean to change how it computes).")
+
+
+class Loaded(NamedTuple):
+    """What :func:`load_pretrained` returns: the model, and how the file's tensors went into it."""
+
+    model: Xception
+    report: LoadReport
 
 
 def load_pretrained(
@@ -127,41 +135,41 @@ def load_pretrained(
     name: str | None = None,
     progress: bool = True,
     **overrides: Any,
-) -> Xception:
-    """A model carrying ``weights`` (path, URL or tag), in eval mode, with its metadata attached.
+) -> Loaded:
+    """A model carrying ``weights`` (path, URL or tag), in eval mode, and the report of the load.
 
+    The model's ``weights_meta`` says what the weights mean (preprocessing, class names, source, metrics).
     ``name`` (optional) must agree with the weights. ``overrides`` change the config; a different
-    ``num_classes`` keeps the backbone and starts a new classifier (reported with a
-    :class:`~xception.weights.checkpoint.HeadReplacedWarning` and in ``model.load_report``). Any other
-    disagreement raises :class:`~xception.weights.checkpoint.WeightsMismatchError`, and no model is returned.
+    ``num_classes`` keeps the backbone and starts a new classifier (a
+    :class:`~xception.weights.mapping.HeadReplacedWarning`, and ``report.new_head``). Any other
+    disagreement raises :class:`~xception.weights.mapping.WeightsMismatchError`, and no model is returned.
     """
     path, tag = resolve(weights, name=name, progress=progress)
     source = f"{tag.name} ({tag.url})" if tag else os.fspath(weights)
-    ckpt = read_checkpoint(path, name=name)
-    if name is not None and name != ckpt.model:
-        raise ValueError(_name_conflict(name, ckpt, source))
+    mapped = read_mapped_weights(path, name=name)
+    if name is not None and name != mapped.model:
+        raise ValueError(_name_conflict(name, mapped, source))
     if tag is not None:
-        ckpt = dataclasses.replace(ckpt, preprocessing=tag.preprocessing, metrics=dict(tag.metrics),
-                                   class_names=tag.class_names or ckpt.class_names)
-    if ckpt.config is not None:
-        config = ckpt.config.replace(**overrides)
+        mapped = dataclasses.replace(mapped, preprocessing=tag.preprocessing, metrics=dict(tag.metrics),
+                                     class_names=tag.class_names or mapped.class_names)
+    if mapped.config is not None:
+        config = mapped.config.replace(**overrides)
     else:
-        config = model_config(ckpt.model, **{"num_classes": ckpt.num_classes, "in_chans": ckpt.in_chans, **overrides})
+        config = model_config(mapped.model, **{"num_classes": mapped.num_classes, "in_chans": mapped.in_chans,
+                                               **overrides})
     with torch.device("meta"):  # memory comes once the file's tensors have been checked
         model = Xception(config)
-    report = load_into(model, ckpt, source)
+    report = load_into(model, mapped, source)
     intact = not report.skipped and not report.new_head  # the classifier is the file's own
-    class_names = ckpt.class_names if intact and config.num_classes else None
-    model.class_names = class_names
-    model.preprocessing = ckpt.preprocessing
     model.weights_meta = WeightsMeta(
-        model=ckpt.model, config=config, class_names=class_names, preprocessing=ckpt.preprocessing,
-        source=source if ckpt.source is None else ckpt.source,
-        sha256=sha256_file(path) if ckpt.sha256 is None else ckpt.sha256,
-        metrics=ckpt.metrics if intact else {},
+        model=mapped.model, config=config,
+        class_names=mapped.class_names if intact and config.num_classes else None,
+        preprocessing=mapped.preprocessing,
+        source=source if mapped.source is None else mapped.source,
+        sha256=sha256_file(path) if mapped.sha256 is None else mapped.sha256,
+        metrics=mapped.metrics if intact else {},
     )
-    model.load_report = report
-    return model.eval()
+    return Loaded(model.eval(), report)
 
 
 def load_native(path: str | os.PathLike[str], **overrides: Any) -> Xception:
@@ -169,13 +177,12 @@ def load_native(path: str | os.PathLike[str], **overrides: Any) -> Xception:
     if read_metadata(path) is None:
         raise ValueError(f"{path} is a safetensors file without xception metadata; convert it with "
                          "'xception convert'")
-    return load_pretrained(Path(path), **overrides)
+    return load_pretrained(Path(path), **overrides).model
 
 
 def convert_weights(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], *, name: str | None = None, progress: bool = True
 ) -> tuple[WeightsMeta, LoadReport]:
     """Convert any supported weights (path, URL or tag) into our safetensors format at ``dst``."""
-    model = load_pretrained(src, name=name, progress=progress)
-    meta = save_weights(model, dst)
-    return meta, model.load_report
+    model, report = load_pretrained(src, name=name, progress=progress)
+    return save_weights(model, dst), report

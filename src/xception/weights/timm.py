@@ -21,8 +21,8 @@ from functools import cache
 import torch
 
 from ..preprocessing import TIMM_LEGACY, Preprocessing
-from .checkpoint import Checkpoint, has_shortcut_conv, modules_after_stem, rename, sepconvs, skeleton
 from .imagenet import imagenet_class_names
+from .mapping import MappedWeights, has_shortcut_conv, modules_after_stem, rename, sepconvs, skeleton
 
 # (pre-activation, number of modules) → timm's name for the aligned variants.
 ALIGNED_VARIANTS = {
@@ -156,8 +156,8 @@ def identify(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def timm_checkpoint(state: dict[str, torch.Tensor], source: str) -> Checkpoint:
-    """A timm / Cadene Xception state dict as a checkpoint for the model of the same name."""
+def map_timm_state(state: dict[str, torch.Tensor], source: str) -> MappedWeights:
+    """A timm / Cadene Xception state dict as mapped weights for the model of the same name."""
     name = identify(state)
     if name is None:
         sample = ", ".join(list(state)[:4])
@@ -171,6 +171,6 @@ def timm_checkpoint(state: dict[str, torch.Tensor], source: str) -> Checkpoint:
         # Cadene's original file stored pointwise kernels as (out, in) matrices; PyTorch wants (out, in, 1, 1).
         if key.endswith("pointwise.weight") and value.ndim == 2:
             tensors[key] = value[:, :, None, None]
-    checkpoint = Checkpoint("timm", name, tensors, names, unmapped, preprocessing=PREPROCESSING[name])
-    checkpoint.class_names = imagenet_class_names() if checkpoint.num_classes == 1000 else None
-    return checkpoint
+    mapped = MappedWeights("timm", name, tensors, names, unmapped, preprocessing=PREPROCESSING[name])
+    mapped.class_names = imagenet_class_names() if mapped.num_classes == 1000 else None
+    return mapped

@@ -1,6 +1,6 @@
 """What every weights format becomes before it meets a model, and the one place tensors enter a model.
 
-Each reader (:mod:`.keras`, :mod:`.timm`, :mod:`.native`) turns a file into a :class:`Checkpoint`: the
+Each reader (:mod:`.keras`, :mod:`.timm`, :mod:`.native`) turns a file into a :class:`MappedWeights`: the
 tensors renamed to our module names and converted to PyTorch layouts, plus what the file says about
 them. :func:`load_into` then checks them against the model, all at once, before copying anything:
 
@@ -27,7 +27,7 @@ HEAD = ("head.fc.weight", "head.fc.bias")
 
 
 @dataclass
-class Checkpoint:
+class MappedWeights:
     """Weights read from a file, in our names and layouts, with what the file says about them.
 
     Attributes:
@@ -135,8 +135,8 @@ def _listing(title: str, items: list[str], limit: int = 12) -> str:
     return f"\n  {title} ({len(items)}): {shown}"
 
 
-def load_into(model: Xception, ckpt: Checkpoint, source: str) -> LoadReport:
-    """Give ``model`` (built on the meta device, so without memory yet) the checkpoint's tensors.
+def load_into(model: Xception, mapped: MappedWeights, source: str) -> LoadReport:
+    """Give ``model`` (built on the meta device, so without memory yet) the mapped tensors.
 
     Everything is checked before any memory is allocated, and every tensor of the model is then written:
     from the file, or, for what a file may lack, BN update counters set to zero and a new classifier
@@ -145,27 +145,27 @@ def load_into(model: Xception, ckpt: Checkpoint, source: str) -> LoadReport:
     expected = model.state_dict()
     # Counters of BN updates carry no information for inference; files from Keras or old PyTorch lack them.
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
-    missing = [k for k in expected if k not in ckpt.tensors and k not in optional]
-    unexpected = [k for k in ckpt.tensors if k not in expected]
-    misshaped = [k for k in ckpt.tensors if k in expected and ckpt.tensors[k].shape != expected[k].shape]
+    missing = [k for k in expected if k not in mapped.tensors and k not in optional]
+    unexpected = [k for k in mapped.tensors if k not in expected]
+    misshaped = [k for k in mapped.tensors if k in expected and mapped.tensors[k].shape != expected[k].shape]
     problems = set(missing) | set(unexpected) | set(misshaped)
 
-    new_head = bool(problems) and problems <= set(HEAD) and not ckpt.unmapped
-    if (problems and not new_head) or ckpt.unmapped:
-        message = f"{source} ({ckpt.format} weights for {ckpt.model}) does not fit {model.config.arch}:"
+    new_head = bool(problems) and problems <= set(HEAD) and not mapped.unmapped
+    if (problems and not new_head) or mapped.unmapped:
+        message = f"{source} ({mapped.format} weights for {mapped.model}) does not fit {model.config.arch}:"
         if missing:
             message += _listing("missing from the file", missing)
-        if unexpected or ckpt.unmapped:
-            message += _listing("unexpected in the file", [ckpt.file_name(k) for k in unexpected] + ckpt.unmapped)
+        if unexpected or mapped.unmapped:
+            message += _listing("unexpected in the file", [mapped.file_name(k) for k in unexpected] + mapped.unmapped)
         if misshaped:
             message += _listing("shape differs (file vs model)", [
-                f"{ckpt.file_name(k)} {tuple(ckpt.tensors[k].shape)} vs {tuple(expected[k].shape)}"
+                f"{mapped.file_name(k)} {tuple(mapped.tensors[k].shape)} vs {tuple(expected[k].shape)}"
                 for k in misshaped
             ])
         raise WeightsMismatchError(message)
 
-    skipped = tuple(ckpt.file_name(k) for k in HEAD if k in ckpt.tensors) if new_head else ()
-    state = {k: v for k, v in ckpt.tensors.items() if not (new_head and k in HEAD)}
+    skipped = tuple(mapped.file_name(k) for k in HEAD if k in mapped.tensors) if new_head else ()
+    state = {k: v for k, v in mapped.tensors.items() if not (new_head and k in HEAD)}
     model.to_empty(device="cpu")
     if new_head:
         model.head.reset(model.config.num_classes)
@@ -185,7 +185,8 @@ def load_into(model: Xception, ckpt: Checkpoint, source: str) -> LoadReport:
         elif not skipped:
             what = f"the file has no classifier; the model's {classes}-class classifier is freshly initialised"
         else:
-            what = (f"the file's classifier has {ckpt.num_classes} classes, the model {classes}; skipped "
+            what = (f"the file's classifier has {mapped.num_classes} classes, the model {classes}; skipped "
                     f"{', '.join(skipped)} and initialised a new classifier")
         warnings.warn(f"{source}: {what}", HeadReplacedWarning, stacklevel=3)
-    return LoadReport(source, ckpt.format, ckpt.model, len(state), skipped, new_head and model.config.num_classes > 0)
+    new_head = new_head and model.config.num_classes > 0
+    return LoadReport(source, mapped.format, mapped.model, len(state), skipped, new_head)

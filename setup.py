@@ -1,0 +1,20 @@
+"""The package's compiled part: the fast path's CPU kernels (optional: without a compiler the library
+falls back to oneDNN, see xception/fast/native.py). Everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+CSRC = "src/xception/fast/csrc"
+
+setup(
+    ext_modules=[
+        Extension(
+            "xception.fast._cpu",
+            sources=[f"{CSRC}/module.cpp", f"{CSRC}/kernels_avx2.cpp", f"{CSRC}/kernels_avx512.cpp"],
+            depends=[f"{CSRC}/api.h", f"{CSRC}/kernels.h"],
+            include_dirs=[CSRC],
+            extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno", "-fvisibility=hidden"],
+            language="c++",
+            optional=True,
+        )
+    ]
+)

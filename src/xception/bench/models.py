@@ -1,0 +1,125 @@
+"""The networks every contender starts from, and the float32 outputs each contender is checked against.
+
+Every contender copies one of two networks, ``"ours"`` (the config's model) or ``"timm"`` (timm's
+``legacy_xception``), built once with seeded weights and BatchNorm statistics calibrated on random images
+(so that folding them is not trivial). An inference contender's output is compared with the float32
+eager output of its network: ``max_rel_err`` = max |Δ| / max |reference|. The ONNX export that the
+ONNX Runtime and OpenVINO contenders load is made here too, once per network, by
+:func:`xception.export.onnx_proto`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .config import BenchConfig
+
+TIMM_MODEL = "legacy_xception"
+NETWORKS = ("ours", "timm")
+
+
+def build_ours(cfg: BenchConfig) -> nn.Module:
+    """The config's model, as the library builds it, in eval mode."""
+    from ..models import build_model
+
+    return build_model(cfg.model, **cfg.model_options).eval()
+
+
+def build_timm() -> nn.Module:
+    """timm's ``legacy_xception`` (random weights), the network ours is measured against."""
+    import timm
+
+    return timm.create_model(TIMM_MODEL, pretrained=False).eval()
+
+
+def calibrate_batch_norms(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Give every BatchNorm the statistics of ``x``'s activations, as training would (one pass).
+
+    Freshly initialised BatchNorms are identities (mean 0, variance 1), which makes folding them trivial
+    and lets activations drift in scale layer after layer; real statistics make the output checks mean
+    what they would on a trained network.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: one pass sets the statistics exactly
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
+def relative_error(output: Any, reference: torch.Tensor) -> float:
+    """max |output − reference| / max |reference| (outputs may be tensors, or a runtime's arrays)."""
+    if isinstance(output, (list, tuple)):
+        output = output[0]
+    elif isinstance(output, Mapping):  # OpenVINO's results, keyed by output port
+        output = next(iter(output.values()))
+    out = torch.as_tensor(output).detach().float().cpu()
+    return ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
+
+
+def flops_per_image(cfg: BenchConfig) -> int:
+    """2 × multiply-adds of one forward pass (convs and the classifier), from the cost accounting."""
+    from ..analysis import model_cost
+
+    return 2 * model_cost(build_ours(cfg), cfg.input_size).macs
+
+
+class Models:
+    """The shared networks of one run: built once, handed out as fresh copies; their references and
+    ONNX exports are computed on first use and kept."""
+
+    def __init__(self, cfg: BenchConfig, workdir: Path) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self._built: dict[str, nn.Module] = {}
+        self._reference: dict[str, torch.Tensor] = {}
+        self._onnx: dict[str, tuple[Path, float]] = {}
+
+    def get(self, which: str) -> nn.Module:
+        """A fresh copy of ``"ours"`` or ``"timm"``."""
+        if which not in self._built:
+            torch.manual_seed(0)
+            model = build_ours(self.cfg) if which == "ours" else build_timm()
+            size = self.cfg.input_size
+            calib = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+            self._built[which] = calibrate_batch_norms(model, calib)
+        return copy.deepcopy(self._built[which])
+
+    def reference(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        """The float32 eager output of ``which`` on ``x`` (computed once, in chunks, on x's device)."""
+        if which not in self._reference:
+            model = self.get(which).to(x.device)
+            with torch.inference_mode():
+                out = torch.cat([model(chunk).float() for chunk in x.split(64)])
+            self._reference[which] = out.cpu()
+            del model
+        return self._reference[which]
+
+    def onnx_file(self, which: str) -> tuple[Path, float]:
+        """(``which`` exported to ONNX, float32, dynamic batch; seconds the export took), made once."""
+        if which not in self._onnx:
+            import onnx
+
+            from ..export import onnx_proto
+
+            size = self.cfg.input_size
+            start = time.perf_counter()
+            # torch.export wants an example batch of at least 2 for a dynamic batch dimension.
+            proto = onnx_proto(self.get(which).float().cpu().eval(), torch.zeros(2, 3, size, size))
+            path = self.workdir / f"{which}.onnx"
+            onnx.save(proto, str(path))
+            self._onnx[which] = path, time.perf_counter() - start
+        return self._onnx[which]

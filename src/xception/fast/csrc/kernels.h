@@ -1,0 +1,388 @@
+// The CPU kernels of the fast path, written once for any SIMD width.
+//
+// Included by kernels_avx512.cpp and kernels_avx2.cpp, each of which first defines the vector type and
+// its handful of operations (V, LANES, MR, NV, KC, vzero, vload, vloadu, vload_n, vstore_n, vset1, vfma,
+// vadd, vmax, vmaxv, vneg_inf) and compiles this file for its instruction set.
+//
+// Every convolution of the network is one GEMM, C[M×N] = A[M×K] · B[K×N] over NHWC tensors (a row of A
+// or C is one pixel, its columns are channels), with a prologue that produces the rows of A and an
+// epilogue that finishes the rows of C:
+//   * prologue: the input itself (1×1 conv), a depthwise k×k conv computed on the fly (a separable
+//     conv: its output never goes to memory), every s-th pixel (strided 1×1 conv), or k×k patches
+//     (a plain conv, "im2col" one block of rows at a time);
+//   * epilogue: bias, residual add, ReLU, written once.
+// The GEMM is blocked the usual way: a block of MC rows of A (computed by the prologue into a buffer
+// that stays in L2), K in chunks of KC so that a KC×NR panel of B stays in L1, and an MR×NR tile of C
+// held in registers while the k loop runs.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "api.h"
+
+namespace {
+
+constexpr int NR = NV * LANES;  // columns of C per register tile
+constexpr int PREFETCH = 16;    // how many k steps ahead B is prefetched (measured best of 4–32)
+
+// ---- the register tile ------------------------------------------------------------------------------
+
+// C[MR×NR] (+)= A[MR×kc] · B[kc×NR]. `first`: start from the bias (or zero) instead of C; `last`: add
+// the residual, apply the ReLU. Columns past `n_valid` are computed (B is zero-padded) but not stored.
+template <int R, int KS = 1>
+inline void tile(int kc, const float* __restrict a, long lda, const float* __restrict b, float* __restrict c,
+                 long ldc, int n_valid, bool first, bool last, const float* __restrict bias,
+                 const float* __restrict res, long ldr, bool relu) {
+    V acc[R][NV];
+    const bool full = n_valid >= NR;
+    if (!first) {  // the partial sums come back from L2: ask for them before the loop needs them
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    }
+    if (first) {
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            V b0 = bias ? vload(bias + v * LANES) : vzero();
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i) acc[i][v] = b0;
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v)
+                acc[i][v] = full ? vloadu(c + i * ldc + v * LANES) : vload_n(c + i * ldc + v * LANES, n_valid - v * LANES);
+    }
+#pragma GCC unroll 2
+    for (int k = 0; k < kc; ++k) {
+        V bv[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * NR + v * LANES);
+        // B streams from L2 (the MR rows of A stay in L1): fetch its lines ahead of use, a line per 16 floats.
+#pragma GCC unroll 8
+        for (int v = 0; v < NR; v += 16) _mm_prefetch(reinterpret_cast<const char*>(b + (k + PREFETCH) * NR + v), _MM_HINT_T0);
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) {
+            V av = vset1(a[i * lda + k * KS]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) acc[i][v] = vfma(av, bv[v], acc[i][v]);
+        }
+    }
+    if (last) {
+        if (res) {
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; ++v)
+                    acc[i][v] = vadd(acc[i][v], full ? vloadu(res + i * ldr + v * LANES)
+                                                     : vload_n(res + i * ldr + v * LANES, n_valid - v * LANES));
+        }
+        if (relu) {
+#pragma GCC unroll 16
+            for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; ++v) acc[i][v] = vmax(acc[i][v], vzero());
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            if (full) vstoreu(c + i * ldc + v * LANES, acc[i][v]);
+            else vstore_n(c + i * ldc + v * LANES, acc[i][v], n_valid - v * LANES);
+        }
+}
+
+template <int R>
+void tile_rows(int rows, int kc, const float* a, long lda, const float* b, float* c, long ldc, int n_valid,
+               bool first, bool last, const float* bias, const float* res, long ldr, bool relu) {
+    if constexpr (R == 0) {
+        (void)rows; (void)kc; (void)a; (void)lda; (void)b; (void)c; (void)ldc; (void)n_valid;
+        (void)first; (void)last; (void)bias; (void)res; (void)ldr; (void)relu;
+    } else {
+        if (rows == R) tile<R>(kc, a, lda, b, c, ldc, n_valid, first, last, bias, res, ldr, relu);
+        else tile_rows<R - 1>(rows, kc, a, lda, b, c, ldc, n_valid, first, last, bias, res, ldr, relu);
+    }
+}
+
+// ---- prologues: the rows of A -------------------------------------------------------------------------
+
+struct Geometry {  // where output pixel m of the GEMM reads its input window
+    int h, w, c, oh, ow, k, stride, dilation, pad_top, pad_left;
+};
+
+// Depthwise 3×3 conv of `count` consecutive output pixels of one output row, all channels, into
+// out[count × c]. Channels are the outer loop so that the nine tap weights of a channel vector stay in
+// registers while the pixels go by; pixels whose window lies inside the image take the unchecked path.
+template <bool ReluIn>
+void depthwise3_run(const float* __restrict img, const Geometry& g, int oy, int ox0, int count,
+                    const float* __restrict w, const float* __restrict bias, bool relu_mid, float* __restrict out) {
+    const int c = g.c, s = g.stride, d = g.dilation;
+    const int iy0 = oy * s - g.pad_top;
+    bool row_ok[3];
+    const float* rows[3];
+    for (int dy = 0; dy < 3; ++dy) {
+        const int iy = iy0 + dy * d;
+        row_ok[dy] = iy >= 0 && iy < g.h;
+        rows[dy] = img + long(row_ok[dy] ? iy : 0) * g.w * c;
+    }
+    const bool all_rows = row_ok[0] && row_ok[1] && row_ok[2];
+    // Output columns whose three input columns all lie inside the image.
+    const int lo = std::max(0, (g.pad_left + s - 1) / s), hi = (g.w - 1 - 2 * d + g.pad_left) / s;  // [lo, hi]
+    for (int ch = 0; ch < c; ch += LANES) {
+        const int left = c - ch;
+        const bool full = left >= LANES;
+        V wt[9];
+        for (int t = 0; t < 9; ++t) wt[t] = full ? vloadu(w + long(t) * c + ch) : vload_n(w + long(t) * c + ch, left);
+        const V b0 = bias ? (full ? vloadu(bias + ch) : vload_n(bias + ch, left)) : vzero();
+        for (int p = 0; p < count; ++p) {
+            const int ox = ox0 + p;
+            const int ix0 = ox * s - g.pad_left;
+            V acc = b0;
+            if (all_rows && full && ox >= lo && ox <= hi) {
+#pragma GCC unroll 3
+                for (int dy = 0; dy < 3; ++dy) {
+                    const float* src = rows[dy] + long(ix0) * c + ch;
+#pragma GCC unroll 3
+                    for (int dx = 0; dx < 3; ++dx) {
+                        V x = vloadu(src + long(dx) * d * c);
+                        if constexpr (ReluIn) x = vmax(x, vzero());
+                        acc = vfma(x, wt[dy * 3 + dx], acc);
+                    }
+                }
+            } else {
+                for (int dy = 0; dy < 3; ++dy) {
+                    if (!row_ok[dy]) continue;
+                    for (int dx = 0; dx < 3; ++dx) {
+                        const int ix = ix0 + dx * d;
+                        if (ix < 0 || ix >= g.w) continue;
+                        const float* src = rows[dy] + long(ix) * c + ch;
+                        V x = full ? vloadu(src) : vload_n(src, left);
+                        if constexpr (ReluIn) x = vmax(x, vzero());
+                        acc = vfma(x, wt[dy * 3 + dx], acc);
+                    }
+                }
+            }
+            if (relu_mid) acc = vmax(acc, vzero());
+            float* dst = out + long(p) * c + ch;
+            if (full) vstoreu(dst, acc); else vstore_n(dst, acc, left);
+        }
+    }
+}
+
+// Any k×k (the checked path only): for kernel sizes other than 3.
+void depthwise_any_run(const float* __restrict img, const Geometry& g, int oy, int ox0, int count, bool relu_in,
+                       const float* __restrict w, const float* __restrict bias, bool relu_mid, float* __restrict out) {
+    const int c = g.c, kk = g.k;
+    for (int p = 0; p < count; ++p) {
+        const int iy0 = oy * g.stride - g.pad_top, ix0 = (ox0 + p) * g.stride - g.pad_left;
+        for (int ch = 0; ch < c; ch += LANES) {
+            const int left = c - ch;
+            V acc = bias ? (left >= LANES ? vloadu(bias + ch) : vload_n(bias + ch, left)) : vzero();
+            for (int dy = 0; dy < kk; ++dy) {
+                const int iy = iy0 + dy * g.dilation;
+                if (iy < 0 || iy >= g.h) continue;
+                for (int dx = 0; dx < kk; ++dx) {
+                    const int ix = ix0 + dx * g.dilation;
+                    if (ix < 0 || ix >= g.w) continue;
+                    const float* src = img + (long(iy) * g.w + ix) * c + ch;
+                    const float* wt = w + long(dy * kk + dx) * c + ch;
+                    V x = left >= LANES ? vloadu(src) : vload_n(src, left);
+                    if (relu_in) x = vmax(x, vzero());
+                    acc = vfma(x, left >= LANES ? vloadu(wt) : vload_n(wt, left), acc);
+                }
+            }
+            if (relu_mid) acc = vmax(acc, vzero());
+            float* dst = out + long(p) * c + ch;
+            if (left >= LANES) vstoreu(dst, acc); else vstore_n(dst, acc, left);
+        }
+    }
+}
+
+// Depthwise k×k conv (+ bias, + ReLU) of output pixels [m0, m0 + rows), all channels, into a[rows × c],
+// one output row's run of pixels at a time.
+void depthwise_rows(const float* __restrict in, const Geometry& g, long m0, int rows, const float* __restrict w,
+                    const float* __restrict bias, bool relu_in, bool relu_mid, float* __restrict a) {
+    const long plane = long(g.oh) * g.ow;
+    for (int r = 0; r < rows;) {
+        const long m = m0 + r;
+        const long n = m / plane;
+        const int oy = int((m % plane) / g.ow), ox = int(m % g.ow);
+        const int count = std::min(rows - r, g.ow - ox);
+        const float* img = in + n * long(g.h) * g.w * g.c;
+        float* out = a + long(r) * g.c;
+        if (g.k != 3) depthwise_any_run(img, g, oy, ox, count, relu_in, w, bias, relu_mid, out);
+        else if (relu_in) depthwise3_run<true>(img, g, oy, ox, count, w, bias, relu_mid, out);
+        else depthwise3_run<false>(img, g, oy, ox, count, w, bias, relu_mid, out);
+        r += count;
+    }
+}
+
+// k×k patches of output pixels [m0, m0 + rows): row r holds the window in (dy, dx, channel) order, zeros
+// outside the image (a plain conv's zero padding).
+void patch_rows(const float* __restrict in, const Geometry& g, long m0, int rows, bool relu_in, float* __restrict a) {
+    const int c = g.c, kk = g.k;
+    const long plane = long(g.oh) * g.ow, row_len = long(kk) * kk * c;
+    for (int r = 0; r < rows; ++r) {
+        const long m = m0 + r;
+        const long n = m / plane;
+        const int oy = int((m % plane) / g.ow), ox = int(m % g.ow);
+        const int iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
+        const float* img = in + n * long(g.h) * g.w * c;
+        float* out = a + r * row_len;
+        for (int dy = 0; dy < kk; ++dy) {
+            const int iy = iy0 + dy * g.dilation;
+            for (int dx = 0; dx < kk; ++dx) {
+                const int ix = ix0 + dx * g.dilation;
+                float* dst = out + (dy * kk + dx) * long(c);
+                if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+                    std::memset(dst, 0, sizeof(float) * c);
+                    continue;
+                }
+                const float* src = img + (long(iy) * g.w + ix) * c;
+                if (!relu_in) {
+                    std::memcpy(dst, src, sizeof(float) * c);
+                } else {
+                    for (int ch = 0; ch < c; ++ch) dst[ch] = src[ch] > 0.f ? src[ch] : 0.f;
+                }
+            }
+        }
+    }
+}
+
+// ---- one convolution ------------------------------------------------------------------------------------
+
+#ifndef XC_ORDER
+#define XC_ORDER 1
+#endif
+
+struct Task {
+    long m0;
+    int rows, n0, n1;  // output pixels [m0, m0 + rows), output channels [n0, n1)
+};
+
+void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& t, float* abuf) {
+    const int kdim = op->k_dim, n_out = op->cout;
+    const float* a;
+    long lda;
+    Geometry g{op->h, op->w, op->c, op->oh, op->ow, op->kernel, op->stride, op->dilation, op->pad_top,
+               op->pad_left};
+    switch (op->kind) {
+    case XC_POINTWISE:
+        if (!op->relu_in) {
+            a = in + t.m0 * long(op->c);
+            lda = op->c;
+            break;
+        }
+        for (int r = 0; r < t.rows; ++r) {
+            const float* src = in + (t.m0 + r) * long(op->c);
+            float* dst = abuf + long(r) * op->c;
+            for (int ch = 0; ch < op->c; ch += LANES) {
+                const int left = op->c - ch;
+                V x = left >= LANES ? vloadu(src + ch) : vload_n(src + ch, left);
+                x = vmax(x, vzero());
+                if (left >= LANES) vstoreu(dst + ch, x); else vstore_n(dst + ch, x, left);
+            }
+        }
+        a = abuf;
+        lda = op->c;
+        break;
+    case XC_SEPARABLE:
+        depthwise_rows(in, g, t.m0, t.rows, op->dw_weight, op->dw_bias, op->relu_in, op->relu_mid, abuf);
+        a = abuf;
+        lda = op->c;
+        break;
+    default:  // XC_PATCHES (a strided 1×1 conv is a 1×1 "patch")
+        patch_rows(in, g, t.m0, t.rows, op->relu_in, abuf);
+        a = abuf;
+        lda = kdim;
+        break;
+    }
+    const long ldc = n_out, n_padded = long(op->cout + NR - 1) / NR * NR;
+    for (int k0 = 0; k0 < kdim; k0 += KC) {
+        const int kc = std::min(KC, kdim - k0);
+        const bool first = k0 == 0, last = k0 + kc >= kdim;
+        const float* b_block = op->packed + long(k0) * n_padded;
+#if XC_ORDER == 1
+        // An MR×kc slice of A stays in L1 while the kc×NR panels of B stream past it from L2.
+        for (int i = 0; i < t.rows; i += MR) {
+            const int rows = std::min(MR, t.rows - i);
+            for (int n0 = t.n0; n0 < t.n1; n0 += NR) {
+#else
+        for (int n0 = t.n0; n0 < t.n1; n0 += NR) {
+            for (int i = 0; i < t.rows; i += MR) {
+                const int rows = std::min(MR, t.rows - i);
+#endif
+                const int n_valid = std::min(NR, n_out - n0);
+                float* c = out + (t.m0 + i) * ldc + n0;
+                const float* res = op->residual ? op->residual + (t.m0 + i) * ldc + n0 : nullptr;
+                tile_rows<MR>(rows, kc, a + long(i) * lda + k0, lda, b_block + long(n0) * kc, c, ldc, n_valid, first,
+                              last, op->bias ? op->bias + n0 : nullptr, res, ldc, op->relu_out != 0);
+            }
+        }
+    }
+}
+
+// 3×3 (any k) max-pool over NHWC rows [y0, y1) of all images (flattened n·oh), + an optional residual.
+void maxpool_rows(const xc_pool* op, const float* __restrict in, float* __restrict out, long row0, long row1) {
+    const int c = op->c;
+    for (long row = row0; row < row1; ++row) {
+        const long n = row / op->oh;
+        const int oy = int(row % op->oh);
+        const float* img = in + n * long(op->h) * op->w * c;
+        for (int ox = 0; ox < op->ow; ++ox) {
+            float* dst = out + (row * op->ow + ox) * c;
+            const float* res = op->residual ? op->residual + (row * op->ow + ox) * c : nullptr;
+            const int iy0 = oy * op->stride - op->pad_top, ix0 = ox * op->stride - op->pad_left;
+            for (int ch = 0; ch < c; ch += LANES) {
+                const int left = c - ch;
+                V m = vneg_inf();
+                for (int dy = 0; dy < op->kernel; ++dy) {
+                    const int iy = iy0 + dy;
+                    if (iy < 0 || iy >= op->h) continue;
+                    for (int dx = 0; dx < op->kernel; ++dx) {
+                        const int ix = ix0 + dx;
+                        if (ix < 0 || ix >= op->w) continue;
+                        const float* src = img + (long(iy) * op->w + ix) * c + ch;
+                        m = vmaxv(m, left >= LANES ? vloadu(src) : vload_n(src, left));
+                    }
+                }
+                if (res) m = vadd(m, left >= LANES ? vloadu(res + ch) : vload_n(res + ch, left));
+                if (left >= LANES) vstoreu(dst + ch, m); else vstore_n(dst + ch, m, left);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+// ---- what the dispatcher calls ----------------------------------------------------------------------------
+
+namespace ISA_NS {
+
+int nr() { return NR; }
+int kc() { return KC; }
+int mr() { return MR; }
+
+// Rows of A per block: the block of A and the rows of C it feeds stay in L2 (~384 KB of them).
+int block_rows(const xc_conv* op) {
+    const long per_row = 4L * (op->k_dim + op->cout);
+#ifndef XC_L2
+#define XC_L2 384
+#endif
+    long rows = (long(XC_L2) * 1024) / std::max(per_row, 1L);
+    rows = std::max<long>(MR, std::min<long>(rows, 1024) / MR * MR);
+    return int(rows);
+}
+
+void conv_task(const xc_conv* op, const float* in, float* out, long m0, int rows, int n0, int n1, float* abuf) {
+    Task t{m0, rows, n0, n1};
+    run_gemm_block(op, in, out, t, abuf);
+}
+
+void pool_rows(const xc_pool* op, const float* in, float* out, long row0, long row1) {
+    maxpool_rows(op, in, out, row0, row1);
+}
+
+}  // namespace ISA_NS

@@ -1,0 +1,47 @@
+// The kernels for CPUs with AVX-512 (F, BW, DQ, VL): 16 floats per register, 14×32 tiles of C.
+// Standard headers come before the target pragma: their inline functions must not be compiled for an
+// instruction set the CPU may lack (the linker keeps one copy of each).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "api.h"
+#if XC_X86
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx2,bmi2")
+#include <immintrin.h>
+
+#define ISA_NS xc_avx512
+
+namespace {
+using V = __m512;
+constexpr int LANES = 16;
+#ifndef XC_MR
+#define XC_MR 14
+#endif
+#ifndef XC_NV
+#define XC_NV 2
+#endif
+#ifndef XC_KC
+#define XC_KC 256
+#endif
+constexpr int MR = XC_MR;   // 28 accumulators of 32 registers
+constexpr int NV = XC_NV;    // NR = 32 columns
+constexpr int KC = XC_KC;  // a 256×32 panel of B is 32 KB: it stays in L1
+
+inline __mmask16 mask_n(int n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
+inline V vzero() { return _mm512_setzero_ps(); }
+inline V vneg_inf() { return _mm512_set1_ps(-__builtin_inff()); }
+inline V vload(const float* p) { return _mm512_loadu_ps(p); }
+inline V vloadu(const float* p) { return _mm512_loadu_ps(p); }
+inline V vload_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask_n(n), p); }
+inline void vstoreu(float* p, V x) { _mm512_storeu_ps(p, x); }
+inline void vstore_n(float* p, V x, int n) { _mm512_mask_storeu_ps(p, mask_n(n), x); }
+inline V vset1(float x) { return _mm512_set1_ps(x); }
+inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
+inline V vmax(V a, V b) { return _mm512_max_ps(a, b); }
+inline V vmaxv(V a, V b) { return _mm512_max_ps(a, b); }
+}  // namespace
+
+#include "kernels.h"
+#endif  // XC_X86

@@ -1,0 +1,271 @@
+// The fast path's CPU kernels: instruction-set dispatch, weight packing, and a small thread pool.
+//
+// Built as the extension module xception.fast._cpu (an empty Python module: Python calls the C
+// functions of api.h through ctypes). Each convolution is split into tasks (blocks of output pixels, and
+// of output channels when there are few pixels) that the pool's threads take in turn; the calling thread
+// works too.
+
+#include <Python.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include "api.h"
+
+namespace {
+
+int detect_isa() {
+#if !XC_X86
+    return 0;
+#else
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    return 0;
+#endif
+}
+
+int g_isa = detect_isa();
+
+// ---- scratch: one growing, 64-byte aligned buffer per thread ------------------------------------------
+
+struct Scratch {
+    float* data = nullptr;
+    size_t floats = 0;
+    float* get(size_t n) {
+        if (n > floats) {
+            std::free(data);
+            data = static_cast<float*>(std::aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64));
+            if (!data) throw std::bad_alloc();
+            floats = n;
+        }
+        return data;
+    }
+    ~Scratch() { std::free(data); }
+};
+
+// ---- the pool ------------------------------------------------------------------------------------------
+
+class Pool {
+public:
+    ~Pool() { resize(1); }
+
+    int size() const { return int(workers_.size()) + 1; }
+
+    void resize(int threads) {
+        threads = std::max(1, threads);
+        if (threads == size()) return;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            stop_ = true;
+            ++generation_;
+        }
+        cv_.notify_all();
+        for (auto& t : workers_) t.join();
+        workers_.clear();
+        stop_ = false;
+        scratch_.clear();
+        scratch_.resize(threads);
+        for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
+    }
+
+    float* scratch(int thread, size_t floats) { return scratch_[thread].get(floats); }
+
+    // Run fn(task, thread) for every task in [0, tasks); returns when all are done.
+    void run(int tasks, const std::function<void(int, int)>& fn) {
+        if (scratch_.empty()) scratch_.resize(1);
+        if (workers_.empty() || tasks <= 1) {
+            for (int i = 0; i < tasks; ++i) fn(i, 0);
+            return;
+        }
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            job_ = &fn;
+            tasks_ = tasks;
+            next_.store(0, std::memory_order_relaxed);
+            done_.store(0, std::memory_order_relaxed);
+            generation_.fetch_add(1, std::memory_order_release);
+        }
+        cv_.notify_all();
+        drain(0);
+        while (done_.load(std::memory_order_acquire) < tasks) _mm_pause_();
+        std::lock_guard<std::mutex> lock(mu_);
+        job_ = nullptr;
+    }
+
+private:
+    static void _mm_pause_() {
+#if XC_X86
+        __builtin_ia32_pause();
+#endif
+    }
+
+    void drain(int thread) {
+        for (;;) {
+            const int i = next_.fetch_add(1, std::memory_order_relaxed);
+            if (i >= tasks_) return;
+            (*job_)(i, thread);
+            done_.fetch_add(1, std::memory_order_release);
+        }
+    }
+
+    void work(int thread) {
+        uint64_t seen = generation_.load(std::memory_order_acquire);
+        for (;;) {
+            // Spin a little (layers follow each other within microseconds), then sleep.
+            for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
+                _mm_pause_();
+            std::unique_lock<std::mutex> lock(mu_);
+            cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+            seen = generation_.load(std::memory_order_acquire);
+            if (stop_) return;
+            if (!job_) continue;
+            lock.unlock();
+            drain(thread);
+        }
+    }
+
+    std::vector<std::thread> workers_;
+    std::vector<Scratch> scratch_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> next_{0}, done_{0};
+    int tasks_ = 0;
+    const std::function<void(int, int)>* job_ = nullptr;
+    bool stop_ = false;
+};
+
+Pool& pool() {
+    static Pool p;
+    return p;
+}
+
+#if XC_X86
+int nr_of(int isa) { return isa == 2 ? xc_avx512::nr() : xc_avx2::nr(); }
+int kc_of(int isa) { return isa == 2 ? xc_avx512::kc() : xc_avx2::kc(); }
+int mr_of(int isa) { return isa == 2 ? xc_avx512::mr() : xc_avx2::mr(); }
+int block_rows_of(int isa, const xc_conv* op) { return isa == 2 ? xc_avx512::block_rows(op) : xc_avx2::block_rows(op); }
+void conv_task_of(int isa, const xc_conv* op, const float* in, float* out, long m0, int rows, int n0, int n1, float* abuf) {
+    if (isa == 2) xc_avx512::conv_task(op, in, out, m0, rows, n0, n1, abuf);
+    else xc_avx2::conv_task(op, in, out, m0, rows, n0, n1, abuf);
+}
+void pool_rows_of(int isa, const xc_pool* op, const float* in, float* out, long r0, long r1) {
+    if (isa == 2) xc_avx512::pool_rows(op, in, out, r0, r1);
+    else xc_avx2::pool_rows(op, in, out, r0, r1);
+}
+#else  // no kernels on other architectures: xc_isa() is 0 and nothing below is reached
+int nr_of(int) { return 0; }
+int kc_of(int) { return 0; }
+int mr_of(int) { return 0; }
+int block_rows_of(int, const xc_conv*) { return 0; }
+void conv_task_of(int, const xc_conv*, const float*, float*, long, int, int, int, float*) {}
+void pool_rows_of(int, const xc_pool*, const float*, float*, long, long) {}
+#endif
+
+}  // namespace
+
+extern "C" {
+
+int xc_isa(void) { return g_isa; }
+
+int xc_select_isa(int isa) {
+    g_isa = std::min(detect_isa(), std::max(0, isa));
+    return g_isa;
+}
+
+int xc_tile_cols(void) { return g_isa ? nr_of(g_isa) : 0; }
+
+int xc_depth_block(void) { return g_isa ? kc_of(g_isa) : 0; }
+
+size_t xc_packed_floats(int k_dim, int cout) {
+    const int nr = xc_tile_cols();
+    return nr ? size_t(k_dim) * size_t((cout + nr - 1) / nr * nr) : 0;
+}
+
+void xc_pack_weights(const float* weight, int k_dim, int cout, float* packed) {
+    // B = weightᵀ (k_dim × cout) in blocks of KC rows; within a block, panels of NR columns, each kc rows of
+    // NR floats (zero-padded past cout): what one pass of the register tile reads is contiguous.
+    const int nr = xc_tile_cols(), kc_max = xc_depth_block();
+    const int panels = (cout + nr - 1) / nr;
+    for (int k0 = 0; k0 < k_dim; k0 += kc_max) {
+        const int kc = std::min(kc_max, k_dim - k0);
+        for (int p = 0; p < panels; ++p) {
+            float* panel = packed + size_t(k0) * panels * nr + size_t(p) * kc * nr;
+            for (int k = 0; k < kc; ++k)
+                for (int j = 0; j < nr; ++j) {
+                    const int n = p * nr + j;
+                    panel[size_t(k) * nr + j] = n < cout ? weight[size_t(n) * k_dim + k0 + k] : 0.f;
+                }
+        }
+    }
+}
+
+int xc_set_threads(int threads) {
+    pool().resize(threads);
+    return pool().size();
+}
+
+int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
+    if (!g_isa) return 1;
+    const int isa = g_isa;
+    const long m = long(op->n) * op->oh * op->ow;
+    const int threads = pool().size(), mr = mr_of(isa), nr = nr_of(isa);
+    int rows = block_rows_of(isa, op);
+    // Enough blocks to keep every thread busy: smaller pixel blocks first, then split the channels.
+    const long want = 2L * threads;
+    if ((m + rows - 1) / rows < want) rows = int(std::max<long>(mr, (m / want + mr - 1) / mr * mr));
+    const long m_blocks = (m + rows - 1) / rows;
+    const int panels = (op->cout + nr - 1) / nr;
+    const int n_split = m_blocks >= want || threads == 1 ? 1 : int(std::min<long>(panels, (want + m_blocks - 1) / m_blocks));
+    const int panels_per = (panels + n_split - 1) / n_split;
+    const bool needs_a = op->kind != XC_POINTWISE || op->relu_in;
+    const size_t a_floats = needs_a ? size_t(rows) * op->k_dim : 0;
+    try {
+        pool().run(int(m_blocks * n_split), [&](int task, int thread) {
+            const long mb = task / n_split;
+            const int part = task % n_split;
+            const long m0 = mb * rows;
+            const int r = int(std::min<long>(rows, m - m0));
+            const int n0 = part * panels_per * nr, n1 = std::min(op->cout, (part + 1) * panels_per * nr);
+            if (n0 >= n1) return;
+            float* abuf = a_floats ? pool().scratch(thread, a_floats) : nullptr;
+            conv_task_of(isa, op, input, output, m0, r, n0, n1, abuf);
+        });
+    } catch (const std::bad_alloc&) {
+        return 2;
+    }
+    return 0;
+}
+
+int xc_pool_forward(const xc_pool* op, const float* input, float* output) {
+    if (!g_isa) return 1;
+    const int isa = g_isa;
+    const long rows = long(op->n) * op->oh;
+    const int threads = pool().size();
+    const long per = std::max<long>(1, rows / (4L * threads));
+    const long tasks = (rows + per - 1) / per;
+    pool().run(int(tasks), [&](int task, int) {
+        const long r0 = task * per, r1 = std::min(rows, r0 + per);
+        pool_rows_of(isa, op, input, output, r0, r1);
+    });
+    return 0;
+}
+
+}  // extern "C"
+
+// An importable, empty module: importing it finds the shared library for ctypes.
+static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_cpu", "The fast path's CPU kernels (see csrc/api.h).",
+                                 -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&module_def); }

@@ -1,0 +1,190 @@
+"""The compiled CPU kernels compute what PyTorch computes, in float64, on every instruction set they have.
+
+Each kernel is checked on its own (a separable conv with every option, plain and strided convs, max-pools,
+odd channel counts that leave partial register tiles, pixel counts that leave partial row tiles), then
+whole networks of every family through ``xception.optimize``. The AVX2 kernels run in a subprocess with
+``XCEPTION_CPU_ISA=avx2`` so that an AVX-512 machine tests both.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import xception
+from xception.fast import native
+from xception.fast.fused import FusedConv
+from xception.layers import TFSamePad2d
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"no compiled CPU kernels here ({native.isa()})")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def test_the_kernels_are_built_wherever_they_can_run():
+    """On x86-64 Linux with AVX2 + FMA, installing the package must have built the kernels."""
+    if platform.machine() not in ("x86_64", "AMD64") or not {"avx2", "fma"} <= _cpu_flags():
+        pytest.skip("not an x86-64 CPU with AVX2 + FMA")
+    expected = "avx512" if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= _cpu_flags() else "avx2"
+    assert native.isa() == (os.environ.get("XCEPTION_CPU_ISA") or expected)
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1, groups: int = 1, bias: bool = True,
+          seed: int = 0) -> nn.Conv2d:
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(cin, cout, k, stride, dilation * (k // 2), dilation, groups=groups, bias=bias)
+    conv.weight.data.normal_(0, (k * k * cin / groups) ** -0.5)
+    if bias:
+        conv.bias.data.normal_(0, 0.5)
+    return conv
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).abs().max() / want.abs().max())
+
+
+SEPARABLE = [  # (channels in, out, size, stride, dilation, relu_in, relu_mid + depthwise bias, residual, relu_out)
+    (728, 728, 19, 1, 1, True, False, True, False),
+    (24, 40, 13, 1, 1, False, True, False, True),
+    (128, 256, 15, 2, 1, True, False, False, True),
+    (37, 33, 9, 1, 2, True, True, True, True),
+    (3, 5, 7, 2, 2, False, False, False, False),
+]
+
+
+@pytest.mark.parametrize(("cin", "cout", "size", "stride", "dilation", "relu_in", "mid", "residual", "relu_out"),
+                         SEPARABLE)
+def test_separable_conv_matches_float64(cin, cout, size, stride, dilation, relu_in, mid, residual, relu_out):
+    depthwise = FusedConv(_conv(cin, cin, 3, stride, dilation, groups=cin, bias=mid, seed=1))
+    pointwise = FusedConv(_conv(cin, cout, 1, seed=2))
+    depthwise.relu_in, depthwise.relu_out, pointwise.relu_out = relu_in, mid, relu_out
+    step = native.NativeConv(depthwise, pointwise)
+    x = torch.randn(3, cin, size, size, dtype=torch.float64)
+    y = F.relu(x) if relu_in else x
+    y = F.conv2d(y, depthwise.weight.double(), depthwise.bias.double() if mid else None, stride, dilation, dilation,
+                 groups=cin)
+    y = F.conv2d(F.relu(y) if mid else y, pointwise.weight.double(), pointwise.bias.double())
+    add = torch.randn_like(y) if residual else None
+    if add is not None:
+        y = y + add
+    want = F.relu(y) if relu_out else y
+    got = step(x.float(), add=add.float() if add is not None else None)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "stride", "size", "tf_pad"), [
+    (3, 32, 3, 2, 21, False), (32, 64, 3, 1, 17, False), (3, 32, 3, 2, 20, True), (5, 7, 3, 1, 6, True),
+    (64, 128, 1, 2, 15, False), (728, 1024, 1, 2, 19, False), (19, 45, 1, 1, 11, False),
+])
+def test_plain_and_strided_convs_match_float64(cin, cout, k, stride, size, tf_pad):
+    conv = _conv(cin, cout, k, stride)
+    if tf_pad or k == 1:
+        conv.padding = (0, 0)
+    fused = FusedConv(conv, TFSamePad2d(k, stride) if tf_pad else None)
+    fused.relu_out = True
+    step = native.NativeConv(fused)
+    x = torch.randn(2, cin, size, size, dtype=torch.float64)
+    top, bottom, left, right = fused.pads(x)
+    want = F.relu(F.conv2d(F.pad(x, (left, right, top, bottom)), conv.weight.double(), conv.bias.double(), stride))
+    got = step(x.float())
+    assert got.shape == want.shape
+    assert _relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize(("channels", "size", "tf_pad"), [(128, 147, True), (24, 10, True), (37, 9, False)])
+def test_max_pool_with_residual_matches_pytorch(channels, size, tf_pad):
+    x = torch.randn(2, channels, size, size)
+    if tf_pad:
+        pool, pad = nn.MaxPool2d(3, 2), TFSamePad2d(3, 2, value=float("-inf"))
+        want = pool(pad(x))
+    else:
+        pool, pad = nn.MaxPool2d(3, 2, 1), None
+        want = pool(x)
+    add = torch.randn_like(want)
+    got = native.NativeMaxPool(pool, pad)(x, add=add)
+    assert torch.equal(got, want + add)  # max and one add: exact
+
+
+def _calibrated(name: str, **options) -> xception.Xception:
+    model = xception.create_model(name, **options).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+NETWORKS = [
+    ("legacy_xception", {}, 71), ("xception", {}, 74), ("xception41", {}, 64), ("xception65p", {}, 64),
+    ("xception", {"stem": "small", "width": 0.25, "middle_repeats": 2}, 28),
+    ("xception", {"output_stride": 16, "width": 0.5, "middle_repeats": 1}, 80),
+    ("xception", {"separable_order": "pointwise_first", "width": 0.5, "middle_repeats": 1}, 71),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "size"), NETWORKS, ids=[f"{n}{o or ''}" for n, o, _ in NETWORKS])
+def test_every_family_gives_the_plain_models_logits(name, options, size):
+    model = _calibrated(name, **options)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model.double()(x.double())
+    model.float()
+    fast = xception.optimize(model, kernels="native")
+    assert fast.settings["kernels"].startswith("native")
+    assert _relative_error(fast(x), want) < 1e-4
+
+
+def test_threads_split_the_work_without_changing_a_bit():
+    model = _calibrated("xception", width=0.5, middle_repeats=2)
+    fast = xception.optimize(model, kernels="native")
+    x = torch.randn(3, 3, 95, 95)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fast(x)
+        torch.set_num_threads(2)
+        two = fast(x)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_without_the_kernels_the_fast_path_runs_on_onednn(monkeypatch):
+    model = _calibrated("xception", width=0.25, middle_repeats=1)
+    monkeypatch.setattr(native, "available", lambda: False)
+    fast = xception.optimize(model)
+    assert fast.settings["kernels"] == "mkldnn"
+    assert not any(isinstance(m, native.NativeConv) for m in fast.modules())
+    x = torch.randn(2, 3, 71, 71)
+    with torch.no_grad():
+        want = model(x)
+    assert _relative_error(fast(x), want.double()) < 1e-4
+    with pytest.raises(ValueError, match="compiled CPU kernels"):
+        xception.optimize(model, kernels="native")
+
+
+@pytest.mark.skipif(native.isa() != "avx512", reason="the AVX2 kernels are tested separately on AVX-512 machines")
+def test_the_avx2_kernels_too():
+    """Rerun this file's kernel tests with the AVX2 kernels forced."""
+    env = {**os.environ, "XCEPTION_CPU_ISA": "avx2", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not avx2_kernels_too"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
