@@ -9,7 +9,7 @@ RUNS   ?= runs
 
 .PHONY: venv demo fashion-mnist test test-slow test-all lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard src/xception/fast/csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
