@@ -27,11 +27,19 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models import Xception
 from ..runtime import check_device, inference_dtype, median_ms
 from . import native, triton_depthwise
 from .fold import fold_batch_norms, fold_conv_bn, fold_xception, fuse_conv_bn_weights
-from .fused import Backend, FusedConv, FusedXception, cudnn_fusion_available, mkldnn_available
+from .fused import (
+    Backend,
+    FusedConv,
+    FusedXception,
+    cudnn_fusion_available,
+    mkldnn_available,
+    mkldnn_bf16_available,
+)
 from .graphs import CudaGraphRunner
 from .memory import keep_freed_memory
 
@@ -173,23 +181,23 @@ def optimize(
     if not isinstance(model, Xception):
         raise TypeError(f"optimize() expects an xception.Xception, got {type(model).__name__}")
     if kernels not in KERNELS:
-        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        raise ConfigError(f"kernels must be one of {KERNELS}, got {kernels!r}")
     device = check_device(torch.device(device)) if device is not None else _model_device(model)
     if cuda_graphs and device.type != "cuda":
-        raise ValueError("cuda_graphs=True needs device='cuda'")
+        raise ConfigError("cuda_graphs=True needs device='cuda'")
     if dtype is None:
         dtype = inference_dtype(device)
     if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        raise ConfigError(f"dtype must be a floating-point dtype, got {dtype}")
     if kernels == "mkldnn" and (device.type != "cpu" or not mkldnn_available()):
-        raise ValueError("kernels='mkldnn' needs a CPU device and a PyTorch built with oneDNN")
+        raise ConfigError("kernels='mkldnn' needs a CPU device and a PyTorch built with oneDNN")
     if kernels == "native" and (device.type != "cpu" or dtype != torch.float32 or not native.available()):
-        raise ValueError("kernels='native' needs a float32 CPU model and the compiled CPU kernels "
-                         f"(here: {native.isa()}); use kernels='auto' to fall back to oneDNN")
+        raise ConfigError("kernels='native' needs a float32 CPU model and the compiled CPU kernels "
+                          f"(here: {native.isa()}); use kernels='auto' to fall back to oneDNN")
     if kernels == "triton" and not triton_depthwise.available(device):
-        raise ValueError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
+        raise ConfigError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
     if kernels == "cudnn" and not cudnn_fusion_available(device):
-        raise ValueError("kernels='cudnn' needs a CUDA device with cuDNN; use kernels='auto' to fall back")
+        raise ConfigError("kernels='cudnn' needs a CUDA device with cuDNN; use kernels='auto' to fall back")
 
     plain = copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32).cpu().eval()
     folded = fold_xception(plain)
@@ -206,11 +214,12 @@ def optimize(
     if channels_last:
         program = program.to(memory_format=torch.channels_last)
     backend = "torch"
-    cpu_auto = kernels == "auto" and not compile and device.type == "cpu" and dtype == torch.float32
-    if kernels == "mkldnn" or (cpu_auto and mkldnn_available()):
+    cpu_auto = kernels == "auto" and not compile and device.type == "cpu"
+    onednn_dtype = dtype == torch.float32 or (dtype == torch.bfloat16 and mkldnn_bf16_available())
+    if kernels == "mkldnn" or (cpu_auto and onednn_dtype and mkldnn_available()):
         backend = "mkldnn"
         program.set_backend("mkldnn")  # what the native kernels cannot run stays on oneDNN
-    if kernels == "native" or (cpu_auto and native.available()):
+    if kernels == "native" or (cpu_auto and dtype == torch.float32 and native.available()):
         steps = native.use_native_kernels(program)
         backend = f"native ({native.isa()}, {steps} fused steps)" + (" + mkldnn" if backend == "mkldnn" else "")
     elif use_triton or use_cudnn:

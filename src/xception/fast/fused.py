@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..layers import TFSamePad2d, tf_same_padding
 from ..models.xception import ClassifierHead, Xception, XceptionModule
 from . import triton_depthwise
@@ -54,6 +55,14 @@ def mkldnn_available() -> bool:
     try:
         return (torch.backends.mkldnn.is_available() and ops is not None
                 and hasattr(ops, "_convolution_pointwise") and hasattr(ops, "_reorder_convolution_weight"))
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def mkldnn_bf16_available() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively here (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
         return False
 
@@ -103,7 +112,9 @@ class FusedConv(nn.Module):
             return (self.depthwise and triton_depthwise.available(self.weight.device)
                     and len(set(self.stride)) == 1 and len(set(self.dilation)) == 1)
         if backend == "mkldnn":
-            return mkldnn_available() and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32
+            return (mkldnn_available() and self.weight.device.type == "cpu"
+                    and (self.weight.dtype == torch.float32
+                         or (self.weight.dtype == torch.bfloat16 and mkldnn_bf16_available())))
         if backend == "cudnn":
             return cudnn_fusion_available(self.weight.device)
         return True
@@ -111,7 +122,7 @@ class FusedConv(nn.Module):
     def set_backend(self, backend: Backend) -> FusedConv:
         """Use ``backend`` if this layer supports it, else keep PyTorch's ops (never fails)."""
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend if self.supports(backend) else "torch"
         self._packed = self._taps = self._bn_stats = None
         if self.backend == "mkldnn":
@@ -293,7 +304,7 @@ class FusedXception(nn.Module):
     def __init__(self, model: Xception, prefer_relu_in: bool = False) -> None:
         super().__init__()
         if model.features_only:
-            raise ValueError("optimize() speeds up classifiers; build the model without features_only")
+            raise ConfigError("optimize() speeds up classifiers; build the model without features_only")
         self.config = model.config
         self.stem = nn.ModuleList(fuse_steps(_leaves(model.entry_flow.block1), prefer_relu_in))
         self.blocks = nn.ModuleList(

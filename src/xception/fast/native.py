@@ -200,8 +200,9 @@ class NativeMaxPool(nn.Module):
 
     @staticmethod
     def supports(pool: nn.Module) -> bool:
-        return (isinstance(pool, nn.MaxPool2d) and isinstance(pool.kernel_size, int) and isinstance(pool.stride, int)
-                and isinstance(pool.padding, int) and pool.dilation == 1 and not pool.ceil_mode)
+        return (isinstance(pool, nn.MaxPool2d) and isinstance(pool.kernel_size, int) and pool.kernel_size <= 7
+                and isinstance(pool.stride, int) and isinstance(pool.padding, int) and pool.dilation == 1
+                and not pool.ceil_mode)
 
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         lib = _library()

@@ -113,8 +113,31 @@ struct Geometry {  // where output pixel m of the GEMM reads its input window
 };
 
 // Depthwise 3×3 conv of `count` consecutive output pixels of one output row, all channels, into
-// out[count × c]. Channels are the outer loop so that the nine tap weights of a channel vector stay in
-// registers while the pixels go by; pixels whose window lies inside the image take the unchecked path.
+// out[count × c], channel vector by channel vector. At stride 1 the three taps of a row overlap: DW_GROUP
+// outputs read DW_GROUP + 2 input vectors per row once (and apply the input ReLU once to each) instead of
+// three times. Pixels near the border, and strided or dilated windows, take the checked path.
+constexpr int DW_GROUP = LANES == 16 ? 8 : 4;
+
+template <bool ReluIn>
+inline V dw_pixel(const float* const rows[3], const bool row_ok[3], const Geometry& g, int ox, int ch, int left,
+                  const float* __restrict w, V acc) {
+    const int c = g.c, d = g.dilation, ix0 = ox * g.stride - g.pad_left;
+    const bool full = left >= LANES;
+    for (int dy = 0; dy < 3; ++dy) {
+        if (!row_ok[dy]) continue;
+        for (int dx = 0; dx < 3; ++dx) {
+            const int ix = ix0 + dx * d;
+            if (ix < 0 || ix >= g.w) continue;
+            const float* src = rows[dy] + long(ix) * c + ch;
+            const float* wt = w + long(dy * 3 + dx) * c + ch;
+            V x = full ? vloadu(src) : vload_n(src, left);
+            if constexpr (ReluIn) x = vmax(x, vzero());
+            acc = vfma(x, full ? vloadu(wt) : vload_n(wt, left), acc);
+        }
+    }
+    return acc;
+}
+
 template <bool ReluIn>
 void depthwise3_run(const float* __restrict img, const Geometry& g, int oy, int ox0, int count,
                     const float* __restrict w, const float* __restrict bias, bool relu_mid, float* __restrict out) {
@@ -127,47 +150,46 @@ void depthwise3_run(const float* __restrict img, const Geometry& g, int oy, int 
         row_ok[dy] = iy >= 0 && iy < g.h;
         rows[dy] = img + long(row_ok[dy] ? iy : 0) * g.w * c;
     }
-    const bool all_rows = row_ok[0] && row_ok[1] && row_ok[2];
-    // Output columns whose three input columns all lie inside the image.
-    const int lo = std::max(0, (g.pad_left + s - 1) / s), hi = (g.w - 1 - 2 * d + g.pad_left) / s;  // [lo, hi]
+    // Output columns [lo, hi] whose three input columns all lie inside the image, for the grouped path.
+    const bool grouped = row_ok[0] && row_ok[1] && row_ok[2] && s == 1 && d == 1;
+    const int lo = std::max(ox0, g.pad_left), hi = std::min(ox0 + count - 1, g.w - 3 + g.pad_left);
     for (int ch = 0; ch < c; ch += LANES) {
         const int left = c - ch;
         const bool full = left >= LANES;
-        V wt[9];
-        for (int t = 0; t < 9; ++t) wt[t] = full ? vloadu(w + long(t) * c + ch) : vload_n(w + long(t) * c + ch, left);
         const V b0 = bias ? (full ? vloadu(bias + ch) : vload_n(bias + ch, left)) : vzero();
-        for (int p = 0; p < count; ++p) {
-            const int ox = ox0 + p;
-            const int ix0 = ox * s - g.pad_left;
-            V acc = b0;
-            if (all_rows && full && ox >= lo && ox <= hi) {
-#pragma GCC unroll 3
-                for (int dy = 0; dy < 3; ++dy) {
-                    const float* src = rows[dy] + long(ix0) * c + ch;
-#pragma GCC unroll 3
-                    for (int dx = 0; dx < 3; ++dx) {
-                        V x = vloadu(src + long(dx) * d * c);
-                        if constexpr (ReluIn) x = vmax(x, vzero());
-                        acc = vfma(x, wt[dy * 3 + dx], acc);
-                    }
-                }
-            } else {
-                for (int dy = 0; dy < 3; ++dy) {
-                    if (!row_ok[dy]) continue;
-                    for (int dx = 0; dx < 3; ++dx) {
-                        const int ix = ix0 + dx * d;
-                        if (ix < 0 || ix >= g.w) continue;
-                        const float* src = rows[dy] + long(ix) * c + ch;
-                        V x = full ? vloadu(src) : vload_n(src, left);
-                        if constexpr (ReluIn) x = vmax(x, vzero());
-                        acc = vfma(x, wt[dy * 3 + dx], acc);
-                    }
-                }
-            }
+        auto finish = [&](int ox, V acc) {
             if (relu_mid) acc = vmax(acc, vzero());
-            float* dst = out + long(p) * c + ch;
+            float* dst = out + long(ox - ox0) * c + ch;
             if (full) vstoreu(dst, acc); else vstore_n(dst, acc, left);
+        };
+        int ox = ox0;
+        if (grouped && full) {
+            for (; ox < lo; ++ox) finish(ox, dw_pixel<ReluIn>(rows, row_ok, g, ox, ch, left, w, b0));
+            for (; ox + DW_GROUP - 1 <= hi; ox += DW_GROUP) {
+                V acc[DW_GROUP];
+#pragma GCC unroll 8
+                for (int p = 0; p < DW_GROUP; ++p) acc[p] = b0;
+#pragma GCC unroll 3
+                for (int dy = 0; dy < 3; ++dy) {
+                    const float* src = rows[dy] + long(ox - g.pad_left) * c + ch;
+                    V x[DW_GROUP + 2];
+#pragma GCC unroll 10
+                    for (int j = 0; j < DW_GROUP + 2; ++j) {
+                        x[j] = vloadu(src + long(j) * c);
+                        if constexpr (ReluIn) x[j] = vmax(x[j], vzero());
+                    }
+#pragma GCC unroll 3
+                    for (int dx = 0; dx < 3; ++dx) {
+                        const V wt = vloadu(w + long(dy * 3 + dx) * c + ch);
+#pragma GCC unroll 8
+                        for (int p = 0; p < DW_GROUP; ++p) acc[p] = vfma(x[p + dx], wt, acc[p]);
+                    }
+                }
+#pragma GCC unroll 8
+                for (int p = 0; p < DW_GROUP; ++p) finish(ox + p, acc[p]);
+            }
         }
+        for (; ox < ox0 + count; ++ox) finish(ox, dw_pixel<ReluIn>(rows, row_ok, g, ox, ch, left, w, b0));
     }
 }
 
@@ -326,7 +348,7 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
 
 // 3×3 (any k) max-pool over NHWC rows [y0, y1) of all images (flattened n·oh), + an optional residual.
 void maxpool_rows(const xc_pool* op, const float* __restrict in, float* __restrict out, long row0, long row1) {
-    const int c = op->c;
+    const int c = op->c, k = std::min(op->kernel, 7);
     for (long row = row0; row < row1; ++row) {
         const long n = row / op->oh;
         const int oy = int(row % op->oh);
@@ -335,19 +357,31 @@ void maxpool_rows(const xc_pool* op, const float* __restrict in, float* __restri
             float* dst = out + (row * op->ow + ox) * c;
             const float* res = op->residual ? op->residual + (row * op->ow + ox) * c : nullptr;
             const int iy0 = oy * op->stride - op->pad_top, ix0 = ox * op->stride - op->pad_left;
+            // The window's pixels inside the image, found once for all channels (padding never wins).
+            long offs[49];
+            int taps = 0;
+            for (int dy = 0; dy < k; ++dy) {
+                const int iy = iy0 + dy;
+                if (iy < 0 || iy >= op->h) continue;
+                for (int dx = 0; dx < k; ++dx) {
+                    const int ix = ix0 + dx;
+                    if (ix >= 0 && ix < op->w) offs[taps++] = (long(iy) * op->w + ix) * c;
+                }
+            }
             for (int ch = 0; ch < c; ch += LANES) {
                 const int left = c - ch;
-                V m = vneg_inf();
-                for (int dy = 0; dy < op->kernel; ++dy) {
-                    const int iy = iy0 + dy;
-                    if (iy < 0 || iy >= op->h) continue;
-                    for (int dx = 0; dx < op->kernel; ++dx) {
-                        const int ix = ix0 + dx;
-                        if (ix < 0 || ix >= op->w) continue;
-                        const float* src = img + (long(iy) * op->w + ix) * c + ch;
-                        m = vmaxv(m, left >= LANES ? vloadu(src) : vload_n(src, left));
+                V m0 = vneg_inf(), m1 = vneg_inf();  // two chains: half the dependent max latency
+                int t = 0;
+                if (left >= LANES) {
+                    for (; t + 1 < taps; t += 2) {
+                        m0 = vmaxv(m0, vloadu(img + offs[t] + ch));
+                        m1 = vmaxv(m1, vloadu(img + offs[t + 1] + ch));
                     }
+                    if (t < taps) m0 = vmaxv(m0, vloadu(img + offs[t] + ch));
+                } else {
+                    for (; t < taps; ++t) m0 = vmaxv(m0, vload_n(img + offs[t] + ch, left));
                 }
+                V m = vmaxv(m0, m1);
                 if (res) m = vadd(m, left >= LANES ? vloadu(res + ch) : vload_n(res + ch, left));
                 if (left >= LANES) vstoreu(dst + ch, m); else vstore_n(dst + ch, m, left);
             }
