@@ -5,12 +5,15 @@ from fractions import Fraction
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import xception
 from xception import cli
 from xception.analysis import model_cost, separable_vs_standard
 from xception.cli import main
+from xception.errors import ConfigError
+from xception.layers import SeparableConv2d, StandardConv2d
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +154,108 @@ def test_summary_command_reports_bad_input_in_one_line(capsys):
     assert "error: unknown model option(s) ['colour']" in capsys.readouterr().err
     assert main(["summary", "--set", "model.width=wide"]) == 1
     assert capsys.readouterr().err == "xception summary: error: width must be a number, got 'wide'\n"
+
+
+# -- conv="standard": the network of the §3 comparison, built and counted ------------------------------------
+
+# The paper model's 34 separable convs (SPEC: Fig. 5 at 299×299): (M, N, output side D) per conv.
+PAPER_SEPARABLE_CONVS = (
+    [(64, 128, 147), (128, 128, 147), (128, 256, 74), (256, 256, 74), (256, 728, 37), (728, 728, 37)]
+    + [(728, 728, 19)] * 24
+    + [(728, 728, 19), (728, 1024, 19), (1024, 1536, 10), (1536, 2048, 10)]
+)
+
+
+@pytest.fixture(scope="module")
+def standard_report():
+    return model_cost(xception.create_model("xception", conv="standard"), 299)
+
+
+def test_the_standard_conv_model_costs_the_closed_formula(paper_report, standard_report):
+    assert len(PAPER_SEPARABLE_CONVS) == 34
+    k2 = 9
+    # Parameters: the paper model's 22,855,952 with k²·M·N in place of k²·M + M·N for each of the 34 convs.
+    params = 22_855_952 + sum(k2 * m * n - (k2 * m + m * n) for m, n, _ in PAPER_SEPARABLE_CONVS)
+    assert standard_report.trainable_params == params == 179_071_688
+    # Multiply-adds: D²·k²·M·N per replaced conv in place of D²·k²·M + D²·M·N.
+    macs = paper_report.macs + sum(d * d * (k2 * m * n - k2 * m - m * n) for m, n, d in PAPER_SEPARABLE_CONVS)
+    assert standard_report.macs == macs
+    # ... and what summary says the all-standard model would need is what that model has. Its 179,126,216
+    # "parameters" count BN statistics, as total_params does: 54,528 more than the trainable ones, the same
+    # 54,528 the paper model has (the BNs after the convs stay).
+    assert standard_report.macs == paper_report.standard_model_macs == 68_818_345_696
+    assert standard_report.total_params == paper_report.standard_model_params == 179_126_216
+    assert standard_report.total_params - standard_report.trainable_params == 22_910_480 - 22_855_952
+    # Turned around: the standard model knows what the separable one costs.
+    assert standard_report.separable_model_macs == paper_report.macs
+    assert standard_report.separable_model_params == paper_report.total_params
+
+
+def test_the_standard_conv_model_reports_its_own_comparison(standard_report):
+    assert standard_report.conv == "standard"
+    assert len(standard_report.separable) == 34  # one row per replaced conv
+    assert {row.kind for row in standard_report.layers if ".sepconv" in row.name and "_bn" not in row.name} == {
+        "Conv2d"}
+    text = standard_report.format(layers=False)
+    assert text.startswith("xception at 299×299: 179,071,688 trainable parameters (179,126,216 with BN statistics), "
+                           "68.82 G multiply-adds per image")
+    assert text.endswith("The model has standard convs in place of 34 separable ones (conv='standard'); with "
+                         "depthwise separable convs it would need 8.4 G multiply-adds (8.2× fewer) and "
+                         "22,910,480 parameters.")
+    data = standard_report.to_dict()
+    assert data["conv"] == "standard" and data["standard_model_macs"] == data["macs"]
+
+
+def test_standard_conv_counts_equal_pytorchs_flop_counter():
+    model = xception.create_model("xception", conv="standard", stem="small", width=0.25, in_chans=1, num_classes=10)
+    report = model_cost(model.eval(), 32)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, 32, 32))
+    assert counter.get_total_flops() == 2 * report.macs
+
+
+def test_a_standard_conv_pads_and_strides_as_the_separable_conv_it_replaces():
+    torch.manual_seed(0)
+    for size in (8, 9):
+        x = torch.randn(2, 4, size, size)
+        for padding, pads in (("tf", (0, 1, 0, 1) if size % 2 == 0 else (1, 1, 1, 1)), ("symmetric", (1, 1, 1, 1))):
+            conv = StandardConv2d(4, 6, 3, 2, padding=padding)
+            reference = F.conv2d(F.pad(x, pads), conv.conv.weight, stride=2)
+            torch.testing.assert_close(conv(x), reference)
+            assert conv(x).shape == SeparableConv2d(4, 6, 3, 2, padding=padding)(x).shape
+            assert sum(p.numel() for p in conv.parameters()) == 9 * 4 * 6  # k²·M·N, no bias
+
+
+def test_the_aligned_family_and_dilation_take_standard_convs_too():
+    standard = model_cost(xception.create_model("xception41", conv="standard", output_stride=16, width=0.25), 64)
+    separable = model_cost(xception.create_model("xception41", output_stride=16, width=0.25), 64)
+    assert standard.layers[-1].output_shape == separable.layers[-1].output_shape
+    assert standard.macs == separable.standard_model_macs
+    # The aligned SepConvs carry a BN between their steps (scale and shift per channel of M); a standard conv
+    # has no "between", so those BN parameters are all that the formula's count does not know of.
+    inner_bn = sum(2 * row.in_channels for row in separable.separable)
+    assert standard.trainable_params == (separable.trainable_params - separable.separable_total.params
+                                         + separable.standard_total.params - inner_bn)
+
+
+@pytest.mark.parametrize("name, size", [("xception", 71), ("xception41", 64)])
+def test_pointwise_first_costs_are_counted_where_the_steps_run(name, size):
+    # The 1×1 step runs first, at the input's resolution, and the k×k step on the N channels it makes:
+    # H·W·M·N + D²·k²·N. The aligned family's strided SepConvs make the two resolutions differ.
+    report = model_cost(xception.create_model(name, separable_order="pointwise_first"), size)
+    by_name = {row.name: row for row in report.layers}
+    for row in report.separable:
+        depthwise, pointwise = by_name[f"{row.name}.depthwise"], by_name[f"{row.name}.pointwise"]
+        assert depthwise.macs + pointwise.macs == row.separable.macs, row.name
+        assert depthwise.params + pointwise.params == row.separable.params == row.in_channels * row.out_channels + (
+            9 * row.out_channels), row.name
+
+
+def test_standard_convs_take_no_activation_or_order(capsys):
+    with pytest.raises(ConfigError, match="conv='standard' has no depthwise and pointwise steps"):
+        xception.create_model("xception", conv="standard", activation="relu")
+    with pytest.raises(ConfigError, match="conv must be one of"):
+        xception.create_model("xception", conv="grouped")
+    assert main(["summary", "--no-layers", "--set", "model.conv=standard", "--set", "model.stem=small",
+                 "--set", "model.width=0.25", "--input-size", "28"]) == 0
+    assert "The model has standard convs in place of 34 separable ones" in capsys.readouterr().out

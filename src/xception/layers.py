@@ -19,13 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+
 PaddingRule = Literal["tf", "symmetric"]
 Activation = Literal["relu", "elu"] | None
 SeparableOrder = Literal["depthwise_first", "pointwise_first"]
+ConvKind = Literal["separable", "standard"]
 
 PADDING_RULES: tuple[str, ...] = ("tf", "symmetric")
 ACTIVATIONS: tuple[str | None, ...] = (None, "relu", "elu")
 ORDERS: tuple[str, ...] = ("depthwise_first", "pointwise_first")
+CONV_KINDS: tuple[str, ...] = ("separable", "standard")
 
 
 def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -65,7 +69,7 @@ def same_padding(
     nothing extra; only TF's strided windows need a module that looks at the input size.
     """
     if rule not in PADDING_RULES:
-        raise ValueError(f"padding rule must be one of {PADDING_RULES}, got {rule!r}")
+        raise ConfigError(f"padding rule must be one of {PADDING_RULES}, got {rule!r}")
     span = (kernel - 1) * dilation
     if rule == "symmetric" or (stride == 1 and span % 2 == 0):
         return None, span // 2
@@ -139,7 +143,7 @@ def make_activation(name: str | None, inplace: bool = False) -> nn.Module | None
         return nn.ReLU(inplace=inplace)
     if name == "elu":
         return nn.ELU(inplace=inplace)
-    raise ValueError(f"activation must be one of None, 'relu', 'elu', got {name!r}")
+    raise ConfigError(f"activation must be one of None, 'relu', 'elu', got {name!r}")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -185,11 +189,11 @@ class SeparableConv2d(nn.Sequential):
         bn_momentum: float = 0.1,
     ) -> None:
         if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+            raise ConfigError(f"order must be one of {ORDERS}, got {order!r}")
         if depth_multiplier < 1:
-            raise ValueError(f"depth_multiplier must be ≥ 1, got {depth_multiplier}")
+            raise ConfigError(f"depth_multiplier must be ≥ 1, got {depth_multiplier}")
         if order == "pointwise_first" and depth_multiplier != 1:
-            raise ValueError("order='pointwise_first' needs depth_multiplier=1")
+            raise ConfigError("order='pointwise_first' needs depth_multiplier=1")
         pad, static = same_padding(kernel_size, stride, dilation, padding)
         depthwise_first = order == "depthwise_first"
         # The spatial step runs on whichever channels it receives; the bias, if any, goes on the last step.
@@ -215,3 +219,32 @@ class SeparableConv2d(nn.Sequential):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.depth_multiplier, self.order = depth_multiplier, order
+
+
+class StandardConv2d(nn.Sequential):
+    """A standard k×k convolution from M to N channels, standing where a separable conv would.
+
+    The network of the paper's §3 comparison made real: same kernel, stride, dilation and padding rule as
+    the :class:`SeparableConv2d` it replaces, no bias (a BatchNorm follows), and nothing in between since
+    there are no two steps. ``k²·M·N`` parameters and ``D²·k²·M·N`` multiply-adds for a D×D output.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        *,
+        padding: PaddingRule = "tf",
+        bias: bool = False,
+    ) -> None:
+        pad, static = same_padding(kernel_size, stride, dilation, padding)
+        super().__init__()
+        if pad is not None:
+            self.add_module("pad", pad)
+        self.add_module("conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, static, dilation,
+                                          bias=bias))
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation

@@ -7,7 +7,9 @@ For a D×D output, a k×k kernel, M input and N output channels (Chollet 2017; H
 
 so a separable conv costs ``1/N + 1/k²`` of the standard one. :func:`separable_vs_standard` is the one
 place this formula lives; :func:`model_cost` measures every layer of a real network with forward hooks
-and sets each separable conv beside the standard conv it replaces.
+and sets each separable conv beside the standard conv it replaces. A network built with
+``conv="standard"`` (a :class:`~xception.layers.StandardConv2d` in each of those places) is measured the
+same way, its comparison turned around: each standard conv beside the separable conv it stands for.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import SeparableConv2d
+from ..layers import SeparableConv2d, StandardConv2d
 from ..models import Xception
 from ..tables import format_table
 
@@ -34,13 +36,22 @@ class Cost:
 
 
 def separable_vs_standard(
-    k: int, m: int, n: int, h: int, w: int | None = None, depth_multiplier: int = 1
+    k: int, m: int, n: int, h: int, w: int | None = None, depth_multiplier: int = 1, *,
+    order: str = "depthwise_first", input_hw: tuple[int, int] | None = None,
 ) -> tuple[Cost, Cost]:
-    """(separable, standard) cost of a k×k conv from ``m`` to ``n`` channels with an h×w output."""
+    """(separable, standard) cost of a k×k conv from ``m`` to ``n`` channels with an h×w output.
+
+    ``order="pointwise_first"`` (an "extreme" Inception module): the 1×1 step runs first, at the input's
+    resolution (``input_hw``, default the output's), and the k×k step on the ``n`` channels it makes:
+    ``H·W·M·N + D²·k²·N`` multiply-adds, ``M·N + k²·N`` parameters.
+    """
     d2 = h * (h if w is None else w)
+    standard = Cost(d2 * k * k * m * n, k * k * m * n)
+    if order == "pointwise_first":
+        in2 = d2 if input_hw is None else input_hw[0] * input_hw[1]
+        return Cost(in2 * m * n + d2 * k * k * n, m * n + k * k * n), standard
     mid = m * depth_multiplier
     separable = Cost(d2 * k * k * mid + d2 * mid * n, k * k * mid + mid * n)
-    standard = Cost(d2 * k * k * m * n, k * k * m * n)
     return separable, standard
 
 
@@ -57,7 +68,8 @@ class LayerRow:
 
 @dataclass(frozen=True)
 class SeparableRow:
-    """A separable conv of the network beside the standard k×k conv it replaces."""
+    """A separable conv of the network beside the standard k×k conv it replaces (in a ``conv="standard"``
+    network: the standard conv beside the separable conv it stands for; both costs are the formula's)."""
 
     name: str
     block: str
@@ -86,6 +98,7 @@ class CostReport:
     total_params: int  # including BN running statistics, as Keras counts them
     blocks: dict[str, dict[str, Cost]] = field(default_factory=dict)
     flows: dict[str, dict[str, Cost]] = field(default_factory=dict)
+    conv: str = "separable"  # what the network has where the paper has separable convs (XceptionConfig.conv)
 
     @property
     def macs(self) -> int:
@@ -110,7 +123,30 @@ class CostReport:
     @property
     def standard_model_macs(self) -> int:
         """Multiply-adds of the same network with every separable conv replaced by a standard conv."""
+        if self.conv == "standard":
+            return self.macs
         return self.macs - self.separable_total.macs + self.standard_total.macs
+
+    @property
+    def separable_model_macs(self) -> int:
+        """Multiply-adds of the same network with depthwise separable convs (the paper's)."""
+        if self.conv == "separable":
+            return self.macs
+        return self.macs - self.standard_total.macs + self.separable_total.macs
+
+    @property
+    def standard_model_params(self) -> int:
+        """Parameters (with BN statistics, as ``total_params``) of the all-standard-conv network."""
+        if self.conv == "standard":
+            return self.total_params
+        return self.total_params - self.separable_total.params + self.standard_total.params
+
+    @property
+    def separable_model_params(self) -> int:
+        """Parameters (with BN statistics, as ``total_params``) of the network with separable convs."""
+        if self.conv == "separable":
+            return self.total_params
+        return self.total_params - self.standard_total.params + self.separable_total.params
 
     def format(self, layers: bool = True) -> str:
         """The text ``xception summary`` prints: the layer table (``layers=False`` leaves it out), the
@@ -124,6 +160,9 @@ class CostReport:
         parts.append(f"{self.model} at {h}×{w}: {self.trainable_params:,} trainable parameters "
                      f"({self.total_params:,} with BN statistics), {self.macs / 1e9:.2f} G multiply-adds per image")
 
+        if not self.separable:
+            parts.append("The model has no separable convs (nor standard convs in their place) to compare.")
+            return "\n\n".join(parts)
         module_rows = []
         for block, cost in self.blocks.items():
             sep, std = cost["separable"], cost["standard"]
@@ -142,10 +181,17 @@ class CostReport:
         headers = ["flow", "all layers GMACs", "standard GMACs", "separable GMACs", "ratio"]
         parts.append(format_table(flow_rows, headers))
 
-        standard = self.standard_model_macs
-        parts.append(f"With standard convs in place of the {len(self.separable)} separable ones the model would "
-                     f"need {standard / 1e9:.1f} G multiply-adds ({standard / self.macs:.1f}× more) and "
-                     f"{self.total_params - sep_t.params + std_t.params:,} parameters.")
+        if self.conv == "standard":
+            separable = self.separable_model_macs
+            parts.append(f"The model has standard convs in place of {len(self.separable)} separable ones "
+                         f"(conv='standard'); with depthwise separable convs it would need {separable / 1e9:.1f} G "
+                         f"multiply-adds ({self.macs / separable:.1f}× fewer) and "
+                         f"{self.separable_model_params:,} parameters.")
+        else:
+            standard = self.standard_model_macs
+            parts.append(f"With standard convs in place of the {len(self.separable)} separable ones the model would "
+                         f"need {standard / 1e9:.1f} G multiply-adds ({standard / self.macs:.1f}× more) and "
+                         f"{self.standard_model_params:,} parameters.")
         return "\n\n".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,7 +207,11 @@ class CostReport:
             "separable_macs": self.separable_total.macs,
             "standard_equivalent_macs": self.standard_total.macs,
             "separable_ratio": self.separable_total.macs / max(self.standard_total.macs, 1),
+            "conv": self.conv,
             "standard_model_macs": self.standard_model_macs,
+            "separable_model_macs": self.separable_model_macs,
+            "standard_model_params": self.standard_model_params,
+            "separable_model_params": self.separable_model_params,
             "layers": [{**asdict(r), "output_shape": list(r.output_shape)} for r in self.layers],
             "separable_convs": [
                 {**asdict(r), "output_hw": list(r.output_hw), "ratio": r.ratio} for r in self.separable
@@ -204,10 +254,11 @@ def model_cost(model: Xception, input_size: int | tuple[int, int] = 299, name: s
         return hook
 
     def on_separable(name: str):
-        def hook(module: SeparableConv2d, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
+        def hook(module: SeparableConv2d | StandardConv2d, inputs: tuple[torch.Tensor], out: torch.Tensor) -> None:
             sep, std = separable_vs_standard(
                 module.kernel_size, module.in_channels, module.out_channels, out.shape[-2], out.shape[-1],
-                module.depth_multiplier,
+                getattr(module, "depth_multiplier", 1), order=getattr(module, "order", "depthwise_first"),
+                input_hw=(inputs[0].shape[-2], inputs[0].shape[-1]),
             )
             block, flow = block_of[id(module)]
             separable.append(SeparableRow(
@@ -221,7 +272,7 @@ def model_cost(model: Xception, input_size: int | tuple[int, int] = 299, name: s
     for mod_name, module in model.named_modules():
         if isinstance(module, _COUNTED):
             handles.append(module.register_forward_hook(on_layer(mod_name)))
-        elif isinstance(module, SeparableConv2d):
+        elif isinstance(module, SeparableConv2d | StandardConv2d):
             handles.append(module.register_forward_hook(on_separable(mod_name)))
     was_training = model.training
     try:
@@ -249,4 +300,5 @@ def model_cost(model: Xception, input_size: int | tuple[int, int] = 299, name: s
         + sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked")),
         blocks=dict(blocks),
         flows=dict(flows),
+        conv=model.config.conv,
     )

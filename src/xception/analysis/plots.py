@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from .cost import CostReport
 
 if TYPE_CHECKING:
@@ -19,7 +20,11 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     from ..fileio import atomic_write
 
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix[1:] or "png"))
+    fmt = path.suffix[1:].lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        raise ConfigError(f"cannot draw a chart as {path.name!r}: name it .png, .svg or .pdf")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt))
     plt.close(fig)
     return path
 
@@ -45,7 +50,8 @@ def plot_separable_cost(report: CostReport, path: str | os.PathLike[str]) -> Pat
     total = report.separable_total.macs / max(report.standard_total.macs, 1)
     ax.set_title(
         f"{report.model} at {report.input_size[0]}×{report.input_size[1]}: separable convs cost "
-        f"{total:.1%} of standard ({report.standard_model_macs / report.macs:.1f}× fewer for the whole model)",
+        f"{total:.1%} of standard ({report.standard_model_macs / report.separable_model_macs:.1f}× fewer for the "
+        "whole model)",
         fontsize=9,
     )
     ax.legend()

@@ -13,7 +13,16 @@ from numbers import Integral, Real
 from typing import Any, Literal
 
 from ..errors import ConfigError
-from ..layers import ACTIVATIONS, ORDERS, PADDING_RULES, Activation, PaddingRule, SeparableOrder
+from ..layers import (
+    ACTIVATIONS,
+    CONV_KINDS,
+    ORDERS,
+    PADDING_RULES,
+    Activation,
+    ConvKind,
+    PaddingRule,
+    SeparableOrder,
+)
 
 Family = Literal["paper", "aligned", "preact"]
 """How a module is wired.
@@ -117,6 +126,11 @@ class XceptionConfig:
         residual: residual connections on (the paper) or off (its Fig. 9 ablation).
         activation: between the depthwise and pointwise step: None (the paper), "relu" or "elu" (Fig. 10).
         separable_order: "depthwise_first", or "pointwise_first" as in an "extreme" Inception module.
+        conv: what every separable conv of the table is: "separable" (the paper) or "standard", a plain
+            k×k conv from M to N channels with the same kernel, stride, dilation and padding rule (no bias,
+            the BN after it stays): the network of the paper's §3 cost comparison, ~8× the multiply-adds.
+            Its modules keep their layer names (``sepconv1`` holds the standard conv); ``activation`` and
+            ``separable_order`` do not apply to it.
         global_pool: "avg" (the paper) or "max".
         bn_eps, bn_momentum: BatchNorm settings (Keras: eps 1e-3; PyTorch's momentum convention).
         padding: "tf" (Keras 'same', asymmetric at stride 2) or "symmetric" (timm's ports).
@@ -135,6 +149,7 @@ class XceptionConfig:
     residual: bool = True
     activation: Activation = None
     separable_order: SeparableOrder = "depthwise_first"
+    conv: ConvKind = "separable"
     global_pool: GlobalPool = "avg"
     bn_eps: float = 1e-3
     bn_momentum: float = 0.1
@@ -184,6 +199,10 @@ class XceptionConfig:
             (0.0 < self.width <= 8.0, f"width must be in (0, 8], got {self.width}"),
             (self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}"),
             (self.separable_order in ORDERS, f"separable_order must be one of {ORDERS}"),
+            (self.conv in CONV_KINDS, f"conv must be one of {CONV_KINDS}, got {self.conv!r}"),
+            (self.conv != "standard" or (self.activation is None and self.separable_order == "depthwise_first"),
+             "conv='standard' has no depthwise and pointwise steps to put an activation between or to reorder; "
+             "leave activation=None and separable_order='depthwise_first'"),
             (self.global_pool in ("avg", "max"), f"global_pool must be 'avg' or 'max', got {self.global_pool!r}"),
             (self.bn_eps > 0, f"bn_eps must be > 0, got {self.bn_eps}"),
             (0.0 <= self.bn_momentum <= 1.0, f"bn_momentum must be in [0, 1], got {self.bn_momentum}"),
