@@ -11,9 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a model to ONNX or a torch.export program (.pt2)",
-        description="Export a model (eval mode, dynamic batch size) for serving. ONNX files carry the "
-        "class names and preprocessing in their metadata (key 'xception') and are checked against PyTorch "
-        "with onnxruntime when it is installed.",
+        description="Export a model (eval mode) for serving: any batch size and, where the model allows it, any "
+        "image size from a minimum up (input 'images', output 'logits'). ONNX files carry the class names and "
+        "preprocessing in their metadata (key 'xception'). Before the file is written it is run at two batch "
+        "sizes and two image sizes (ONNX Runtime for .onnx) and compared with PyTorch.",
         epilog="examples:\n  xception export model.onnx --weights runs/fmnist/model.safetensors\n"
         "  xception export xception.pt2 --model xception --input-size 299\n"
         "  xception export tiny.onnx --model xception --set model.stem=small --set model.in_chans=1 --input-size 28",
@@ -24,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="weights file, URL or tag to export (default: random initialisation)")
     p.add_argument("--format", choices=("onnx", "pt2"), help="default: from the output file's extension")
     p.add_argument("--input-size", type=int, help="image side to trace with (default: the weights' input size)")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--fixed-size", action="store_true", help="fix the image size at --input-size (only the batch "
+                   "stays free)")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_options(p)
     p.set_defaults(run=run)
@@ -37,12 +40,20 @@ def run(args: argparse.Namespace) -> int:
     named = {"name": args.model} if args.model else {}
     model = create_model(**named, weights=args.weights, **dict(args.options))
     result = export_model(model, args.output, format=args.format, input_size=args.input_size,
-                          verify=not args.no_verify)
+                          verify=not args.no_verify, dynamic_spatial=not args.fixed_size)
     if args.json:
         print_json(result.to_dict())
         return 0
-    shape = "×".join(map(str, result.input_shape[1:]))
-    print(f"wrote {result.path} ({result.format}, input N×{shape}, any batch size)")
+    channels, height, width = result.input_shape[1:]
+    if result.dynamic_spatial:
+        sizes = f"input N×{channels}×H×W: any batch size, any H, W ≥ {result.min_size}"
+    else:
+        sizes = f"input N×{channels}×{height}×{width}: any batch size"
+    print(f"wrote {result.path} ({result.format}, {sizes})")
+    if result.note:
+        print(f"note: {result.note}")
     if result.max_abs_diff is not None:
-        print(f"onnxruntime vs PyTorch: max |Δ| = {result.max_abs_diff:.2e}")
+        runtime = "ONNX Runtime" if result.format == "onnx" else "the loaded program"
+        shapes = ", ".join("×".join(map(str, s)) for s in result.checked_shapes)
+        print(f"{runtime} vs PyTorch at {shapes}: max |Δ| = {result.max_abs_diff:.2e}")
     return 0

@@ -1,0 +1,83 @@
+"""Serving: an HTTP service (FastAPI on uvicorn) that classifies images and shows Grad-CAM overlays.
+
+    >>> from xception.serve import create_app, serve
+    >>> app = create_app("runs/demo/model.safetensors")     # for TestClient, or any ASGI server
+    >>> serve("runs/demo/model.safetensors", port=8000)     # blocks; SIGTERM finishes requests, exits
+
+Concurrent ``/predict`` requests are micro-batched (:mod:`.batcher`) into the fast path
+(``xception.optimize``) or ONNX Runtime (:mod:`.backends`); ``/explain`` runs Grad-CAM on the plain model.
+Needs the ``serve`` extra: ``pip install 'xception[serve]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["ServeOptions", "create_app", "serve"]
+
+
+def _require() -> None:
+    # python-multipart installs as python_multipart (older releases: multipart); looked up, not imported.
+    needed = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",), "python-multipart": ("python_multipart", "multipart")}
+    missing = [name for name, modules in needed.items() if not any(importlib.util.find_spec(m) for m in modules)]
+    if missing:
+        raise ConfigError(f"serving needs {', '.join(missing)}: pip install 'xception[serve]'")
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_app", "ServeOptions"):
+        _require()
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def serve(
+    weights: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", device: str = "auto",
+    max_batch: int = 8, max_wait_ms: float = 5.0, max_bytes: int = 20 * 1024 * 1024, timeout_s: float = 30.0,
+    model_name: str | None = None, model_options: dict[str, Any] | None = None, log_level: str = "info",
+) -> int:
+    """Serve ``weights`` on ``host:port`` until SIGTERM or Ctrl-C; requests in flight are answered first.
+    Returns 0 after a graceful stop."""
+    _require()
+    import uvicorn
+
+    from .app import ServeOptions, create_app
+
+    options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_bytes=max_bytes, timeout_s=timeout_s)
+    app = create_app(weights, backend_name=backend, device=device, options=options, model_name=model_name,
+                     model_options=model_options)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=int(timeout_s) + 5)
+    server = _graceful_server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _graceful_server(config: Any) -> Any:
+    """uvicorn's server, except that a SIGTERM or SIGINT ends the process with status 0 once the requests in
+    flight are answered (uvicorn itself re-raises the signal afterwards, which ends it with status 143)."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer(config)
