@@ -138,10 +138,25 @@ def test_evaluate_command_prints_json(weights_and_folder, tmp_path, capsys):
     assert set(report["per_class"]) == set(CLASSES) and report["confusion_plot"].endswith("cm.png")
 
 
+def test_evaluate_writes_its_plot_only_where_told(weights_and_folder, tmp_path, capsys):
+    weights, folder = weights_and_folder
+    before = sorted(weights.parent.rglob("*"))
+    assert main(["evaluate", "--weights", str(weights), "--data", str(folder), "--no-progress", "--workers", "0"]) == 0
+    assert "confusion matrix:" not in capsys.readouterr().out
+    assert sorted(weights.parent.rglob("*")) == before  # nothing beside the weights, nothing in the data
+    plot = tmp_path / "plots" / "cm.png"
+    plot.parent.mkdir()
+    assert main(["evaluate", "--weights", str(weights), "--data", str(folder), "--no-progress", "--workers", "0",
+                 "--plot", str(plot)]) == 0
+    assert f"confusion matrix: {plot}" in capsys.readouterr().out
+    assert sorted(plot.parent.iterdir()) == [plot] and plot.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(weights.parent.rglob("*")) == before
+
+
 def test_evaluate_refuses_folders_with_unknown_classes(weights_and_folder, tmp_path, capsys):
     weights, _ = weights_and_folder
     stripes_folder(tmp_path / "other", per_class=1)
     (tmp_path / "other" / "zebra").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "other" / "zebra" / "z.png")
-    assert main(["evaluate", "--weights", str(weights), "--data", str(tmp_path / "other"), "--no-plot"]) == 1
+    assert main(["evaluate", "--weights", str(weights), "--data", str(tmp_path / "other")]) == 1
     assert "does not know: ['zebra']" in capsys.readouterr().err

@@ -184,11 +184,11 @@ def test_another_keras_architecture_is_rejected_with_a_listing(tmp_path):
     assert "unexpected in the file" in message and "stem_conv" in message
 
 
-def test_keras3_weights_h5_format_is_explained(tmp_path):
-    small = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
-    path = tmp_path / "model.weights.h5"
-    small.save_weights(str(path))
-    with pytest.raises(ValueError, match=r"not Keras weights in the legacy layout.*Keras 3"):
+def test_an_hdf5_file_in_neither_keras_layout_is_explained(tmp_path):
+    path = tmp_path / "arrays.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("conv1/kernel", data=np.ones((3, 3, 3, 32), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"not Keras weights: neither the legacy layout.*nor Keras 3's"):
         create_model(weights=path)
 
 

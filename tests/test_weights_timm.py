@@ -4,15 +4,18 @@ loaded here and compared with timm itself."""
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 timm = pytest.importorskip("timm")
 
 from weights_helpers import assert_same_state, max_abs_diff, randomise_torch, tolerance  # noqa: E402
 from xception import create_model  # noqa: E402
+from xception.cli import main  # noqa: E402
 from xception.weights import (  # noqa: E402
     HeadReplacedWarning,
     WeightsMismatchError,
@@ -134,6 +137,24 @@ def test_mismatch_lists_missing_unexpected_and_misshaped(legacy, tmp_path):
 def test_asking_for_another_variant_is_an_error(legacy):
     with pytest.raises(ValueError, match=r"weights for 'legacy_xception', but 'xception41' was requested"):
         create_model("xception41", weights=legacy["path"])
+
+
+def test_predict_reads_the_variant_from_a_timm_file(tmp_path, capsys):
+    """No --model needed: the keys say xception41. A uniform image stays uniform through resize and crop, so
+    timm's probabilities on the constant [-1, 1] input are the reference."""
+    reference = randomise_torch(timm.create_model("xception41", num_classes=3), seed=9)
+    path = tmp_path / "xception41-finetuned.pth"
+    torch.save(reference.state_dict(), path)
+    colour = (200, 30, 90)
+    Image.new("RGB", (50, 40), colour).save(tmp_path / "flat.png")
+    assert main(["predict", "--weights", str(path), str(tmp_path / "flat.png"), "--json", "--top-k", "3"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    x = (torch.tensor(colour, dtype=torch.float32) / 127.5 - 1).view(1, 3, 1, 1).expand(1, 3, 299, 299)
+    expected = run(reference, x).softmax(1)[0]
+    assert [int(t["class"]) for t in top] == expected.argsort(descending=True).tolist()
+    assert max(abs(t["probability"] - float(expected[int(t["class"])])) for t in top) < 1e-4
+    assert main(["predict", "--weights", str(path), str(tmp_path / "flat.png"), "--model", "xception"]) == 1
+    assert "Leave --model out or pass --model xception41" in capsys.readouterr().err
 
 
 def test_a_foreign_state_dict_is_rejected(tmp_path):

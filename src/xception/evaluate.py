@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+from .errors import DataError
 
 log = logging.getLogger("xception.evaluate")
 
@@ -212,7 +214,8 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
 
 
 def evaluate(
-    weights: str | os.PathLike[str], data: str | os.PathLike[str], *, model_name: str = "xception",
+    weights: str | os.PathLike[str], data: str | os.PathLike[str], *, model_name: str | None = None,
+    model_options: Mapping[str, Any] | None = None,
     split: str = "test", batch_size: int = 128, device: str = "auto", workers: int | None = None,
     strict: bool = False, data_dir: str | os.PathLike[str] | None = None, progress: bool = True,
     plot: str | os.PathLike[str] | None = None,
@@ -220,20 +223,22 @@ def evaluate(
     """Evaluate ``weights`` on ``data`` (``"fashion-mnist"`` or a folder of class sub-folders).
 
     The folder's classes are matched by name to the class names the weights carry; the preprocessing
-    is the one the weights carry. ``plot`` writes the confusion-matrix PNG there.
+    is the one the weights carry. ``model_name`` names the network of a bare state dict (every other
+    format says it itself); ``model_options`` are config fields for :func:`xception.create_model` (e.g.
+    ``{"in_chans": 1}``). ``plot`` writes the confusion-matrix PNG there; without it nothing is written.
     """
     from .api import create_model, inference_preprocessing
     from .data import ShardSampler, SkipLog, evaluation_source
     from .distributed import all_reduce_sum, init_distributed, launched_by_torchrun, shutdown_distributed
     from .runtime import resolve_device
 
-    model = create_model(model_name, weights=weights)
+    model = create_model(model_name, weights=weights, **dict(model_options or {}))
     classes = model.class_names
     source = evaluation_source(data, classes=classes, split=split, data_dir=data_dir)
     if classes is None:
         if len(source.classes) != model.config.num_classes:
-            raise ValueError(f"{data} has {len(source.classes)} classes but the model has "
-                             f"{model.config.num_classes} outputs and no class names to match them by")
+            raise DataError(f"{data} has {len(source.classes)} classes but the model has "
+                            f"{model.config.num_classes} outputs and no class names to match them by")
         classes = source.classes
     skip_log = SkipLog(strict=strict)
     skip_log.add(source.skipped)
@@ -258,7 +263,7 @@ def evaluate(
     if not env.is_main:
         plot = None  # one process draws
     if counts.total == 0:
-        raise ValueError(f"no readable images in {data}")
+        raise DataError(f"no readable images in {data}")
     report = EvalReport(str(weights), source.description, list(classes), counts, skip_log.counts(), elapsed)
     if plot is not None:
         title = f"{Path(str(weights)).name} on {source.description} (top-1 {100 * counts.top1:.1f} %)"

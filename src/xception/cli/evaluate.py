@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from ._common import add_model_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -11,11 +12,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="measure weights on labelled images (top-1/top-5, per class, confusion matrix)",
         description="Evaluate weights on a folder of class sub-folders (matched by name to the weights' class "
         "names) or on Fashion-MNIST's test set, with the preprocessing the weights carry.",
-        epilog="examples:\n  xception evaluate --weights runs/demo/model.safetensors --data fashion-mnist\n"
-        "  xception evaluate --weights flowers.safetensors --data data/flowers/val --json > eval.json",
+        epilog="examples:\n  xception evaluate --weights runs/demo/model.safetensors --data fashion-mnist "
+        "--plot confusion.png\n"
+        "  xception evaluate --weights flowers.safetensors --data data/flowers/val --json > eval.json\n"
+        "  xception evaluate --weights xception41-finetuned.pth --model xception41 --data data/flowers/val",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--weights", required=True, metavar="FILE", help="weights file (e.g. a run's model.safetensors)")
+    p.add_argument("--model", metavar="NAME", help="the model the weights are for, e.g. xception41: needed for a "
+                   "bare state dict (torch.save(model.state_dict())), checked against any other file")
+    add_model_options(p)
     p.add_argument("--data", required=True, help="folder of class sub-folders, or 'fashion-mnist'")
     p.add_argument("--split", default="test", choices=("train", "test"), help="Fashion-MNIST split (default test)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST IDX files")
@@ -23,9 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping")
-    p.add_argument("--plot", metavar="PNG", help="confusion-matrix plot (default: confusion_matrix.png next to "
-                   "the weights)")
-    p.add_argument("--no-plot", action="store_true", help="no confusion-matrix plot")
+    p.add_argument("--plot", metavar="PNG", help="write the confusion-matrix plot to this file (default: no plot)")
+    p.add_argument("--no-plot", action="store_true", help=argparse.SUPPRESS)  # once needed; no plot is the default
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -38,10 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from ._output import setup_logging
 
     setup_logging()
-    plot = None if args.no_plot else Path(args.plot or Path(args.weights).parent / "confusion_matrix.png")
-    report = evaluate(args.weights, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
-                      workers=args.workers, strict=args.strict, data_dir=args.data_dir,
-                      progress=not args.no_progress, plot=plot)
+    report = evaluate(args.weights, args.data, model_name=args.model, model_options=dict(args.options),
+                      split=args.split, batch_size=args.batch_size, device=args.device, workers=args.workers,
+                      strict=args.strict, data_dir=args.data_dir, progress=not args.no_progress, plot=args.plot)
     if not is_main_process():
         return 0  # under torchrun: rank 0 reports the counts summed over all processes
     if args.json:

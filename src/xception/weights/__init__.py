@@ -1,4 +1,5 @@
-"""Weights: formats in (Keras .h5, timm .pth/.safetensors, ours), our format out, named tags and downloads."""
+"""Weights: formats in (Keras 3 .keras/.weights.h5, legacy Keras .h5, timm .pth/.safetensors, ours), our format
+out, named tags and downloads."""
 
 from .hub import TAGS, WeightsTag, cache_dir, fetch, get_tag, list_weights
 from .imagenet import imagenet_class_names

@@ -8,36 +8,47 @@ cache, downloading it first if needed:
 * the download goes to ``NAME.part`` and is renamed into place only once its checksum is verified, so the
   cache never holds a half-written or unverified file under the real name;
 * after a dropped connection the next attempt resumes the ``.part`` with an HTTP Range request (or starts
-  over cleanly when the server does not honour it).
+  over cleanly when the server does not honour it);
+* processes fetching the same file at once take turns on an exclusive lock (``NAME.lock``, released when
+  its process ends, however it ends): one downloads, the others wait and then find the verified file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import re
 import socket
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from ..errors import ConfigError, DownloadError, StorageError
 from ..fileio import file_digest
 from ..preprocessing import KERAS, TIMM_LEGACY, Preprocessing
 from .imagenet import imagenet_class_names
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 CACHE_ENV = "XCEPTION_CACHE"
 CHUNK = 1 << 20
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DownloadError, ValueError):
     """A file's digest differs from the published one."""
 
 
@@ -110,10 +121,9 @@ def list_weights() -> list[str]:
 
 
 def get_tag(name: str) -> WeightsTag:
-    try:
-        return TAGS[name]
-    except KeyError:
-        raise ValueError(f"unknown weights tag {name!r}; known tags: {', '.join(TAGS)}") from None
+    if name not in TAGS:
+        raise ConfigError(f"unknown weights tag {name!r}; known tags: {', '.join(TAGS)}")
+    return TAGS[name]
 
 
 def cache_dir() -> Path:
@@ -131,7 +141,7 @@ def verify_checksum(path: str | os.PathLike[str], checksum: str) -> str:
     algorithm, _, expected = checksum.partition(":")
     expected = expected.lower()
     if algorithm not in ("md5", "sha256") or not re.fullmatch(r"[0-9a-f]{8,64}", expected):
-        raise ValueError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
+        raise ConfigError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
     actual = file_digest(path, algorithm)
     if not actual.startswith(expected):
         raise ChecksumError(f"{path} has {algorithm} {actual}, expected {expected}")
@@ -140,10 +150,17 @@ def verify_checksum(path: str | os.PathLike[str], checksum: str) -> str:
 
 def checksum_from_url(url: str) -> str | None:
     """A checksum the URL itself carries: a ``#sha256=<hex>`` (or ``#md5=``) fragment, or a hash prefix in
-    the file name (``name-<8+ hex digits>.ext``, the torch.hub convention timm follows)."""
-    parts = urllib.parse.urlsplit(url)
-    if m := re.fullmatch(r"(sha256|md5)=([0-9a-fA-F]{8,64})", parts.fragment):
-        return f"{m[1]}:{m[2].lower()}"
+    the file name (``name-<8+ hex digits>.ext``, the torch.hub convention timm follows). A fragment that
+    names a digest but does not hold one (``#sha256=xyz``, ``#sha256:…``) is a :class:`ConfigError`."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as err:
+        raise ConfigError(f"{url} is not a valid URL ({err})") from err
+    if m := re.fullmatch(r"(sha256|md5)=([0-9a-f]{8,64})", parts.fragment, re.IGNORECASE):
+        return f"{m[1].lower()}:{m[2].lower()}"
+    if re.match(r"(sha|md)\d*(\W|$)", parts.fragment, re.IGNORECASE):
+        raise ConfigError(f"malformed checksum '#{parts.fragment}' in {url}: write '#sha256=<hex digest>' (or "
+                          "'#md5=<hex digest>'), 8 to 64 hexadecimal digits")
     if m := re.search(r"-([0-9a-f]{8,64})\.", Path(parts.path).name):
         return f"sha256:{m[1]}"
     return None
@@ -177,18 +194,38 @@ def download(
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"cannot create {dest.parent} for the download of {url}: {err.strerror or err}; set "
+                           f"{CACHE_ENV} to a folder you can write to") from err
+    with _exclusive(dest.with_name(dest.name + ".lock"), dest, progress=progress):
+        if dest.is_file():
+            try:  # another process may have finished it while this one waited for the lock
+                verify_checksum(dest, checksum)
+                return dest
+            except ChecksumError:
+                pass  # an old or damaged file: fetch it again, and replace it only once verified
+        _download_locked(url, dest, part, checksum=checksum, progress=progress, retries=retries,
+                         retry_pause=retry_pause, timeout=timeout)
+    return dest
+
+
+def _download_locked(
+    url: str, dest: Path, part: Path, *, checksum: str, progress: bool, retries: int, retry_pause: float,
+    timeout: float,
+) -> None:
     retries = max(1, retries)
     for attempt in range(1, retries + 1):
         try:
             _transfer(url, part, progress=progress, timeout=timeout)
             break
         except _Unreachable as err:
-            raise OSError(_by_hand(url, dest, str(err))) from None
+            raise DownloadError(_by_hand(url, dest, str(err))) from err
         except _Interrupted as err:
             if attempt == retries:
                 kept = f" ({part.stat().st_size} bytes kept in {part}; the next try resumes)" if part.exists() else ""
-                raise OSError(_by_hand(url, dest, f"{err}{kept}")) from None
+                raise DownloadError(_by_hand(url, dest, f"{err}{kept}")) from err
             time.sleep(retry_pause * attempt)
     try:
         verify_checksum(part, checksum)
@@ -197,16 +234,63 @@ def download(
         raise ChecksumError(
             f"the download of {url} is not the published file: {err}. It was deleted; if this repeats, the "
             "file on the server (or a proxy in between) has changed"
-        ) from None
+        ) from err
     os.replace(part, dest)
-    return dest
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, dest: Path, *, progress: bool) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock``: one process at a time fetches ``dest``.
+
+    ``flock`` locks belong to the open file, so the kernel releases them when the process ends, even by
+    SIGKILL: a crashed download never blocks the next. The holder deletes the lock file before releasing
+    it; a waiter that then wakes up on the deleted file starts over on a new one.
+    """
+    if fcntl is None:  # no flock (Windows): downloads are still verified and renamed atomically
+        yield
+        return
+    waited = False
+    while True:
+        try:
+            handle = open(lock, "a")  # noqa: SIM115 (closed below, after the lock is released)
+        except OSError as err:
+            raise StorageError(f"cannot create {lock}: {err.strerror or err}; set {CACHE_ENV} to a folder you "
+                               "can write to") from err
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress and not waited:
+                print(f"waiting for another process downloading {dest.name}", file=sys.stderr)
+            waited = True
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): as without flock
+            handle.close()
+            yield
+            return
+        if _same_file(handle, lock):
+            break
+        handle.close()  # the holder deleted this lock file on its way out: lock the current one
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()  # releases the lock
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    try:
+        on_disk = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
 def _by_hand(url: str, dest: Path, reason: str) -> str:
     return (
         f"could not download {url}: {reason}. Without network access, fetch that URL on another machine "
         f"and copy the file to {dest} (it is checked against its published checksum there), or pass the "
-        "file's local path as weights="
+        "file's local path instead"
     )
 
 
@@ -221,13 +305,15 @@ def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
     except urllib.error.HTTPError as err:
         if err.code == 416 and start:
             return  # nothing left to fetch: the .part is complete (the checksum decides if it is right)
-        raise OSError(f"could not download {url}: the server answered {err.code} {err.reason}") from None
+        raise DownloadError(f"could not download {url}: the server answered {err.code} {err.reason}") from err
     except urllib.error.URLError as err:
         if isinstance(err.reason, TimeoutError | socket.timeout):
-            raise _Interrupted(f"timed out after {timeout:.0f} s") from None
-        raise _Unreachable(str(err.reason)) from None
+            raise _Interrupted(f"timed out after {timeout:.0f} s") from err
+        raise _Unreachable(str(err.reason)) from err
     except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-        raise _Interrupted(str(err) or type(err).__name__) from None
+        raise _Interrupted(str(err) or type(err).__name__) from err
+    except ValueError as err:  # a URL urllib cannot parse (bad port, bad IPv6 address)
+        raise ConfigError(f"{url} is not a valid URL ({err})") from err
 
     with response:
         content_range = response.headers.get("Content-Range", "")
@@ -240,17 +326,27 @@ def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
         length = response.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
         received = start
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
+        try:
+            f = open(part, "ab" if resumed else "wb")  # noqa: SIM115 (closed by the with below)
+        except OSError as err:
+            raise StorageError(f"cannot write {part}: {err.strerror or err}") from err
+        with f, tqdm(
             total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
             desc=part.name.removesuffix(".part"), disable=not progress,
         ) as bar:
-            try:
-                while chunk := response.read(CHUNK):
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except (OSError, http.client.HTTPException) as err:  # reset, timeout, TLS error mid-body
+                    raise _Interrupted(f"connection lost after {received} bytes ({err or type(err).__name__})") from err
+                if not chunk:
+                    break
+                try:
                     f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-                raise _Interrupted(f"connection lost after {received} bytes ({err or type(err).__name__})") from None
+                except OSError as err:  # no space left, quota
+                    raise StorageError(f"cannot write {part}: {err.strerror or err}") from err
+                received += len(chunk)
+                bar.update(len(chunk))
     # http.client returns a short body without complaint when the peer closes early: count the bytes.
     if total is not None and received < total:
         raise _Interrupted(f"connection closed after {received} of {total} bytes")
@@ -270,7 +366,7 @@ def fetch(weights: str | WeightsTag, *, progress: bool = True, cache: Path | Non
         url = str(weights)
         found = checksum_from_url(url)
         if found is None:
-            raise ValueError(
+            raise ConfigError(
                 f"no checksum known for {url}: append '#sha256=<hex digest>' to the URL, or download the file "
                 "yourself and pass its path"
             )
@@ -284,6 +380,6 @@ def fetch(weights: str | WeightsTag, *, progress: bool = True, cache: Path | Non
             verify_checksum(dest, checksum)
         except ChecksumError as err:
             raise ChecksumError(f"the cached file for {url} is not the published one ({err}); delete it to "
-                                "download it again") from None
+                                "download it again") from err
         return dest
     return download(url, dest, checksum=checksum, progress=progress)

@@ -1,5 +1,7 @@
 """Keras's Xception weights (the legacy HDF5 layout of ``keras.applications``) in our names and layouts.
 
+(Keras 3's own formats, ``.keras`` and ``.weights.h5``, are read by :mod:`.keras3`.)
+
 A file written by Keras 2 (the official ImageNet files are) lists its layers in the root attribute
 ``layer_names``; each layer's group lists its weights in ``weight_names`` (``block1_conv1/kernel:0``;
 Keras 3 drops the ``:0``). ``model.save()`` files keep the same layout under a ``model_weights`` group.
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import WeightsError
 from ..preprocessing import KERAS
 from .imagenet import imagenet_class_names
 from .mapping import MappedWeights, has_shortcut_conv, modules_after_stem, sepconvs, skeleton
@@ -58,6 +61,9 @@ WEIGHTS = {
     "moving_mean": ("running_mean", _same),
     "moving_variance": ("running_var", _same),
 }
+
+# The dimensions each Keras weight has (a kernel: 4 in a conv, 2 in a dense layer).
+NDIM = {name: (4,) if "kernel" in name else (1,) for name in WEIGHTS} | {"kernel": (2, 4)}
 
 
 @cache
@@ -126,10 +132,8 @@ def read_layers(path: str | os.PathLike[str]) -> list[KerasLayer]:
                 root = f["model_weights"]  # a whole model saved with model.save()
             names = _attribute_list(root, "layer_names")
             if not names:
-                hint = (" It looks like a Keras 3 '.weights.h5' file, which stores layers by position; save the "
-                        "model with model.save('model.h5') for the legacy layout.") if "layers" in f else ""
-                raise ValueError(f"{path} is an HDF5 file but not Keras weights in the legacy layout (no "
-                                 f"'layer_names' attribute).{hint}")
+                raise WeightsError(f"{path} is an HDF5 file but not Keras weights: neither the legacy layout (a "
+                                   "'layer_names' attribute) nor Keras 3's (a 'layers' group)")
             layers = []
             for name in names:
                 group = root[name]
@@ -144,8 +148,10 @@ def read_layers(path: str | os.PathLike[str]) -> list[KerasLayer]:
                     by_layer.setdefault(prefix if nested else name, {})[short] = np.asarray(group[weight])
                 layers += [KerasLayer(layer, values) for layer, values in by_layer.items()]
             return layers
-    except (OSError, KeyError) as err:
-        raise ValueError(f"{path} is a damaged or truncated HDF5 file ({err}); download or export it again") from None
+    except WeightsError:
+        raise
+    except Exception as err:  # a damaged file: h5py raises OSError, KeyError, RuntimeError, UnicodeDecodeError…
+        raise WeightsError(f"{path} is a damaged or truncated HDF5 file ({err}); download or export it again") from err
 
 
 def read_keras(path: str | os.PathLike[str]) -> MappedWeights:
@@ -165,19 +171,29 @@ def read_keras(path: str | os.PathLike[str]) -> MappedWeights:
         by_module.append((dense[0], "head.fc"))
         matched.add(id(dense[0]))
 
+    unmapped = [f"{layer.name} ({layer.kind} layer)" for layer in layers if id(layer) not in matched]
+    return to_mapped("keras-h5", by_module, unmapped)
+
+
+def to_mapped(fmt: str, by_module: list[tuple[KerasLayer, str]], unmapped: list[str]) -> MappedWeights:
+    """Keras layers assigned to our modules → mapped weights for ``xception`` (PyTorch layouts, our names)."""
     tensors: dict[str, torch.Tensor] = {}
     names: dict[str, str] = {}
-    unmapped = [f"{layer.name} ({layer.kind} layer)" for layer in layers if id(layer) not in matched]
+    unmapped = list(unmapped)
     for layer, module in by_module:
         for weight, value in layer.weights.items():
             if weight not in WEIGHTS:
                 unmapped.append(f"{layer.name}/{weight}")
                 continue
+            if value.ndim not in NDIM[weight] or value.dtype.kind != "f" or value.dtype.itemsize not in (2, 4, 8):
+                unmapped.append(f"{layer.name}/{weight} ({value.dtype} {value.shape}: not a {weight} of this network)")
+                continue
             param, to_torch = WEIGHTS[weight]
             key = f"{module}.{param}"
-            tensors[key] = torch.from_numpy(np.ascontiguousarray(to_torch(value)))
+            # HDF5 may store big-endian floats; torch takes the machine's byte order only.
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(to_torch(value), dtype=value.dtype.newbyteorder("=")))
             names[key] = f"{layer.name}/{weight}"
 
-    mapped = MappedWeights("keras-h5", MODEL, tensors, names, unmapped, preprocessing=KERAS)
+    mapped = MappedWeights(fmt, MODEL, tensors, names, unmapped, preprocessing=KERAS)
     mapped.class_names = imagenet_class_names() if mapped.num_classes == 1000 else None
     return mapped

@@ -16,10 +16,27 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..errors import ConfigError, WeightsError
 from ..models import XceptionConfig
 from ..preprocessing import Preprocessing
 
 FORMAT_VERSION = 1
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# What each JSON field must hold (a file may be damaged or written by hand): key, check, required.
+_JSON_FIELDS: tuple[tuple[str, Any, bool], ...] = (
+    ("model", lambda v: isinstance(v, str), True),
+    ("config", lambda v: isinstance(v, dict), True),
+    ("class_names", _strings, False),
+    ("preprocessing", lambda v: isinstance(v, dict), False),
+    ("source", lambda v: isinstance(v, str), False),
+    ("sha256", lambda v: isinstance(v, str), False),
+    ("metrics", lambda v: isinstance(v, dict), False),
+)
 
 
 @dataclass(frozen=True)
@@ -38,9 +55,15 @@ class WeightsMeta:
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(self.class_names))
             if len(self.class_names) != self.config.num_classes:
-                raise ValueError(f"{len(self.class_names)} class names for a model with "
-                                 f"{self.config.num_classes} classes")
+                raise ConfigError(f"{len(self.class_names)} class names for a model with "
+                                  f"{self.config.num_classes} classes")
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The read-only metrics view cannot be pickled or deep-copied (deepcopy(model) does both): rebuild
+        # the value from plain fields instead.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _rebuild, (fields | {"metrics": dict(self.metrics)},)
 
     def replace(self, **changes: Any) -> WeightsMeta:
         return dataclasses.replace(self, **changes)
@@ -63,10 +86,17 @@ class WeightsMeta:
 
     @classmethod
     def from_json(cls, text: str) -> WeightsMeta:
+        """The metadata a file carries; a :class:`WeightsError` naming the field that is not as written."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise WeightsError(f"weights metadata must be a JSON object, got {type(data).__name__}")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(f"weights metadata version {version!r} is not supported (expected {FORMAT_VERSION})")
+            raise WeightsError(f"weights metadata version {version!r} is not supported (expected {FORMAT_VERSION})")
+        for key, kind, required in _JSON_FIELDS:
+            value = data.get(key)
+            if (value is None and required) or (value is not None and not kind(value)):
+                raise WeightsError(f"weights metadata field {key!r} is missing or malformed: {value!r}")
         pre = data.get("preprocessing")
         return cls(
             model=data["model"],
@@ -77,3 +107,7 @@ class WeightsMeta:
             sha256=data.get("sha256", ""),
             metrics=data.get("metrics") or {},
         )
+
+
+def _rebuild(fields: dict[str, Any]) -> WeightsMeta:
+    return WeightsMeta(**fields)

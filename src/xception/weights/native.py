@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import ConfigError, WeightsError
 from ..fileio import atomic_write
 from ..models import Xception
 from ..preprocessing import Preprocessing
@@ -43,7 +44,7 @@ def save_weights(
     """
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"our weights format is safetensors: name the file *.safetensors, not {path.name!r}")
+        raise ConfigError(f"our weights format is safetensors: name the file *.safetensors, not {path.name!r}")
     base = model.weights_meta or WeightsMeta(model=model.config.arch, config=model.config)
     changes = {"model": model_name, "class_names": class_names, "preprocessing": preprocessing, "source": source,
                "sha256": sha256, "metrics": metrics}
@@ -67,30 +68,37 @@ def read_metadata(path: str | os.PathLike[str]) -> WeightsMeta | None:
     with open(path, "rb") as f:
         raw = f.read(8)
     if len(raw) < 8:
-        raise ValueError(f"{path} is too short to be a safetensors file")
+        raise WeightsError(f"{path} is too short to be a safetensors file")
     size = int.from_bytes(raw, "little")
     file_size = os.path.getsize(path)
     if size <= 0 or size > min(file_size - 8, 100 << 20):
-        raise ValueError(f"{path} is not a safetensors file (bad header length)")
+        raise WeightsError(f"{path} is not a safetensors file (bad header length)")
     with open(path, "rb") as f:
         f.seek(8)
         header_bytes = f.read(size)
     try:
         header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a safetensors file (unreadable header)") from err
+        raise WeightsError(f"{path} is not a safetensors file (unreadable header)") from err
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__") or {}, dict):
+        raise WeightsError(f"{path} is not a safetensors file (its header is not a JSON object of tensors)")
     text = (header.get("__metadata__") or {}).get(META_KEY)
-    return WeightsMeta.from_json(text) if text else None
+    if not text:
+        return None
+    try:
+        return WeightsMeta.from_json(text)
+    except (ValueError, TypeError) as err:  # also ConfigError/WeightsError: say which file, keep the cause
+        raise WeightsError(f"{path} carries damaged xception metadata ({err}); convert or export it again") from err
 
 
 def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], WeightsMeta]:
     """Tensors and metadata of one of our files; a clear ValueError for anything else."""
     meta = read_metadata(path)
     if meta is None:
-        raise ValueError(f"{path} is a safetensors file without xception metadata; convert it with "
-                         "'xception convert'")
+        raise WeightsError(f"{path} is a safetensors file without xception metadata; convert it with "
+                           "'xception convert'")
     try:
         tensors = load_file(str(path))
     except SafetensorError as err:
-        raise ValueError(f"{path} is damaged or truncated ({err}); download or convert it again") from err
+        raise WeightsError(f"{path} is damaged or truncated ({err}); download or convert it again") from err
     return tensors, meta

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from functools import cache
 
 import torch
 
+from ..errors import WeightsError
 from ..preprocessing import TIMM_LEGACY, Preprocessing
 from .imagenet import imagenet_class_names
 from .mapping import MappedWeights, has_shortcut_conv, modules_after_stem, rename, sepconvs, skeleton
@@ -120,15 +120,15 @@ def read_torch(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f" (it contains a {found[1]} object)" if found else ""
-        raise ValueError(
+        raise WeightsError(
             f"{path} refused: it is a pickle that needs Python code to load{what}, and unpickling it would run "
             "that code. Only tensors and plain containers are read. If you trust the file, load it yourself "
             "and save just the weights: torch.save(checkpoint['state_dict'], 'weights.pth')"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        ) from err
+    except Exception as err:  # a damaged file: torch raises RuntimeError, EOFError, BadZipFile, UnicodeDecodeError…
         reason = str(err).split(". ")[0] or type(err).__name__
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({reason}); it may be truncated or in "
-                         "another format: download or export it again") from None
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({reason}); it may be truncated or in "
+                           "another format: download or export it again") from err
     return unwrap(data, path)
 
 
@@ -140,8 +140,10 @@ def unwrap(data: object, path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             if isinstance(data.get(key), dict):
                 data = data[key]
                 break
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict of tensors")
+    if not isinstance(data, dict) or not data or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    ):
+        raise WeightsError(f"{path} holds a {type(data).__name__}, not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in data.items()}
 
 
@@ -161,7 +163,7 @@ def map_timm_state(state: dict[str, torch.Tensor], source: str) -> MappedWeights
     name = identify(state)
     if name is None:
         sample = ", ".join(list(state)[:4])
-        raise ValueError(
+        raise WeightsError(
             f"{source}: a state dict with keys like {sample} is not an Xception this library knows (timm's "
             f"legacy_xception, {', '.join(sorted(set(ALIGNED_VARIANTS.values())))}, or a file of ours)"
         )
