@@ -11,6 +11,7 @@ import torch
 
 from xception.data import fashion_mnist as fm
 from xception.data import read_idx, training_sources
+from xception.errors import DownloadError
 
 
 def idx_bytes(tensor: torch.Tensor) -> bytes:
@@ -95,7 +96,7 @@ def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, http_server):
     url, served = http_server
     sums = write_fake_dataset(served)
     name = next(iter(sums))
-    with pytest.raises(ValueError, match=r"expected 0{32}"):
+    with pytest.raises(DownloadError, match=r"expected 0{32}"):
         fm.download_fashion_mnist(tmp_path / "data", base_url=url, checksums={name: "0" * 32})
     assert not any((tmp_path / "data").iterdir())  # no file, no temporary left behind
 

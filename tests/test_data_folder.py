@@ -1,16 +1,21 @@
 """Image folders: scanning fails fast on bad paths, bad files are skipped and counted, splits are stable."""
 
 import logging
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from data_factory import CLASSES, add_bad_files, stripes_folder
+from xception.cli import main
 from xception.data import SkipLog, Skipped, evaluation_source, scan_folder, split_indices, training_sources
-from xception.data.folder import ImageFolderDataset, find_split_folders
-from xception.data.images import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED
+from xception.data.folder import DUPLICATE, ImageFolderDataset, find_split_folders
+from xception.data.images import EMPTY, MISSING, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED
 from xception.data.transforms import Augmentation, eval_transform, train_transform
 from xception.distributed import ResumableSampler
+from xception.errors import DataError, command_line
 from xception.preprocessing import Preprocessing
 
 PRE = Preprocessing(input_size=32, crop_pct=1.0, interpolation="bilinear")
@@ -73,9 +78,11 @@ def test_train_and_val_sub_folders_are_used_as_the_split(tmp_path):
     assert (len(train), len(val)) == (9, 6) and train.classes == val.classes == list(CLASSES)
 
 
-def test_strict_mode_fails_on_the_first_bad_file():
+def test_strict_mode_fails_on_the_first_bad_file_and_says_how_to_skip_in_the_callers_syntax():
     log = SkipLog(strict=True)
-    with pytest.raises(ValueError, match=r"cut\.png: truncated.*without --strict"):
+    with pytest.raises(DataError, match=r"cut\.png: truncated.*run with strict=False to skip"):
+        log.add([Skipped("data/cat/cut.png", TRUNCATED)])
+    with command_line(), pytest.raises(DataError, match=r"cut\.png: truncated.*run without --strict to skip"):
         log.add([Skipped("data/cat/cut.png", TRUNCATED)])
 
 
@@ -127,3 +134,68 @@ def test_dataset_augmentation_is_a_function_of_the_sample_seed(tmp_path):
     plain = ImageFolderDataset(scan.samples, scan.classes, eval_transform(PRE))
     x, label = plain[0]
     assert x.shape == (3, 32, 32) and label == 0
+
+
+# -- links: every real folder and file once ----------------------------------------------------------------
+
+def test_a_folder_link_loop_is_walked_once_and_counted(tmp_path, caplog):
+    stripes_folder(tmp_path, per_class=3)
+    (tmp_path / "vertical" / "loop").symlink_to("../vertical")  # cls/loop -> ../cls
+    (tmp_path / "horizontal" / "up").symlink_to("..")  # back to the root: every class again
+    with caplog.at_level(logging.WARNING, logger="xception.data"):
+        scan = scan_folder(tmp_path)
+    assert scan.counts_per_class() == [3, 3, 3]
+    assert len({Path(p).resolve() for p, _ in scan.samples}) == len(scan.samples) == 9
+    assert sorted((Path(s.path).name, s.reason) for s in scan.skipped) == [("loop", DUPLICATE), ("up", DUPLICATE)]
+    log = SkipLog(strict=True)  # duplicates are left out, not unreadable: --strict does not fail on them
+    log.add(scan.skipped)
+    assert log.counts() == {DUPLICATE: 2}
+
+
+def test_a_file_reached_twice_is_used_once_and_held_out_images_are_never_training_images(tmp_path):
+    stripes_folder(tmp_path, per_class=4)
+    first = sorted((tmp_path / "vertical").iterdir())[0]
+    (tmp_path / "vertical" / "zz-link.png").symlink_to(first.name)
+    os.link(first, tmp_path / "vertical" / "zz-hard.png")
+    (tmp_path / "horizontal" / "borrowed").symlink_to(tmp_path / "vertical")  # into another class
+    train, val = training_sources(tmp_path, val_fraction=0.5)
+    real = [{Path(p).resolve() for p, _ in source.samples} for source in (train, val)]
+    assert len(train) + len(val) == 12 and not real[0] & real[1]
+    assert sorted(Path(s.path).name for s in train.skipped) == ["borrowed", "zz-hard.png", "zz-link.png"]
+
+
+def test_a_validation_folder_does_not_reuse_training_images(tmp_path):
+    stripes_folder(tmp_path / "train", per_class=3)
+    stripes_folder(tmp_path / "val", per_class=1, seed=1)
+    (tmp_path / "val" / "diagonal" / "leak.png").symlink_to(sorted((tmp_path / "train" / "diagonal").iterdir())[0])
+    train, val = training_sources(tmp_path)
+    assert (len(train), len(val)) == (9, 3)
+    assert [(Path(s.path).name, s.reason) for s in val.skipped] == [("leak.png", DUPLICATE)]
+
+
+def test_a_broken_link_is_skipped_not_a_crash(tmp_path):
+    stripes_folder(tmp_path, per_class=2)
+    (tmp_path / "vertical" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    scan = scan_folder(tmp_path)
+    assert [(Path(s.path).name, s.reason) for s in scan.skipped] == [("gone.png", MISSING)]
+    assert scan.counts_per_class() == [2, 2, 2]
+
+
+# -- one class is not a classification problem -------------------------------------------------------------
+
+def test_a_one_class_folder_is_refused_before_any_work(tmp_path):
+    stripes_folder(tmp_path / "data", per_class=4)
+    for name in CLASSES[1:]:
+        shutil.rmtree(tmp_path / "data" / name)
+    with pytest.raises(DataError, match=r"only one class \(diagonal\).*at least two"):
+        training_sources(tmp_path / "data")
+    assert len(evaluation_source(tmp_path / "data", classes=list(CLASSES))) == 4  # evaluating one class is fine
+
+
+def test_the_train_command_refuses_one_class_with_one_line(tmp_path, capsys):
+    stripes_folder(tmp_path / "data", per_class=4)
+    for name in CLASSES[1:]:
+        shutil.rmtree(tmp_path / "data" / name)
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only one class" in err[0] and not (tmp_path / "run").exists()

@@ -1,6 +1,8 @@
 """Prediction: top-k names and probabilities equal the model's softmax; bad files are reported one by one."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 import xception
 from data_factory import CLASSES, stripes_folder
 from xception.cli import main
+from xception.data.folder import DUPLICATE
 from xception.predict import predict
 from xception.preprocessing import Preprocessing
 
@@ -61,4 +64,28 @@ def test_predict_command_prints_json_and_fails_when_a_file_was_unreadable(setup,
     out = json.loads(capsys.readouterr().out)
     assert "error" in out[2]
     assert main(["predict", "--weights", str(root / "w.safetensors"), str(root / "cut.png")]) == 1
-    assert "cut.png: error: truncated" in capsys.readouterr().out
+    assert "cut.png: error: truncated" in capsys.readouterr().err
+
+
+def test_links_are_followed_once_and_the_duplicates_counted(setup, tmp_path, capsys):
+    root, folder, _ = setup
+    tree = tmp_path / "tree"
+    shutil.copytree(folder / "vertical", tree / "vertical")
+    (tree / "vertical" / "loop").symlink_to("../vertical")  # a loop: without care, every file ~40 times
+    (tree / "again.png").symlink_to(tree / "vertical" / "2000.png")
+    results = predict(root / "w.safetensors", [tree, tree / "vertical" / "2001.png"], top_k=1)
+    assert [Path(r.path).name for r in results] == ["again.png", "2001.png"]
+    assert sorted(Path(s.path).name for s in results.skipped) == ["2000.png", "2001.png", "loop"]
+    assert {s.reason for s in results.skipped} == {DUPLICATE}
+    assert main(["predict", "--weights", str(root / "w.safetensors"), "--top-k", "1", str(tree)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2 and "skipped 2 path(s): 2 duplicate" in err
+
+
+def test_predict_prints_results_to_stdout_and_file_errors_to_stderr(setup, capsys):
+    root, folder, _ = setup
+    image = folder / "diagonal" / "0000.png"
+    assert main(["predict", "--weights", str(root / "w.safetensors"), str(image), str(root / "cut.png")]) == 1
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and out.startswith(f"{image}: ")
+    assert len(err.splitlines()) == 1 and err.startswith(f"{root / 'cut.png'}: error: truncated")

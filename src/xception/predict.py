@@ -11,7 +11,7 @@ reported with its reason and the others go on.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .data.folder import walk_files
+from .data.folder import FileWalk, Skipped
 from .data.images import UnreadableImage, is_image_file, load_image
+from .errors import ConfigError, DataError
 
 
 @dataclass
@@ -47,14 +48,27 @@ class Prediction:
         return f"{self.path}: " + ", ".join(f"{name} {100 * p:.1f} %" for name, p in self.top)
 
 
-def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, and the image files inside folders (recursively, sorted)."""
+class Predictions(list[Prediction]):
+    """The predictions, in input order, and ``skipped``: the paths left out, each with its reason (mostly
+    ``duplicate``: a file or a folder reached a second time, through a link or by being named twice)."""
+
+    def __init__(self, items: Sequence[Prediction] = (), skipped: Sequence[Skipped] = ()) -> None:
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+def list_inputs(inputs: Sequence[str | os.PathLike[str]], *, walk: FileWalk | None = None) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively, sorted); every real file once.
+
+    What is left out as a duplicate is recorded in ``walk.skipped`` (pass a :class:`FileWalk` to read it).
+    """
+    walk = walk if walk is not None else FileWalk()
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(p for p in walk_files(path) if is_image_file(p))
-        else:
+            paths.extend(p for p in walk.files(path) if is_image_file(p))
+        elif walk.add_file(path):
             paths.append(path)  # reported later if missing or unreadable
     return paths
 
@@ -80,23 +94,42 @@ def _keep_order(batch: list[tuple[int, torch.Tensor | None, str | None]]) -> lis
 @torch.no_grad()
 def predict(
     weights: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, top_k: int = 5,
-    batch_size: int = 32, device: str = "auto", workers: int = 0, model_name: str = "xception",
-    progress: bool = False,
-) -> list[Prediction]:
-    """The ``top_k`` classes of every image in ``inputs`` (files or folders), in input order."""
+    batch_size: int = 32, device: str = "auto", workers: int = 0, model_name: str | None = None,
+    model_options: Mapping[str, Any] | None = None, progress: bool = False, backend: str | None = None,
+) -> Predictions:
+    """The ``top_k`` classes of every image in ``inputs`` (files or folders), in input order; each real file
+    once (``.skipped`` lists the paths left out as duplicates). ``model_name`` names the network of a bare
+    state dict (the files of every other format say which network they are for); ``model_options`` are
+    config fields for :func:`xception.create_model` (e.g. ``{"in_chans": 1}``). ``backend="onnxruntime"`` (the
+    default for a ``.onnx`` file) runs an exported file, with the class names and preprocessing its metadata
+    carries."""
     from .api import create_model, inference_preprocessing
     from .data.transforms import eval_transform
     from .runtime import resolve_device
 
     if top_k < 1:
-        raise ValueError(f"top_k must be ≥ 1, got {top_k}")
-    paths = list_inputs(inputs)
+        raise ConfigError(f"top_k must be ≥ 1, got {top_k}")
+    walk = FileWalk()
+    paths = list_inputs(inputs, walk=walk)
     if not paths:
-        raise ValueError("no images to classify: the folders given hold no image files")
+        raise DataError("no images to classify: the folders given hold no image files")
     dev = resolve_device(device)
-    model = create_model(model_name, weights=weights).to(dev).eval()
-    preprocessing = inference_preprocessing(model)
-    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    backend = backend or ("onnxruntime" if str(weights).lower().endswith(".onnx") else "torch")
+    if backend == "onnxruntime":
+        from .export import load_onnx
+
+        if not str(weights).lower().endswith(".onnx"):
+            raise ConfigError(f"the onnxruntime backend runs an exported .onnx file, not {weights}; export one "
+                              "with 'xception export MODEL.onnx --weights ...'")
+        model: Any = load_onnx(weights, device=dev)
+        preprocessing = model.inference_preprocessing()
+        names = model.names()
+    elif backend == "torch":
+        model = create_model(model_name, weights=weights, **dict(model_options or {})).to(dev).eval()
+        preprocessing = inference_preprocessing(model)
+        names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    else:
+        raise ConfigError(f"backend must be torch or onnxruntime, got {backend!r}")
     k = min(top_k, len(names))
     loader = DataLoader(_Files(paths, eval_transform(preprocessing), preprocessing.channels), batch_size=batch_size,
                         num_workers=workers, collate_fn=_keep_order)
@@ -113,4 +146,4 @@ def predict(
         values, indices = probs.topk(k, dim=1)
         for (i, _), v, idx in zip(good, values.tolist(), indices.tolist(), strict=True):
             results[i].top = [(names[c], p) for c, p in zip(idx, v, strict=True)]
-    return results
+    return Predictions(results, walk.skipped)

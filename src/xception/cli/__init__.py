@@ -3,6 +3,10 @@
 Each command lives in its own module here with a ``register(subparsers)`` function that adds its parser
 and sets ``run`` (a function of the parsed arguments returning an exit code). Heavy imports (torch) happen
 inside ``run`` so that ``--help`` stays fast.
+
+Errors the user can fix (:class:`~xception.errors.XceptionError`) print as one line, with hints spelled as
+command-line options; anything else is a bug and prints its traceback. ``XCEPTION_DEBUG=1`` shows the
+traceback of every error.
 """
 
 from __future__ import annotations
@@ -13,15 +17,10 @@ import os
 import sys
 
 from .. import __version__
-from ..errors import XceptionError
+from ..errors import XceptionError, command_line
 
 COMMANDS: tuple[str, ...] = (
-    "train", "evaluate", "predict", "summary", "weights", "convert", "export", "bench",
-)
-
-# Errors a user can fix: printed as one line, without a traceback (XCEPTION_DEBUG=1 shows it).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    XceptionError, ValueError, FileNotFoundError, PermissionError, OSError,
+    "train", "evaluate", "predict", "summary", "weights", "convert", "export", "bench", "ablate", "explain", "serve",
 )
 
 
@@ -47,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with command_line():  # hints in error messages are spelled as options of this command
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as err:
+    except XceptionError as err:
+        # What the user can fix is one line; anything else is a bug and keeps its traceback.
         if os.environ.get("XCEPTION_DEBUG"):
             raise
         print(f"xception {args.command}: error: {err}", file=sys.stderr)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from ._common import add_model_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,23 +18,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--weights", required=True, metavar="FILE", help="weights file (e.g. a run's model.safetensors)")
+    p.add_argument("--model", metavar="NAME", help="the model the weights are for, e.g. xception41: needed for a "
+                   "bare state dict (torch.save(model.state_dict())), checked against any other file")
+    add_model_options(p)
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None, help="onnxruntime: run an exported "
+                   "--weights MODEL.onnx with ONNX Runtime (the default for .onnx files; torch for the rest)")
     p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in this process)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from ..predict import predict
     from ._common import print_json
 
     results = predict(args.weights, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
-                      workers=args.workers)
+                      workers=args.workers, model_name=args.model, model_options=dict(args.options),
+                      backend=args.backend)
+    # Results go to stdout, per-file errors to stderr: `xception predict … > out.txt` holds only results.
     if args.json:
-        print_json([r.to_dict() for r in results])
+        print_json([r.to_dict() for r in results])  # the JSON keeps the errors too: it is the whole record
     else:
         for result in results:
-            print(result.format())
+            if result.ok:
+                print(result.format())
+    for result in results:
+        if not result.ok:
+            print(result.format(), file=sys.stderr)
+    if results.skipped:
+        counts = ", ".join(f"{n} {reason}" for reason, n in Counter(s.reason for s in results.skipped).items())
+        print(f"skipped {len(results.skipped)} path(s): {counts} (each real file is classified once)",
+              file=sys.stderr)
     return 0 if all(r.ok for r in results) else 1

@@ -6,7 +6,7 @@
 """
 
 from .fashion_mnist import load_fashion_mnist, read_idx, save_samples
-from .folder import FolderScan, ImageFolderDataset, SkipLog, Skipped, scan_folder, split_indices
+from .folder import FileWalk, FolderScan, ImageFolderDataset, SkipLog, Skipped, scan_folder, split_indices
 from .images import IMAGE_EXTENSIONS, UnreadableImage, is_image_file, load_image
 from .loader import Batches, EpochOrder, FolderBatches, ShardSampler, TensorBatches
 from .sources import FASHION_MNIST, FolderSource, Source, TensorSource, evaluation_source, training_sources
@@ -19,6 +19,7 @@ __all__ = [
     "BatchTransform",
     "Batches",
     "EpochOrder",
+    "FileWalk",
     "FolderBatches",
     "FolderScan",
     "FolderSource",

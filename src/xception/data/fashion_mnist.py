@@ -15,12 +15,14 @@ import math
 import os
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from ..errors import ConfigError, DataError, DownloadError, MissingPathError, hint
 from ..fileio import atomic_write, file_digest
 
 log = logging.getLogger("xception.data")
@@ -78,9 +80,10 @@ def locate(data_dir: str | os.PathLike[str] | None = None, *, download: bool = T
         return found
     where = f"{data_dir}" if data_dir is not None else f"{DEBIAN_DIR} or {cache_dir()}"
     if not download:
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"Fashion-MNIST is not in {where}; install it with 'apt-get install dataset-fashion-mnist', "
-            "put the four IDX files in a folder and pass --data-dir, or allow the download"
+            f"put the four IDX files in a folder and pass {hint('data_dir=FOLDER', '--data-dir FOLDER')}, or allow "
+            "the download"
         )
     return download_fashion_mnist(Path(data_dir) if data_dir is not None else cache_dir(), base_url=MIRROR,
                                   checksums=CHECKSUMS)
@@ -114,35 +117,36 @@ def _fetch(url: str, path: Path, md5: str, timeout: float) -> None:
                     bar.update(len(chunk))
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         reason = getattr(err, "reason", err)
-        raise OSError(
+        raise DownloadError(
             f"could not download {url} ({reason}); install Fashion-MNIST with "
-            "'apt-get install dataset-fashion-mnist' or pass --data-dir with the four IDX files"
+            f"'apt-get install dataset-fashion-mnist' or pass {hint('data_dir=FOLDER', '--data-dir FOLDER')} with "
+            "the four IDX files"
         ) from err
     if digest.hexdigest() != md5:
-        raise ValueError(f"{url} has MD5 {digest.hexdigest()}, expected {md5}: the download is damaged or not "
-                         "the published file; nothing was kept, try again")
+        raise DownloadError(f"{url} has MD5 {digest.hexdigest()}, expected {md5}: the download is damaged or "
+                            "not the published file; nothing was kept, try again")
 
 
 def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
-    """An IDX file (gzipped or not) as a tensor; ValueError naming the problem if it is not a valid one."""
+    """An IDX file (gzipped or not) as a tensor; a DataError naming the problem if it is not a valid one."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as err:
-        raise ValueError(f"{path} cannot be read ({err}); the file is damaged, fetch it again") from err
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} cannot be read ({err}); the file is damaged, fetch it again") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
-        raise ValueError(f"{path} has a damaged IDX header")
+        raise DataError(f"{path} has a damaged IDX header")
     shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + math.prod(shape)
     if len(data) != expected:
-        raise ValueError(f"{path} holds {len(data)} bytes but its header promises {expected}: it is truncated "
-                         "or damaged; fetch it again")
+        raise DataError(f"{path} holds {len(data)} bytes but its header promises {expected}: it is truncated "
+                        "or damaged; fetch it again")
     return torch.frombuffer(bytearray(data[header:]), dtype=_IDX_TYPES[data[2]]).view(shape)
 
 
@@ -151,16 +155,16 @@ def load_fashion_mnist(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 28, 28) uint8 and labels (N,) int64 of the ``"train"`` or ``"test"`` split."""
     if split not in SPLITS:
-        raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     folder = locate(data_dir, download=download)
     image_stem, label_stem = SPLITS[split]
     image_file, label_file = _file(folder, image_stem), _file(folder, label_stem)
     assert image_file is not None and label_file is not None
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-        raise ValueError(f"{folder}: images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match")
+        raise DataError(f"{folder}: images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match")
     if int(labels.max()) >= len(CLASSES):
-        raise ValueError(f"{label_file} has labels up to {int(labels.max())}; Fashion-MNIST has {len(CLASSES)} classes")
+        raise DataError(f"{label_file} has labels up to {int(labels.max())}; Fashion-MNIST has {len(CLASSES)} classes")
     return images.unsqueeze(1).contiguous(), labels.long()
 
 

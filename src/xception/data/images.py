@@ -8,12 +8,15 @@ with a short reason, so datasets can skip and count it (or fail, in strict mode)
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ConfigError, DataError
 
 # Files a folder scan treats as images (lower-case suffixes). Anything else is reported as "not an image".
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -30,9 +33,11 @@ NOT_AN_IMAGE = "not an image"
 TRUNCATED = "truncated"
 CORRUPT = "corrupt"
 TOO_LARGE = "decompression bomb"
+DUPLICATE = "duplicate"  # a file or folder reached again through a link: used once, not twice
+UNREADABLE_FOLDER = "folder not readable"
 
 
-class UnreadableImage(ValueError):
+class UnreadableImage(DataError):
     """An image file that cannot be used; ``reason`` is one of the short labels above."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str, detail: str = "") -> None:
@@ -51,7 +56,7 @@ def load_image(path: str | os.PathLike[str], channels: int = 3, *, max_pixels: i
     scaled to 8 bits rather than clipped. Raises :class:`UnreadableImage` for anything unusable.
     """
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
     try:
         if os.path.getsize(path) == 0:
             raise UnreadableImage(path, EMPTY)
@@ -59,26 +64,43 @@ def load_image(path: str | os.PathLike[str], channels: int = 3, *, max_pixels: i
         raise UnreadableImage(path, MISSING) from err
     except OSError as err:
         raise UnreadableImage(path, CORRUPT, err.strerror or str(err)) from err
+    return _decode(path, path, channels, max_pixels)
+
+
+def decode_image(data: bytes, channels: int = 3, *, name: str = "upload", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """:func:`load_image` for bytes in memory (an upload): the same conversions and the same reasons."""
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    if not data:
+        raise UnreadableImage(name, EMPTY)
+    return _decode(io.BytesIO(data), name, channels, max_pixels)
+
+
+def _decode(source: str | os.PathLike[str] | io.BytesIO, name: str | os.PathLike[str], channels: int,
+            max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice that; treat the warning as the error it is.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            # Damaged EXIF (parsed by PIL's TIFF code) leaves the pixels intact: the image is used as stored,
+            # without a warning per epoch.
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL.TiffImagePlugin")
+            with Image.open(source) as img:
                 if img.width * img.height > max_pixels:
-                    raise UnreadableImage(path, TOO_LARGE, f"{img.width}×{img.height} pixels")
+                    raise UnreadableImage(name, TOO_LARGE, f"{img.width}×{img.height} pixels")
                 img.load()
                 return to_mode(ImageOps.exif_transpose(img), channels)
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise UnreadableImage(path, TOO_LARGE, str(err).split(".")[0]) from err
+        raise UnreadableImage(name, TOO_LARGE, str(err).split(".")[0]) from err
     except UnidentifiedImageError as err:
-        raise UnreadableImage(path, NOT_AN_IMAGE, "unknown format") from err
+        raise UnreadableImage(name, NOT_AN_IMAGE, "unknown format") from err
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
         # PIL reports a cut-off file as "image file is truncated" or "broken data stream".
         text = str(err)
         reason = TRUNCATED if "truncated" in text or "broken data stream" in text else CORRUPT
-        raise UnreadableImage(path, reason, text) from err
+        raise UnreadableImage(name, reason, text) from err
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:

@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..errors import ConfigError, DataError
 from .folder import ImageFolderDataset, Skipped, collate_skipping
 from .transforms import BatchTransform
 
@@ -53,7 +54,7 @@ class ShardSampler(Sampler[int]):
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+            raise ConfigError(f"rank {rank} is outside world size {world_size}")
         self.size, self.rank, self.world_size = size, rank, world_size
         self.epoch = 0
 
@@ -106,9 +107,9 @@ class TensorBatches:
         transform: BatchTransform, device: torch.device | str = "cpu", drop_last: bool = False, seed: int = 0,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"expected uint8 images shaped (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise DataError(f"expected uint8 images shaped (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels.long()
         self.batch_size, self.sampler, self.transform = batch_size, sampler, transform
         self.device, self.drop_last, self.seed = torch.device(device), drop_last, seed

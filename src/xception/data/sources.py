@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError, DataError
 from ..preprocessing import Preprocessing
 from . import fashion_mnist
-from .folder import ImageFolderDataset, Skipped, find_split_folders, scan_folder, split_indices
+from .folder import FileWalk, ImageFolderDataset, Skipped, find_split_folders, scan_folder, split_indices
 from .loader import Batches, EpochOrder, FolderBatches, ShardSampler, TensorBatches
 from .transforms import Augmentation, BatchTransform, eval_transform, train_transform
 
@@ -47,7 +48,7 @@ class Source(ABC):
         if sampler is not None:
             return sampler
         if train:
-            raise ValueError("training batches need a sampler (e.g. xception.distributed.ResumableSampler)")
+            raise ConfigError("training batches need a sampler (e.g. xception.distributed.ResumableSampler)")
         return ShardSampler(len(self))
 
 
@@ -126,11 +127,15 @@ def training_sources(
                 full.subset(val_idx, f"Fashion-MNIST held-out validation ({len(val_idx)} images)"))
 
     train_dir, found_val = find_split_folders(data)
-    scan = scan_folder(train_dir)
+    walk = FileWalk()  # one walk for both folders: an image reached from both is used for training only
+    scan = scan_folder(train_dir, walk=walk)
+    if len(scan.classes) < 2:
+        raise DataError(f"{train_dir} has only one class ({scan.classes[0]}); a classifier needs at least two "
+                        f"class folders, e.g. {train_dir}/{scan.classes[0]}/… and {train_dir}/other/…")
     train = FolderSource(scan.samples, scan.classes, str(train_dir), scan.skipped)
     val_dir = Path(val) if val is not None else found_val
     if val_dir is not None:
-        val_scan = scan_folder(val_dir, scan.classes)
+        val_scan = scan_folder(val_dir, scan.classes, walk=walk)
         return train, FolderSource(val_scan.samples, scan.classes, str(val_dir), val_scan.skipped)
     if val_fraction <= 0:
         return train, None
@@ -148,8 +153,8 @@ def evaluation_source(
     matched by name against ``classes`` — the model's)."""
     if str(data) == FASHION_MNIST:
         if classes is not None and list(classes) != fashion_mnist.CLASSES:
-            raise ValueError("these weights were not trained on Fashion-MNIST classes; evaluate them on a folder "
-                             "of their own classes")
+            raise DataError("these weights were not trained on Fashion-MNIST classes; evaluate them on a folder "
+                            "of their own classes")
         images, labels = fashion_mnist.load_fashion_mnist(split, data_dir)
         return TensorSource(images, labels, fashion_mnist.CLASSES, f"Fashion-MNIST {split}")
     scan = scan_folder(data, classes)

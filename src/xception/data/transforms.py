@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode, v2
 
+from ..errors import ConfigError, DataError
 from ..preprocessing import Preprocessing
 
 _INTERPOLATION = {
@@ -50,13 +51,13 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
-            raise ValueError(f"augmentation scale must satisfy 0 < low ≤ high ≤ 1, got {self.scale}")
+            raise ConfigError(f"augmentation scale must satisfy 0 < low ≤ high ≤ 1, got {self.scale}")
         if not 0.0 < self.ratio[0] <= self.ratio[1]:
-            raise ValueError(f"augmentation ratio must satisfy 0 < low ≤ high, got {self.ratio}")
+            raise ConfigError(f"augmentation ratio must satisfy 0 < low ≤ high, got {self.ratio}")
         if not 0.0 <= self.hflip <= 1.0:
-            raise ValueError(f"hflip is a probability, got {self.hflip}")
+            raise ConfigError(f"hflip is a probability, got {self.hflip}")
         if not 0.0 <= self.translate < 1.0:
-            raise ValueError(f"translate must be in [0, 1), got {self.translate}")
+            raise ConfigError(f"translate must be in [0, 1), got {self.translate}")
 
 
 def _normalize(pre: Preprocessing) -> list[Any]:
@@ -99,10 +100,10 @@ class BatchTransform:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if images.dim() != 4:
-            raise ValueError(f"expected a batch shaped (N, C, H, W), got {tuple(images.shape)}")
+            raise DataError(f"expected a batch shaped (N, C, H, W), got {tuple(images.shape)}")
         channels = self.pre.channels
         if images.shape[1] not in (1, channels):
-            raise ValueError(f"images have {images.shape[1]} channels but the preprocessing expects {channels}")
+            raise DataError(f"images have {images.shape[1]} channels but the preprocessing expects {channels}")
         x = images.float().div_(255.0)
         x = self._augment(x, generator) if self.aug is not None else self._resize_crop(x)
         if x.shape[1] != channels:
