@@ -120,8 +120,9 @@ def worker_pids(parent: int) -> list[int]:
 def test_a_killed_worker_brings_the_job_down_and_max_restarts_resumes_it(data, tmp_path):
     folder, recipe = data
     out = tmp_path / "run"
+    # Mid-epoch checkpoints as often as the ranks can agree on them (every 10th update: update 10, in epoch 4).
     cmd = xception_cmd("train", str(folder), "--recipe", str(recipe), "--out", str(out), "--batch-size", "6",
-                       "--epochs", "4", "--no-progress", procs=2, restarts=1)
+                       "--epochs", "4", "--checkpoint-minutes", "0.0001", "--no-progress", procs=2, restarts=1)
     proc = subprocess.Popen(cmd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (out / "last.pt").exists():  # the first epoch's checkpoint: the second epoch is under way
@@ -137,4 +138,5 @@ def test_a_killed_worker_brings_the_job_down_and_max_restarts_resumes_it(data, t
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert load_checkpoint(out / "last.pt")["epoch"] == 4
+    assert load_checkpoint(out / "last.prev.pt")["position"] > 0  # the mid-epoch checkpoint before the last
     assert (out / "model.safetensors").is_file()

@@ -318,7 +318,7 @@ class TestBadInput:
             small()(torch.randn(1, 1, 80, 80))
 
     def test_input_smaller_than_the_stem_allows(self):
-        with pytest.raises(ValueError, match=r"64×64 .* needs at least 71×71; use stem='small'"):
+        with pytest.raises(ValueError, match=r'64×64 .* needs at least 71×71; use stem="small"'):
             small()(torch.randn(1, 3, 64, 64))
 
     def test_not_a_batch_of_images(self):

@@ -101,14 +101,14 @@ def test_training_on_a_missing_folder_fails_before_any_work(tmp_path):
 
 
 def test_strict_mode_refuses_bad_files_before_any_work(folder, tmp_path):
-    with pytest.raises(ValueError, match=r"empty file.*without --strict"):
+    with pytest.raises(ValueError, match=r"empty file.*strict=False"):  # the fix, spelled for Python
         train(tiny_recipe(), folder[0], out=tmp_path / "run", strict=True, progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_an_existing_run_is_not_overwritten(run, folder):
     _, result = run
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(ValueError, match="continue it with resume="):
         train(tiny_recipe(), folder[0], out=result.run_dir, progress=False)
 
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +20,7 @@ import pytest
 
 from weights_helpers import assert_same_state
 from xception import create_model, save_weights
+from xception.errors import ConfigError, DownloadError, StorageError, XceptionError
 from xception.preprocessing import Preprocessing
 from xception.weights import hub
 from xception.weights.hub import ChecksumError, WeightsTag, download, fetch, verify_checksum
@@ -69,6 +75,18 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload[: len(payload) // 2])  # then drop the connection mid-body
             self.wfile.flush()
             self.close_connection = True
+            return
+        if behaviour == "slow":  # long enough for a second client to arrive mid-download
+            for i in range(0, len(payload), len(payload) // 16):
+                self.wfile.write(payload[i : i + len(payload) // 16])
+                self.wfile.flush()
+                time.sleep(0.04)
+            return
+        if behaviour == "stall-once" and self.path not in state.cut:  # two thirds of the file, then nothing
+            state.cut.add(self.path)
+            self.wfile.write(payload[: 2 * len(payload) // 3])
+            self.wfile.flush()
+            time.sleep(30)
             return
         self.wfile.write(payload)
 
@@ -268,3 +286,100 @@ def test_imagenet_class_names_ship_with_the_package():
     assert len(names) == len(set(names)) == 1000
     assert names[0] == "tench" and names[1] == "goldfish" and names[999] == "toilet tissue"
     assert wnids[0] == "n01440764" and wnids == sorted(wnids) and len(set(wnids)) == 1000
+
+
+# -- two processes, one download ---------------------------------------------------------------------------
+
+FETCH_WHEN_TOLD = """
+import sys
+from xception.weights.hub import fetch
+print("ready", flush=True)
+sys.stdin.readline()  # every process starts fetching at the same moment
+print(fetch(sys.argv[1], progress=False), flush=True)
+"""
+
+
+def _start_fetches(url: str, n: int) -> list[subprocess.Popen]:
+    """``n`` processes, each fetching ``url`` once told to (every one has imported the library by then)."""
+    processes = [subprocess.Popen([sys.executable, "-c", FETCH_WHEN_TOLD, url], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    for process in processes:
+        assert process.stdout.readline() == "ready\n"
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    return processes
+
+
+def test_two_processes_fetching_the_same_file_download_it_once(server, cache):
+    base, state = server
+    state.files["/slow.bin"] = PAYLOAD
+    state.behaviour["/slow.bin"] = "slow"  # about 0.6 s: the second process arrives mid-download
+    url = f"{base}/slow.bin#sha256={SHA256}"
+    processes = _start_fetches(url, 2)
+    outputs = [process.communicate(timeout=60) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err for _, err in outputs]
+    paths = {out.strip() for out, _ in outputs}
+    assert len(paths) == 1 and Path(paths.pop()).read_bytes() == PAYLOAD
+    assert len(state.requests) == 1
+    assert not list((cache / "weights").glob("*.part"))
+
+
+def test_a_download_killed_midway_leaves_no_lock_and_the_next_one_resumes(server, cache):
+    base, state = server
+    big = PAYLOAD * 3  # 3 MiB: the reader writes its first 1 MiB chunks before the server stalls
+    state.files["/w.bin"] = big
+    state.behaviour["/w.bin"] = "stall-once"
+    url = f"{base}/w.bin#sha256={hashlib.sha256(big).hexdigest()}"
+    [process] = _start_fetches(url, 1)
+
+    def written() -> int:
+        return sum(p.stat().st_size for p in (cache / "weights").glob("*.part")) if (cache / "weights").exists() else 0
+
+    deadline = time.monotonic() + 30
+    while written() == 0:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # while it holds the lock, part of the file written
+    process.communicate()
+    path = fetch(url, progress=False)  # does not wait for the dead process: the kernel released its lock
+    assert path.read_bytes() == big
+    assert len(state.requests) == 2 and re.fullmatch(r"bytes=[1-9]\d*-", state.requests[1][1] or "")  # resumed
+
+
+# -- what the errors say -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fragment", ["sha256=xyz", "sha256=abc", "sha256:" + "0" * 64, "sha256=", "sha512=" + "0" * 64,
+                                      "SHA256", "md5=not-hex"])
+def test_a_malformed_checksum_in_a_url_is_called_malformed(server, fragment):
+    base, state = server
+    state.files["/w.bin"] = PAYLOAD
+    with pytest.raises(ConfigError, match=rf"malformed checksum '#{re.escape(fragment)}' in .*#sha256=<hex digest>"):
+        fetch(f"{base}/w.bin#{fragment}", progress=False)
+    assert state.requests == []  # refused before any network access
+
+
+def test_a_checksum_fragment_may_be_upper_case(server):
+    base, state = server
+    state.files["/w.bin"] = PAYLOAD
+    assert fetch(f"{base}/w.bin#SHA256={SHA256.upper()}", progress=False).read_bytes() == PAYLOAD
+
+
+def test_download_errors_are_the_librarys_own_and_keep_their_cause(server, tmp_path):
+    base, state = server
+    state.files["/w.bin"] = PAYLOAD
+    with pytest.raises(DownloadError, match="answered 404") as err:
+        download(f"{base}/missing.bin", tmp_path / "m.bin", checksum=f"md5:{MD5}", progress=False)
+    assert err.value.__cause__ is not None
+    with pytest.raises(ChecksumError) as err:
+        download(f"{base}/w.bin", tmp_path / "w.bin", checksum="md5:" + "0" * 32, progress=False)
+    assert isinstance(err.value, XceptionError) and isinstance(err.value.__cause__, ChecksumError)
+
+
+def test_a_cache_that_cannot_be_written_says_so(server, tmp_path, monkeypatch):
+    base, state = server
+    state.files["/w.bin"] = PAYLOAD
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("XCEPTION_CACHE", str(tmp_path / "file"))
+    with pytest.raises(StorageError, match="XCEPTION_CACHE"):
+        fetch(f"{base}/w.bin#md5={MD5}", progress=False)

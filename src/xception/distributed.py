@@ -29,6 +29,8 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import Sampler
 
+from .errors import ConfigError, DataError
+
 T = TypeVar("T")
 
 
@@ -144,9 +146,9 @@ class ResumableSampler(Sampler[int]):
     def __init__(self, length: int, *, rank: int = 0, world_size: int = 1, shuffle: bool = True,
                  seed: int = 0) -> None:
         if length <= 0:
-            raise ValueError("cannot sample from an empty dataset")
+            raise DataError("cannot sample from an empty dataset")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+            raise ConfigError(f"rank {rank} is outside world size {world_size}")
         self.length, self.rank, self.world_size = length, rank, world_size
         self.shuffle, self.seed = shuffle, seed
         self.epoch, self.start = 0, 0

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .errors import ConfigError
+
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 ResizeMode = Literal["crop", "squash"]
 
@@ -39,17 +41,17 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.input_size < 1:
-            raise ValueError(f"input_size must be ≥ 1, got {self.input_size}")
+            raise ConfigError(f"input_size must be ≥ 1, got {self.input_size}")
         if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+            raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.resize_mode not in ("crop", "squash"):
-            raise ValueError(f"resize_mode must be 'crop' or 'squash', got {self.resize_mode!r}")
+            raise ConfigError(f"resize_mode must be 'crop' or 'squash', got {self.resize_mode!r}")
         if self.interpolation not in ("nearest", "bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be nearest, bilinear or bicubic, got {self.interpolation!r}")
+            raise ConfigError(f"interpolation must be nearest, bilinear or bicubic, got {self.interpolation!r}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"mean and std need {self.channels} values each")
+            raise ConfigError(f"mean and std need {self.channels} values each")
         if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be > 0")
+            raise ConfigError("std values must be > 0")
 
     @classmethod
     def centred(cls, channels: int = 3, input_size: int = 299) -> Preprocessing:
@@ -72,7 +74,7 @@ class Preprocessing:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"unknown preprocessing fields {sorted(unknown)}; known: {sorted(names)}")
+            raise ConfigError(f"unknown preprocessing fields {sorted(unknown)}; known: {sorted(names)}")
         data = dict(data)
         for key in ("mean", "std"):
             if key in data:

@@ -16,7 +16,9 @@ examples:
 
 data layout: DATA/<class>/<image> (10 % of each class held out for validation, --val-fraction), or
 DATA/train/<class>/... with DATA/val/<class>/..., or --val FOLDER. Unreadable images are skipped, warned
-about and counted (--strict fails instead). Ctrl-C stops after the current step and saves a checkpoint.
+about and counted (--strict fails instead). Ctrl-C stops after the current step and saves a checkpoint;
+last.pt is also saved every 10 minutes within an epoch (--checkpoint-minutes). One training at a time
+writes into a run folder; --resume continues from its newest intact checkpoint.
 """
 
 # Flags that override one recipe setting each: (flag, setting, type, help).
@@ -33,6 +35,8 @@ OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--grad-clip", "grad_clip", float, "clip the gradient norm (0: off)"),
     ("--ema-decay", "ema_decay", float, "Polyak averaging decay per update (0: off)"),
     ("--freeze-epochs", "freeze_epochs", int, "fine-tuning: train only the new head for N epochs"),
+    ("--checkpoint-minutes", "checkpoint_minutes", float, "also save last.pt within an epoch every X minutes "
+     "(default 10; 0: at epoch ends only)"),
     ("--input-size", "input_size", int, "network input side in pixels (when the weights bring none)"),
     ("--val-fraction", "val_fraction", float, "share of each class held out for validation (0: none)"),
     ("--workers", "workers", int, "image decoding processes (-1: automatic)"),
@@ -69,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     group.add_argument("--deterministic", action="store_true", default=None,
                        help="deterministic algorithms only (bit-exact reruns and resumes)")
+    group.add_argument("--freeze-bn", action="store_true", default=None,
+                       help="fine-tuning: keep the backbone's BatchNorm statistics (eval-mode BN); small datasets")
     group.add_argument("--sync-bn", action="store_true", default=None,
                        help="under torchrun: BatchNorm statistics over all processes' batches")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -98,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         fashion = args.data is None or args.data == FASHION_MNIST
         recipe = load_recipe(args.recipe or ("fashion-mnist" if fashion else "modern"))
     changes = {setting: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, setting, _, _ in OVERRIDES}
-    changes.update(compile=args.compile, deterministic=args.deterministic, model=args.model, sync_bn=args.sync_bn)
+    changes.update(compile=args.compile, deterministic=args.deterministic, model=args.model, sync_bn=args.sync_bn,
+                   freeze_bn=args.freeze_bn)
     recipe = apply_overrides(recipe.replace(**{k: v for k, v in changes.items() if v is not None}), args.set)
     if args.show_recipe:
         print(recipe.to_toml(), end="")

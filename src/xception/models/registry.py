@@ -46,10 +46,9 @@ def list_models() -> list[str]:
 
 
 def model_entry(name: str) -> ModelEntry:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[name]
 
 
 def model_config(name: str, **overrides: Any) -> XceptionConfig:

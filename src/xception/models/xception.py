@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import SeparableConv2d, StridedPointwiseConv2d, make_divisible, same_padding
+from ..errors import ConfigError, DataError, model_option
+from ..layers import SeparableConv2d, StandardConv2d, StridedPointwiseConv2d, make_divisible, same_padding
 from .config import Family, ModuleSpec, XceptionConfig
 
 if TYPE_CHECKING:  # the model never imports the weights package: the loader attaches this value
@@ -71,8 +72,12 @@ class XceptionModule(nn.Module):
                 # The first ReLU must not overwrite the input: the shortcut still reads it.
                 main[f"sepconv{i}_act"] = nn.ReLU(inplace=i > 1)
             last = i == len(out_chs)
-            main[f"sepconv{i}"] = SeparableConv2d(
-                chans, out, 3, stride if last and family != "paper" else 1, dilation,
+            conv_stride = stride if last and family != "paper" else 1
+            # conv="standard": the same position holds a plain k×k conv (whatever sat between the steps goes).
+            main[f"sepconv{i}"] = StandardConv2d(
+                chans, out, 3, conv_stride, dilation, padding=config.padding,
+            ) if config.conv == "standard" else SeparableConv2d(
+                chans, out, 3, conv_stride, dilation,
                 padding=config.padding, activation=between, norm_between=family == "aligned",
                 order=config.separable_order, bn_eps=config.bn_eps, bn_momentum=config.bn_momentum,
             )
@@ -124,7 +129,7 @@ class ClassifierHead(nn.Module):
     def reset(self, num_classes: int, pool: str | None = None) -> None:
         if pool is not None:
             if pool not in ("avg", "max"):
-                raise ValueError(f"global_pool must be 'avg' or 'max', got {pool!r}")
+                raise ConfigError(f"global_pool must be 'avg' or 'max', got {pool!r}")
             self.pool_type = pool
         self.num_classes = num_classes
         self.fc: nn.Module = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -240,19 +245,19 @@ class Xception(nn.Module):
                 yield f"{flow}.{name}", block
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError, before any computation, if ``x`` is not a batch this network accepts."""
+        """Raise DataError (a ValueError), before any computation, if ``x`` is not a batch this network accepts."""
         cfg = self.config
         if x.dim() != 4:
-            raise ValueError(f"expected a batch of images shaped (N, C, H, W), got shape {tuple(x.shape)}")
+            raise DataError(f"expected a batch of images shaped (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != cfg.in_chans:
-            raise ValueError(
+            raise DataError(
                 f"input has {x.shape[1]} channels but the model expects {cfg.in_chans}; "
-                f"build it with in_chans={x.shape[1]} or convert the images"
+                f"build it with {model_option('in_chans', x.shape[1])} or convert the images"
             )
         h, w = x.shape[-2:]
         if min(h, w) < cfg.min_input_size:
-            hint = "; use stem='small' for images down to 16 px" if cfg.stem == "standard" else ""
-            raise ValueError(
+            hint = f"; use {model_option('stem', 'small')} for images down to 16 px" if cfg.stem == "standard" else ""
+            raise DataError(
                 f"input is {h}×{w} but the {cfg.stem} stem of {cfg.arch} needs at least "
                 f"{cfg.min_input_size}×{cfg.min_input_size}{hint}"
             )
@@ -299,6 +304,11 @@ class Xception(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     @property
+    def num_classes(self) -> int:
+        """Outputs of the classifier (0: none, the model returns pooled features), as timm models say it."""
+        return self.config.num_classes
+
+    @property
     def preprocessing(self) -> Preprocessing | None:
         """What the loaded weights expect of their input (None for a fresh model or weights without it)."""
         return self.weights_meta.preprocessing if self.weights_meta is not None else None
@@ -315,7 +325,7 @@ class Xception(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier with a freshly initialised one (0 removes it)."""
         if num_classes < 0:
-            raise ValueError(f"num_classes must be ≥ 0, got {num_classes}")
+            raise ConfigError(f"num_classes must be ≥ 0, got {num_classes}")
         self.head.reset(num_classes, global_pool)
         self.config = self.config.replace(num_classes=num_classes, global_pool=self.head.pool_type)
         if self.weights_meta is not None:
@@ -325,7 +335,7 @@ class Xception(nn.Module):
         """Turn this model into a backbone whose forward returns feature maps (timm's features_only)."""
         bad = [i for i in out_indices if not 0 <= i < len(self._tap_blocks)]
         if bad or not out_indices:
-            raise ValueError(f"out_indices must be a non-empty subset of 0..{len(self._tap_blocks) - 1}")
+            raise ConfigError(f"out_indices must be a non-empty subset of 0..{len(self._tap_blocks) - 1}")
         self.reset_classifier(0)
         self.features_only = True
         self.feature_info = [self.feature_info[i] for i in out_indices]

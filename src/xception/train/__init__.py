@@ -7,13 +7,15 @@
 The phases :func:`train` runs are public too, for experiments that drive runs themselves:
 :func:`open_run` (:func:`build_run`, :func:`restore`), :func:`fit` (:func:`train_one_epoch`,
 :func:`end_epoch`, :func:`validate`) and :func:`finish`; a :class:`Run` carries a :class:`TrainState`,
-exactly what a checkpoint (``last.pt``, ``best.pt``) holds.
+exactly what a checkpoint (``last.pt``, ``best.pt``) holds. Fine-tuning helpers: :func:`freeze_backbone`,
+:func:`freeze_batchnorm` (eval-mode BatchNorm, the pretrained statistics kept).
 """
 
 from ..distributed import DistEnv
 from .artifacts import RunLog, read_metrics
-from .checkpoint import EpochSums, RunSettings, TrainState, load_checkpoint
+from .checkpoint import EpochSums, ResumePoint, RunSettings, TrainState, find_resume_point, load_checkpoint
 from .ema import ModelEma
+from .finetune import freeze_backbone, freeze_batchnorm
 from .loop import (
     Compute,
     EpochEnd,
@@ -48,6 +50,7 @@ __all__ = [
     "ModelEma",
     "NonFiniteLoss",
     "Recipe",
+    "ResumePoint",
     "Run",
     "RunData",
     "RunLog",
@@ -59,8 +62,11 @@ __all__ = [
     "build_optimizer",
     "build_run",
     "end_epoch",
+    "find_resume_point",
     "finish",
     "fit",
+    "freeze_backbone",
+    "freeze_batchnorm",
     "list_recipes",
     "load_checkpoint",
     "load_recipe",

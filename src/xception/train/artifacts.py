@@ -6,7 +6,8 @@
       config.toml          the recipe with every setting resolved, plus a [run] table (data, weights, ...)
       metrics.jsonl        one JSON line per epoch
       events.out.tfevents.*  TensorBoard scalars (per step and per epoch)
-      last.pt, best.pt     checkpoints: the training state (see checkpoint.py)
+      last.pt, best.pt     checkpoints: the training state (see checkpoint.py); last.prev.pt, the one before
+      .lock                held by the training that writes here (one at a time)
       loss.png, accuracy.png
       model.safetensors    the best model (EMA weights when averaging), for evaluate / predict
       summary.json         the outcome: best epoch and metrics, skipped files, time
@@ -14,13 +15,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write
+from ..errors import StorageError
+from ..fileio import atomic_write, storage_error
 
 log = logging.getLogger("xception.train")
 
@@ -28,7 +33,11 @@ METRICS, CONFIG, SUMMARY = "metrics.jsonl", "config.toml", "summary.json"
 
 
 class RunLog:
-    """Writes metrics.jsonl and TensorBoard events (main process only; others pass ``enabled=False``)."""
+    """Writes metrics.jsonl and TensorBoard events (main process only; others pass ``enabled=False``).
+
+    A write that fails (a full disk) raises a :class:`~xception.errors.StorageError` and leaves
+    metrics.jsonl as it was: never a line cut short.
+    """
 
     def __init__(self, folder: Path, *, enabled: bool = True, resume_epoch: int | None = None,
                  resume_step: int = 0) -> None:
@@ -39,42 +48,100 @@ class RunLog:
         folder.mkdir(parents=True, exist_ok=True)
         if resume_epoch is not None:
             # Epochs logged after the checkpoint we resume from will be run (and logged) again.
-            kept = [r for r in read_metrics(folder) if r["epoch"] <= resume_epoch]
-            (folder / METRICS).write_text("".join(json.dumps(r) + "\n" for r in kept))
+            kept = "".join(json.dumps(r) + "\n" for r in read_metrics(folder) if r["epoch"] <= resume_epoch)
+            atomic_write(folder / METRICS, lambda tmp: tmp.write_text(kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             log.warning("tensorboard is not installed: no TensorBoard events for this run")
         else:
-            self.writer = SummaryWriter(str(folder), purge_step=resume_step if resume_epoch is not None else None)
+            _quiet_event_thread_failures()
+            with self._events():
+                self.writer = SummaryWriter(str(folder), purge_step=resume_step if resume_epoch is not None else None)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
+            with self._events():
+                for key, value in values.items():
+                    self.writer.add_scalar(key, value, step)
 
     def epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.folder / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append(self.folder / METRICS, (json.dumps(record) + "\n").encode())
         scalars = {f"epoch/{k}": v for k, v in record.items() if isinstance(v, int | float) and k != "epoch"}
         self.scalars(record["step"], scalars)
         if self.writer is not None:
-            self.writer.flush()
+            with self._events():
+                self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            with self._events():
+                writer.close()
+
+    @contextlib.contextmanager
+    def _events(self) -> Iterator[None]:
+        """TensorBoard's writes: a full disk there is said like anywhere else."""
+        try:
+            yield
+        except Exception as err:
+            failure = storage_error(err, self.folder / "events.out.tfevents…")
+            if failure is None:
+                raise
+            raise failure from err
 
     def __enter__(self) -> RunLog:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):  # the error under way says what went wrong; closing must not hide it
+            self.close()
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` and flush it to the disk; on failure cut the file back to where it was."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise storage_error(err, path) or StorageError(f"cannot write {path}") from err
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise storage_error(err, path) or StorageError(f"cannot write {path}") from err
+    finally:
+        os.close(fd)
+
+
+def _quiet_event_thread_failures() -> None:
+    """TensorBoard writes from a thread of its own, which prints the traceback of a failed write (a full disk)
+    and keeps the error for the training thread's next call to raise. That call says it, in one line
+    (:meth:`RunLog._events`): the thread's traceback is left out."""
+    try:
+        from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+    except ImportError:
+        return
+    previous = threading.excepthook
+    if getattr(previous, "quiet_event_writer", False):
+        return
+
+    def hook(args: Any) -> None:
+        if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
+            previous(args)
+
+    hook.quiet_event_writer = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:

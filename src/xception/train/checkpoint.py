@@ -6,6 +6,9 @@ It holds the model, the EMA model, optimiser, scheduler and gradient-scaler stat
 generators, the position (epoch, global sample position within the epoch, update step), the best
 epoch's record, the partial epoch's running sums, the resolved recipe and run settings, the model
 configuration, class names and preprocessing, the files skipped so far and the time spent.
+
+Each checkpoint is read back before it replaces the previous one, and ``last.pt``'s predecessor stays as
+``last.prev.pt``: ``--resume`` continues from the newest intact file (:func:`find_resume_point`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 
 from ..data import SkipLog, Skipped
-from ..errors import ConfigError, MissingPathError
+from ..errors import ConfigError, MissingPathError, StorageError, hint
 from ..fileio import atomic_write
 from ..models import Xception
 from ..preprocessing import Preprocessing
@@ -28,7 +32,10 @@ from .ema import ModelEma
 from .recipe import Recipe
 
 CHECKPOINT_VERSION = 1
-LAST, BEST = "last.pt", "best.pt"
+# last.pt moves to last.prev.pt when a newer one has been written and read back: a damaged last.pt never
+# leaves a run without a way to continue.
+LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
+DAMAGED = "last.pt.damaged"  # a damaged last.pt, moved out of the way when a run continues without it
 
 
 @dataclass
@@ -143,10 +150,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write ``checkpoint`` (:meth:`TrainState.to_checkpoint`) to ``path`` atomically: a crash leaves the
-    previous file intact."""
-    atomic_write(path, lambda tmp: torch.save({"version": CHECKPOINT_VERSION, **checkpoint}, tmp))
+def save_checkpoint(path: Path, checkpoint: dict[str, Any], *, keep_previous: Path | None = None) -> None:
+    """Write ``checkpoint`` (:meth:`TrainState.to_checkpoint`) to ``path`` atomically and verified: the new
+    file must read back (every record matching the checksum its writer computed) before it replaces the old
+    one, which moves to ``keep_previous`` when given. A crash, a full disk or a bad write leaves the
+    previous file intact; the last two raise a :class:`~xception.errors.StorageError`."""
+
+    def write(tmp: Path) -> None:
+        # Into a Python file, so that a failed write keeps its errno (a full disk is then said as such).
+        with open(tmp, "wb") as f:
+            torch.save({"version": CHECKPOINT_VERSION, **checkpoint}, f)
+        try:
+            _check_records(tmp)
+        except _Unreadable as err:
+            raise StorageError(f"{path} did not read back after writing (it was {err}); the previous "
+                               "checkpoint is kept") from None
+
+    atomic_write(path, write, backup=keep_previous)
+
+
+def has_checkpoint(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds any checkpoint of a run (intact or not)."""
+    return any((Path(folder) / name).is_file() for name in (LAST, PREVIOUS, BEST))
 
 
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
@@ -155,17 +180,98 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         path = path / LAST
     if not path.is_file():
-        raise MissingPathError(f"no checkpoint at {path}; --resume takes a run folder or a .pt checkpoint")
+        raise MissingPathError(f"no checkpoint at {path}; {hint('resume=', '--resume')} takes a run folder or a "
+                               ".pt checkpoint")
     return path
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run continues from: its file, its contents, and why that file when it is not the
+    run's ``last.pt`` (one line; None otherwise)."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+    note: str | None = None
+
+
+def find_resume_point(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> ResumePoint:
+    """Where to continue from: ``path`` itself if it is a ``.pt`` file; in a run folder, ``last.pt``, or
+    when that is missing or damaged the newest intact one of ``last.prev.pt`` and ``best.pt``, with a note
+    saying which and why. Fails only when no checkpoint there is intact."""
+    path = Path(path)
+    if not path.is_dir():
+        return ResumePoint(path, load_checkpoint(path, map_location))
+    problems: dict[str, str] = {}
+    try:
+        return ResumePoint(path / LAST, _read(path / LAST, map_location))
+    except _Unreadable as err:
+        problems[LAST] = str(err)
+    intact = []
+    for name in (PREVIOUS, BEST):
+        try:
+            intact.append((name, _read(path / name, map_location)))
+        except _Unreadable as err:
+            problems[name] = str(err)
+    if not intact:
+        if all(problem == "missing" for problem in problems.values()):
+            find_checkpoint(path)  # raises: no checkpoint at all
+        said = "; ".join(f"{name} is {problem}" for name, problem in problems.items())
+        raise ConfigError(f"no intact checkpoint in {path}: {said}; the run cannot continue, start a new one")
+    # The newest: the most data seen. On a tie the previous last.pt, which holds the same moment as best.pt.
+    name, checkpoint = max(intact, key=lambda item: (item[1]["epoch"], item[1]["position"]))
+    note = (f"resuming from {name} (epoch {checkpoint['epoch'] + 1}, update {checkpoint['step']}): "
+            f"{LAST} is {problems[LAST]}")
+    return ResumePoint(path / name, checkpoint, note)
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict in ``path`` (a ``.pt`` file, or a run folder: its ``last.pt``)."""
+    """The checkpoint dict in ``path``: a ``.pt`` file, or a run folder's newest intact checkpoint (its
+    ``last.pt``, else as :func:`find_resume_point` chooses)."""
+    path = Path(path)
+    if path.is_dir():
+        return find_resume_point(path, map_location).checkpoint
     path = find_checkpoint(path)
     try:
+        return _read(path, map_location)
+    except _Unreadable as err:
+        raise ConfigError(f"{path} is {err}; it is not a readable training checkpoint") from None
+
+
+class _Unreadable(Exception):
+    """Why a checkpoint file cannot be used, in a few words ("missing", "empty", "damaged (…)")."""
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """A checkpoint file's dict, checked whole (:func:`_check_records`), then loaded with ``weights_only``
+    (nothing unpickled)."""
+    _check_records(path)
+    try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for damaged or foreign files
-        raise ConfigError(f"{path} is not a readable training checkpoint ({type(err).__name__}: {err})") from err
+    except Exception as err:  # torch raises many types for damaged or foreign files
+        raise _Unreadable(_damaged(err)) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise ConfigError(f"{path} is not a training checkpoint of this version")
+        raise _Unreadable("not a training checkpoint of this version")
     return checkpoint
+
+
+def _check_records(path: Path) -> None:
+    """Every record of the checkpoint's zip archive as its writer meant it: each record's CRC-32, computed
+    as it was written, must match the bytes read back. ``torch.load`` checks none (a flipped bit in a tensor
+    loads silently), and this costs a fraction of a load."""
+    if not path.is_file():
+        raise _Unreadable("missing")
+    if path.stat().st_size == 0:
+        raise _Unreadable("empty")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:  # zipfile raises several types for cut or foreign files
+        raise _Unreadable(_damaged(err)) from None
+    if bad is not None:
+        raise _Unreadable(f"damaged (its record {bad} fails its checksum)")
+
+
+def _damaged(err: Exception) -> str:
+    reason = (str(err).strip().splitlines() or [""])[0][:160]
+    return f"damaged ({type(err).__name__}: {reason})" if reason else f"damaged ({type(err).__name__})"

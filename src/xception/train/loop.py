@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -61,20 +61,35 @@ from ..distributed import (
     restarted_by_torchrun,
     shutdown_distributed,
 )
-from ..errors import ConfigError, DataError, XceptionError
+from ..errors import ConfigError, DataError, NotAFolderError, StorageError, XceptionError, hint
 from ..evaluate import count_batches  # validation counts exactly as evaluation does
-from ..fileio import atomic_write
+from ..fileio import FolderLock, atomic_write, remove_stale_temps
 from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
 from ..runtime import resolve_device
 from ..weights import save_weights
 from . import artifacts
-from .checkpoint import BEST, LAST, EpochSums, RunSettings, TrainState, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    BEST,
+    DAMAGED,
+    LAST,
+    PREVIOUS,
+    EpochSums,
+    RunSettings,
+    TrainState,
+    find_resume_point,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .ema import ModelEma
+from .finetune import freeze_backbone, freeze_batchnorm
 from .recipe import Recipe, toml_value
 from .schedule import lr_at
 
 log = logging.getLogger("xception.train")
+
+T = TypeVar("T")
 
 EXPORT = "model.safetensors"
 
@@ -144,6 +159,8 @@ class Run:
     ``state`` is what checkpoints hold; the rest is rebuilt in each session. ``resumed``: the state came
     from a checkpoint. ``frozen``, ``parallel`` and ``forward`` are the model as this session trains it:
     whether its backbone is frozen, the model wrapped for data parallelism, and that wrapper compiled.
+    ``lock``: the main process's claim on the run folder (:class:`~xception.fileio.FolderLock`), held until
+    :meth:`close`; ``saved_at``: the ``perf_counter`` reading of the last save of last.pt (or of the start).
     """
 
     state: TrainState
@@ -156,6 +173,15 @@ class Run:
     frozen: bool | None = None
     parallel: nn.Module | None = None
     forward: nn.Module | None = None
+    lock: FolderLock | None = None
+    saved_at: float = field(default_factory=time.perf_counter)
+
+    def close(self) -> None:
+        """Give the run folder up to other processes (:func:`train` does at its end; the folder is also
+        freed when this process ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def recipe(self) -> Recipe:
@@ -224,10 +250,11 @@ def train(
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     joined = dist is None and launched_by_torchrun()
     world = dist or init_distributed(resolve_device(recipe.device))
-    if resume is None and out is not None and restarted_by_torchrun() and (Path(out) / LAST).is_file():
+    if resume is None and out is not None and restarted_by_torchrun() and has_checkpoint(out):
         resume = out  # torchrun --max-restarts relaunched the job after a failure: continue from the checkpoint
     settings = RunSettings(data=_text(data), val=_text(val), data_dir=_text(data_dir), weights=_text(weights),
                            strict=strict)
+    run = None
     try:
         run = open_run(recipe, settings, out=out, resume=resume, world=world)
         stop = StopRequest()
@@ -236,6 +263,8 @@ def train(
             done = fit(run, run_log, stop=stop, progress=progress)
         return _stopped(run) if done.interrupted else finish(run)
     finally:
+        if run is not None:
+            run.close()
         torch.use_deterministic_algorithms(deterministic_before)
         if joined:
             shutdown_distributed()
@@ -260,18 +289,48 @@ def open_run(
     ``runs/<recipe>-<date>-<time>``), refused if that folder holds a run already. With ``resume`` (a run
     folder or a checkpoint): that run, at the point its checkpoint reached, with the settings stored in it;
     ``recipe`` should be the stored one (:func:`resume_settings`), changed at most where a resume allows
-    (more epochs, a lower lr). ``world``: this process's place in a data-parallel job (default: alone).
+    (more epochs, a lower lr); in a run folder, from its newest intact checkpoint (:func:`find_resume_point`).
+    ``world``: this process's place in a data-parallel job (default: alone).
+
+    The main process claims the folder for the run (a :class:`~xception.fileio.FolderLock`, held until
+    :meth:`Run.close`): another process training into it meanwhile gets a :class:`BusyError`.
     """
     started = time.perf_counter()
     world = world or DistEnv()
-    checkpoint = load_checkpoint(resume) if resume is not None else None
-    if checkpoint is not None:
-        settings = RunSettings(**checkpoint["run"])
-    run_dir = broadcast_object(_run_dir(recipe, out, resume) if world.is_main else None)  # one folder for all ranks
-    run = build_run(recipe, settings or RunSettings(), run_dir, world=world, checkpoint=checkpoint, started=started)
-    if checkpoint is not None:
-        restore(run, checkpoint)
+    # An existing folder is claimed before anything in it is read; a new one once the run is known to be
+    # usable (nothing is written before). Rank 0 alone claims it; every rank raises the error it met.
+    chosen = _on_main(world, lambda: _choose_folder(recipe, out, resume))
+    lock = chosen[1] if chosen else None
+    # One folder for all ranks, and one decision: each rank takes part in the second claim's collective or none.
+    run_dir, claimed = broadcast_object((chosen[0], lock is not None) if chosen else None)
+    try:
+        point = find_resume_point(resume) if resume is not None else None
+        checkpoint = point.checkpoint if point is not None else None
+        if checkpoint is not None:
+            settings = RunSettings(**checkpoint["run"])
+        run = build_run(recipe, settings or RunSettings(), run_dir, world=world, checkpoint=checkpoint,
+                        started=started)
+        if checkpoint is not None:
+            restore(run, checkpoint)
+        if not claimed:
+            lock = _on_main(world, lambda: _claim_folder(run_dir, fresh=checkpoint is None))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
     if world.is_main:
+        if point is not None and point.note:
+            note = point.note
+            if point.path.name != LAST and (run_dir / LAST).exists():
+                # Out of the chain: the next save must not rotate it into last.prev.pt over the one resumed from.
+                os.replace(run_dir / LAST, run_dir / DAMAGED)
+                note += f"; kept as {run_dir / DAMAGED}"
+            _say(world, note)
+        if run.peak_lr != recipe.lr:
+            _say(world, f"lr {recipe.lr:g} for a batch of {recipe.lr_base_batch} → {run.peak_lr:g} for the global "
+                        f"batch of {run.global_batch} (linear scaling; set lr_base_batch = 0 to turn it off)")
+        remove_stale_temps(run_dir)  # what a killed session was writing: only this process writes here now
         _write_config(run)
     return run
 
@@ -287,6 +346,9 @@ def build_run(
     counts from (default: now)."""
     started = time.perf_counter() if started is None else started
     world = world or DistEnv()
+    if recipe.freeze_bn and settings.weights is None:
+        raise ConfigError("freeze_bn keeps the BatchNorm statistics of pretrained weights, and there are none; "
+                          f"give {hint('weights=', '--weights')} or set freeze_bn = false")
     compute = Compute.for_recipe(recipe, world)
     _configure_process(recipe, compute.device)
     train_source, val_source = training_sources(settings.data, val=settings.val, val_fraction=recipe.val_fraction,
@@ -339,18 +401,20 @@ def fit(
 ) -> FitResult:
     """Train ``run`` until ``epochs`` epochs are complete (default: the recipe's), until update ``steps``,
     or until ``stop`` is requested. Each completed epoch is validated, logged and checkpointed
-    (:func:`end_epoch`); a stop within an epoch saves last.pt at the position reached, to resume from."""
+    (:func:`end_epoch`); within an epoch last.pt is saved every ``checkpoint_minutes`` of the recipe and
+    at a stop, at the position reached, to resume from. A write that fails (a full disk) raises a
+    :class:`~xception.errors.StorageError` that says how to continue; the checkpoint before stays intact."""
     end = run.recipe.epochs if epochs is None else epochs
     records: list[dict[str, Any]] = []
-    while run.state.epoch < end and (steps is None or run.state.step < steps):
-        trained = train_one_epoch(run, run_log, stop=stop, until_step=steps, progress=progress)
-        if not trained.complete:
-            if run.world.is_main:
-                save_checkpoint(run.run_dir / LAST, run.state.to_checkpoint())
-            break
-        records.append(end_epoch(run, run_log, trained, progress=progress))
-        if trained.stopping:
-            break
+    with _resumable(run):
+        while run.state.epoch < end and (steps is None or run.state.step < steps):
+            trained = train_one_epoch(run, run_log, stop=stop, until_step=steps, progress=progress)
+            if not trained.complete:
+                _save_last(run)
+                break
+            records.append(end_epoch(run, run_log, trained, progress=progress))
+            if trained.stopping:
+                break
     return FitResult(records, interrupted=run.state.epoch < end)
 
 
@@ -360,11 +424,13 @@ def train_one_epoch(
 ) -> EpochEnd:
     """Train ``run`` from its state's position to the end of the epoch, or until every process agrees to
     stop (``stop`` requested, or update ``until_step`` done). The state's step advances; on a stop within
-    the epoch its position and running sums do too. :func:`end_epoch` closes a complete epoch."""
+    the epoch its position and running sums do too. Every ``checkpoint_minutes`` of the recipe last.pt is
+    saved at the position reached. :func:`end_epoch` closes a complete epoch."""
     state, data, recipe = run.state, run.data, run.recipe
     stop = stop or StopRequest()
     _prepare_model(run)
     data.train_batches.set_epoch(state.epoch, state.position)
+    start_position = state.position
     start_batch = data.batches_per_epoch - len(data.train_batches)
     tally = _Tally(state.partial, run.compute.device)
     bar = tqdm(total=data.batches_per_epoch, initial=start_batch, desc=f"epoch {state.epoch + 1}/{recipe.epochs}",
@@ -384,16 +450,29 @@ def train_one_epoch(
         bar.update(batch - bar.n)
         if state.step % 10 == 0 or batch == data.batches_per_epoch:
             _report_progress(run, run_log, bar, tally)
-        stopping = _should_stop(run, stop, until_step)
+        stopping, checkpoint_due = _agree(run, stop, until_step)
         if stopping:
             break
+        if checkpoint_due and batch < data.batches_per_epoch:
+            # A mid-epoch checkpoint is what a stop here would save: SIGKILL loses minutes, not the epoch.
+            sums = tally.global_sums()
+            _check_finite(sums.mean_loss, run)
+            _hold_position(run, start_position + (batch - start_batch) * recipe.batch_size * run.world.world_size,
+                           sums)
+            _save_last(run)
     bar.close()
     sums = tally.global_sums()
     complete = not (stopping and batch < data.batches_per_epoch)
     if not complete:
-        state.position += (batch - start_batch) * recipe.batch_size * run.world.world_size  # all ranks' samples
-        state.partial = sums if run.world.is_main else EpochSums(time=sums.time)
+        _hold_position(run, start_position + (batch - start_batch) * recipe.batch_size * run.world.world_size, sums)
     return EpochEnd(sums, tally.started, stopping, complete)
+
+
+def _hold_position(run: Run, position: int, sums: EpochSums) -> None:
+    """Record in the state where the epoch stands: the global sample position (all ranks' samples) and the
+    running sums (carried by the main process alone: they are global)."""
+    run.state.position = position
+    run.state.partial = sums if run.world.is_main else EpochSums(time=sums.time)
 
 
 def end_epoch(run: Run, run_log: artifacts.RunLog, trained: EpochEnd, *, progress: bool = False) -> dict[str, Any]:
@@ -417,12 +496,30 @@ def end_epoch(run: Run, run_log: artifacts.RunLog, trained: EpochEnd, *, progres
     run_log.epoch(record)
     _say(run.world, _epoch_line(record, run.recipe.epochs), bar_safe=True)
     state.epoch, state.position, state.partial = state.epoch + 1, 0, EpochSums()
-    if run.world.is_main:
-        # best.pt before last.pt: a crash in between leaves last.pt behind best.pt, never ahead of it.
-        if is_best:
-            save_checkpoint(run.run_dir / BEST, state.to_checkpoint())
-        save_checkpoint(run.run_dir / LAST, state.to_checkpoint())
+    # best.pt before last.pt: a crash in between leaves last.pt behind best.pt, never ahead of it.
+    if run.world.is_main and is_best:
+        save_checkpoint(run.run_dir / BEST, state.to_checkpoint())
+    _save_last(run)
     return record
+
+
+def _save_last(run: Run) -> None:
+    """Save last.pt (main process), verified; the one it replaces stays as last.prev.pt."""
+    if run.world.is_main:
+        save_checkpoint(run.run_dir / LAST, run.state.to_checkpoint(), keep_previous=run.run_dir / PREVIOUS)
+    run.saved_at = time.perf_counter()
+
+
+@contextlib.contextmanager
+def _resumable(run: Run) -> Iterator[None]:
+    """A write that failed (a full disk) says how to continue once the cause is gone."""
+    try:
+        yield
+    except StorageError as err:
+        again = hint(f"resume={str(run.run_dir)!r}", f"--resume {run.run_dir}")
+        full = any(words in str(err) for words in ("no space left", "quota exceeded"))
+        advice = f"free space and continue with {again}" if full else f"continue with {again} once that is fixed"
+        raise StorageError(f"{err}; {advice}") from err
 
 
 def validate(run: Run, *, progress: bool = False) -> dict[str, float]:
@@ -448,20 +545,28 @@ def finish(run: Run) -> TrainResult:
     elapsed = state.elapsed_s()
     exported = None
     if run.world.is_main:
-        exported = _export_best(run_dir, state.best, state.class_names, state.preprocessing, state.ema is not None,
-                                run.data.train_source.description)
-        artifacts.plot_curves(artifacts.read_metrics(run_dir), run_dir)
-        summary = {"best": state.best, "epochs": state.epoch, "weights": str(exported),
-                   "skipped": state.skipped.counts(), "skipped_files": [vars(s) for s in state.skipped.seen.values()],
-                   "elapsed_s": round(elapsed, 1)}
-        atomic_write(run_dir / artifacts.SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-        if state.skipped:
-            counts = ", ".join(f"{n} {reason}" for reason, n in state.skipped.counts().items())
-            _say(run.world, f"skipped unreadable files: {counts}")
-        best_epoch = state.best["epoch"] if state.best else "?"
-        _say(run.world, f"done in {elapsed / 60:.1f} min; best model (epoch {best_epoch}): {exported}")
+        with _resumable(run):
+            exported = _finish_files(run, elapsed)
     barrier()
     return TrainResult(run_dir, exported, state.epoch, state.best, False, state.skipped.counts(), elapsed)
+
+
+def _finish_files(run: Run, elapsed: float) -> Path:
+    """model.safetensors, the curves and summary.json, and the closing lines; the exported model's path."""
+    state, run_dir = run.state, run.run_dir
+    exported = _export_best(run_dir, state.best, state.class_names, state.preprocessing, state.ema is not None,
+                            run.data.train_source.description)
+    artifacts.plot_curves(artifacts.read_metrics(run_dir), run_dir)
+    summary = {"best": state.best, "epochs": state.epoch, "weights": str(exported),
+               "skipped": state.skipped.counts(), "skipped_files": [vars(s) for s in state.skipped.seen.values()],
+               "elapsed_s": round(elapsed, 1)}
+    atomic_write(run_dir / artifacts.SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    if state.skipped:
+        counts = ", ".join(f"{n} {reason}" for reason, n in state.skipped.counts().items())
+        _say(run.world, f"skipped unreadable files: {counts}")
+    best_epoch = state.best["epoch"] if state.best else "?"
+    _say(run.world, f"done in {elapsed / 60:.1f} min; best model (epoch {best_epoch}): {exported}")
+    return exported
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -513,10 +618,53 @@ def _run_dir(recipe: Recipe, out: str | os.PathLike[str] | None, resume: str | o
         path = Path(resume)
         return path if path.is_dir() else path.parent
     run_dir = Path(out) if out is not None else Path("runs") / f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if (run_dir / LAST).exists():
-        raise ConfigError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
-                          "or choose another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotAFolderError(f"{run_dir} is an existing file, not a run folder; choose another "
+                              + hint("out=", "--out"))
     return run_dir
+
+
+def _check_fresh(run_dir: Path) -> None:
+    """Refuse to start a new run in a folder that holds one."""
+    if has_checkpoint(run_dir):
+        raise ConfigError(f"{run_dir} already holds a training run; continue it with "
+                          + hint(f"resume={str(run_dir)!r} or choose another out=",
+                                 f"--resume {run_dir} or choose another --out"))
+
+
+def _choose_folder(recipe: Recipe, out: str | os.PathLike[str] | None,
+                   resume: str | os.PathLike[str] | None) -> tuple[Path, FolderLock | None]:
+    """The run folder, claimed when it exists (None: it is new, and claimed once the run is built)."""
+    run_dir = _run_dir(recipe, out, resume)
+    return run_dir, _claim_folder(run_dir, fresh=resume is None) if run_dir.is_dir() else None
+
+
+def _claim_folder(run_dir: Path, *, fresh: bool) -> FolderLock:
+    """This process's claim on ``run_dir`` (created if need be); a fresh run is refused where a run is."""
+    advice = "wait for it to end" if not fresh else "wait for it to end, or " + hint("choose another out=",
+                                                                                    "choose another --out")
+    lock = FolderLock(run_dir, user="training", advice=advice)
+    if fresh:
+        try:
+            _check_fresh(run_dir)
+        except BaseException:
+            lock.release()
+            raise
+    return lock
+
+
+def _on_main(world: DistEnv, work: Callable[[], T]) -> T | None:
+    """``work()`` on the main process (None elsewhere); the error it raises, raised on every process."""
+    result, failure = None, None
+    if world.is_main:
+        try:
+            result = work()
+        except XceptionError as err:
+            failure = err
+    failure = broadcast_object(failure)
+    if failure is not None:
+        raise failure
+    return result
 
 
 def _configure_process(recipe: Recipe, device: torch.device) -> None:
@@ -652,20 +800,18 @@ class _Tally:
 
 def _prepare_model(run: Run) -> None:
     """Freeze the backbone for fine-tuning's first epochs (or not), wrap the model for data parallelism
-    and compilation when that changed, and set training mode (a frozen backbone keeps its BN statistics)."""
+    and compilation when that changed, and set training mode: with the backbone frozen, or ``freeze_bn``,
+    the backbone's BatchNorm layers stay in eval mode (they use and keep the pretrained statistics)."""
     model = run.state.model
     frozen = run.state.epoch < run.recipe.freeze_epochs and run.settings.weights is not None
-    for name, param in model.named_parameters():
-        param.requires_grad_(not frozen or name.startswith("head."))
+    freeze_backbone(model, frozen)
     if frozen != run.frozen:  # DDP hooks the parameters that train: wrap again when they change
         run.frozen = frozen
         run.parallel = _data_parallel(model, run.world, run.compute.device)
         run.forward = torch.compile(run.parallel) if run.recipe.compile else run.parallel
     model.train()
-    if frozen:
-        for name, module in model.named_children():
-            if name != "head":
-                module.eval()
+    if frozen or run.recipe.freeze_bn:
+        freeze_batchnorm(model)
 
 
 def _forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor, update: bool, tally: _Tally) -> None:
@@ -707,13 +853,21 @@ def _report_progress(run: Run, run_log: artifacts.RunLog, bar: tqdm, tally: _Tal
     run_log.scalars(run.state.step, {"train/loss": sums.mean_loss, "train/lr": lr, "train/images_per_s": rate})
 
 
-def _should_stop(run: Run, stop: StopRequest, until_step: int | None) -> bool:
-    """Whether every process stops after this update: a stop request on any of them (looked for at every
-    10th update when data-parallel, so that all agree on the step), or the step limit reached."""
-    requested = False
-    if not run.world.distributed or run.state.step % 10 == 0:
-        requested = _any_rank(stop.requested, run.world, run.compute.device)
-    return requested or (until_step is not None and run.state.step >= until_step)
+def _agree(run: Run, stop: StopRequest, until_step: int | None) -> tuple[bool, bool]:
+    """Whether every process stops after this update (a stop request on any of them, or the step limit
+    reached), and whether they save a mid-epoch checkpoint now (the main process's clock says
+    ``checkpoint_minutes`` have passed since the last save). Data-parallel processes compare notes at every
+    10th update only, so that all agree on the step."""
+    minutes = run.recipe.checkpoint_minutes
+    due = run.world.is_main and minutes > 0 and time.perf_counter() - run.saved_at >= 60 * minutes
+    requested = stop.requested
+    if run.world.distributed:
+        if run.state.step % 10 == 0:
+            flags = all_reduce_sum(torch.tensor([int(requested), int(due)], device=run.compute.device))
+            requested, due = bool(flags[0].item()), bool(flags[1].item())
+        else:
+            requested = due = False
+    return requested or (until_step is not None and run.state.step >= until_step), due
 
 
 def _check_finite(loss: float, run: Run) -> None:
@@ -741,13 +895,6 @@ def _data_parallel(model: nn.Module, world: DistEnv, device: torch.device) -> nn
 def _no_sync(parallel: nn.Module | None, skip: bool) -> contextlib.AbstractContextManager[Any]:
     """DDP's no_sync() when ``skip`` (a micro-batch of gradient accumulation), else nothing."""
     return parallel.no_sync() if skip and hasattr(parallel, "no_sync") else contextlib.nullcontext()
-
-
-def _any_rank(flag: bool, world: DistEnv, device: torch.device) -> bool:
-    """True on every rank when it is true on one (a stop request reaches the ranks at different steps)."""
-    if not world.distributed:
-        return flag
-    return bool(all_reduce_sum(torch.tensor([int(flag)], device=device)).item())
 
 
 def _whole_epoch(batches: Batches) -> Iterator[Any]:

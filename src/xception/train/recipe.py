@@ -6,7 +6,7 @@ A recipe is a flat set of settings (:class:`Recipe`) written in sections for rea
     [model]       name (a registered model) and options for create_model (stem, width, drop_rate, ...)
     [data]        preprocessing (used when the weights bring none) and augmentation
     [optim]       epochs, batch size, optimiser, learning rate and its schedule, regularisation, EMA
-    [runtime]     device, mixed precision, channels_last, torch.compile, seed, determinism
+    [runtime]     device, mixed precision, channels_last, torch.compile, seed, determinism, checkpoint interval
 
 The recipes shipped with the package live next to this file (``recipes/*.toml``); ``xception train
 --recipe NAME --show-recipe`` prints one, ready to be saved and edited.
@@ -79,6 +79,7 @@ class Recipe:
     grad_clip: float = _f(0.0, "optim", "clip the gradient norm to this (0: off)")
     ema_decay: float = _f(0.0, "optim", "Polyak averaging: EMA decay per update (0: off)")
     freeze_epochs: int = _f(0, "optim", "fine-tuning: train only the new head for this many epochs")
+    freeze_bn: bool = _f(False, "optim", "fine-tuning: keep the backbone's BatchNorm statistics (eval-mode BN)")
 
     # runtime
     device: str = _f("auto", "runtime", "auto (cuda if present), cpu, cuda, cuda:1, mps")
@@ -89,6 +90,7 @@ class Recipe:
     deterministic: bool = _f(False, "runtime", "deterministic algorithms only (bit-exact reruns and resumes)")
     sync_bn: bool = _f(False, "runtime", "under torchrun: BatchNorm statistics over the global batch")
     precision: str = _f("float32", "runtime", "parameter precision: float32, or float64 for numerical checks")
+    checkpoint_minutes: float = _f(10.0, "runtime", "minutes between saves of last.pt in an epoch (0: at its end only)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -112,6 +114,8 @@ class Recipe:
             (self.grad_clip >= 0, f"grad_clip must be ≥ 0, got {self.grad_clip}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}"),
             (self.freeze_epochs >= 0, f"freeze_epochs must be ≥ 0, got {self.freeze_epochs}"),
+            (self.checkpoint_minutes >= 0 and math.isfinite(self.checkpoint_minutes),
+             f"checkpoint_minutes must be ≥ 0 (0: at epoch ends only), got {self.checkpoint_minutes}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
             (self.channels_last in ("auto", "on", "off"),
              f"channels_last must be auto, on or off, got {self.channels_last!r}"),
@@ -174,7 +178,7 @@ class Recipe:
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"recipe {name!r} is not valid TOML: {err}") from None
+            raise ConfigError(f"recipe {name!r} is not valid TOML: {err}") from err
         flat: dict[str, Any] = {"name": name}
         sections = {f.name: f.metadata["section"] for f in dataclasses.fields(cls)}
         for key, value in raw.items():
