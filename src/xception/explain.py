@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from torch import nn
 from .errors import ConfigError, DataError
 from .fileio import atomic_write
 from .models import Xception
+from .predict import Prediction
 from .preprocessing import Preprocessing
 
 DEFAULT_ALPHA = 0.4  # opacity of the colour map over the image
@@ -288,28 +289,22 @@ def explain_images(
 
 
 @dataclass
-class Explanation:
-    """One file's outcome: where its heatmap and overlay went, or why it could not be read."""
+class Explanation(Prediction):
+    """One file's outcome: its top classes and where its heatmap and overlay went, or why it could not be
+    read (a :class:`~xception.predict.Prediction` with the Grad-CAM's files)."""
 
-    path: str
-    top: list[tuple[str, float]] = field(default_factory=list)
     target: int | None = None
     target_name: str | None = None
     layer: str | None = None
     heatmap: str | None = None
     overlay: str | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"path": self.path, "error": self.error}
-        return {"path": self.path, "top": [{"class": n, "probability": p} for n, p in self.top],
-                "target": {"index": self.target, "class": self.target_name}, "layer": self.layer,
-                "heatmap": self.heatmap, "overlay": self.overlay}
+        data = super().to_dict()
+        if self.error is None:
+            data.update(target={"index": self.target, "class": self.target_name}, layer=self.layer,
+                        heatmap=self.heatmap, overlay=self.overlay)
+        return data
 
     def format(self) -> str:
         if self.error is not None:
@@ -376,6 +371,6 @@ def explain(
                                    layer=layer, top_k=top_k, alpha=alpha)
         for (i, _), item in zip(good, explained, strict=True):
             heatmap, png = save_explanation(item, out, stems[i])
-            results[i] = Explanation(str(paths[i]), item.top, item.target, item.target_name, item.layer,
-                                     str(heatmap), str(png))
+            results[i] = Explanation(str(paths[i]), item.top, target=item.target, target_name=item.target_name,
+                                     layer=item.layer, heatmap=str(heatmap), overlay=str(png))
     return results

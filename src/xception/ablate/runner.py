@@ -72,6 +72,7 @@ from ..train import (
 )
 from ..train.artifacts import CONFIG as _CONFIG
 from ..train.artifacts import SUMMARY as _SUMMARY
+from ..train.artifacts import read_jsonl
 from ..train.checkpoint import has_checkpoint
 from .variants import DEFAULT_VARIANTS, VARIANTS, check_variants
 
@@ -481,7 +482,7 @@ def _train(run: Run, config: SweepConfig, stop: StopRequest, progress: bool, wor
     epoch ends) and appending it to curve.jsonl. False when a stop request ended it early."""
     state, upe = run.state, run.updates_per_epoch
     curve_path = run.run_dir / CURVE
-    curve = [p for p in _read_jsonl(curve_path) if p["step"] <= state.step] if world.is_main else []
+    curve = [p for p in read_jsonl(curve_path) if p["step"] <= state.step] if world.is_main else []
     if world.is_main:  # points past the checkpoint are trained (and measured) again
         atomic_write(curve_path, lambda tmp: tmp.write_text("".join(json.dumps(p) + "\n" for p in curve)))
     recorded = broadcast_object({p["step"] for p in curve})
@@ -566,7 +567,7 @@ def _fill_figures(result: RunResult, run_dir: Path, test: dict[str, Any] | None)
                 return epoch_times[e - 1] + share * (epoch_times[e] - epoch_times[e - 1])
         return epoch_times[-1]
 
-    curve = _read_jsonl(run_dir / CURVE)
+    curve = read_jsonl(run_dir / CURVE)
     result.curve = [{**p, "train_time_s": round(time_at(p["step"]), 3)} for p in curve]
     result.final_val_top1 = curve[-1]["val_top1"] if curve else None
     result.train_time_s = round(epoch_times[-1], 3)
@@ -612,16 +613,6 @@ def _run_table(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut short by a crash: everything before it is good
-    return out
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import tomllib
+from collections.abc import Sequence
 from typing import Any
 
 MODEL_PREFIX = "model."
@@ -88,3 +89,18 @@ def print_json(data: Any) -> None:
     """``--json`` output: indented, paths and other non-JSON values as strings."""
     print(json.dumps(data, indent=2, default=str))
 
+
+
+def print_results(results: Sequence[Any], as_json: bool) -> bool:
+    """Per-file results (``.ok``, ``.format()``, ``.to_dict()``) to stdout and their errors to stderr, so that
+    ``… > out.txt`` holds only results; ``--json`` prints every record, errors too. True if all were ok."""
+    if as_json:
+        print_json([r.to_dict() for r in results])
+    else:
+        for result in results:
+            if result.ok:
+                print(result.format())
+    for result in results:
+        if not result.ok:
+            print(result.format(), file=sys.stderr)
+    return all(r.ok for r in results)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ._common import add_model_options
 
@@ -38,18 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..explain import explain
-    from ._common import print_json
+    from ._common import print_results
 
     results = explain(args.weights, args.images, out=args.out, target=args.target, layer=args.layer,
                       top_k=args.top_k, device=args.device, model_name=args.model, model_options=dict(args.options),
                       alpha=args.alpha)
-    if args.json:
-        print_json([r.to_dict() for r in results])
-    else:
-        for result in results:
-            if result.ok:
-                print(result.format())
-    for result in results:
-        if not result.ok:
-            print(result.format(), file=sys.stderr)
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if print_results(results, args.json) else 1

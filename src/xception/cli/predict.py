@@ -35,23 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from ..predict import predict
-    from ._common import print_json
+    from ._common import print_results
 
     results = predict(args.weights, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
                       workers=args.workers, model_name=args.model, model_options=dict(args.options),
                       backend=args.backend)
-    # Results go to stdout, per-file errors to stderr: `xception predict … > out.txt` holds only results.
-    if args.json:
-        print_json([r.to_dict() for r in results])  # the JSON keeps the errors too: it is the whole record
-    else:
-        for result in results:
-            if result.ok:
-                print(result.format())
-    for result in results:
-        if not result.ok:
-            print(result.format(), file=sys.stderr)
+    all_ok = print_results(results, args.json)
     if results.skipped:
         counts = ", ".join(f"{n} {reason}" for reason, n in Counter(s.reason for s in results.skipped).items())
         print(f"skipped {len(results.skipped)} path(s): {counts} (each real file is classified once)",
               file=sys.stderr)
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all_ok else 1

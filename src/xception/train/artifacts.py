@@ -144,9 +144,8 @@ def _quiet_event_thread_failures() -> None:
     threading.excepthook = hook
 
 
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """The run folder's epoch records (metrics.jsonl), in order; a line cut short by a crash ends them."""
-    path = folder / METRICS
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file, in order (none if it is missing); a line cut short by a crash ends them."""
     if not path.is_file():
         return []
     records = []
@@ -156,6 +155,11 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break  # a line cut short by a crash: everything before it is good
     return records
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """The run folder's epoch records (metrics.jsonl), in order."""
+    return read_jsonl(folder / METRICS)
 
 
 def plot_curves(records: list[dict[str, Any]], folder: Path) -> list[Path]:
