@@ -243,6 +243,23 @@ void depthwise_rows(const float* __restrict in, const Geometry& g, long m0, int 
 
 // k×k patches of output pixels [m0, m0 + rows): row r holds the window in (dy, dx, channel) order, zeros
 // outside the image (a plain conv's zero padding).
+// Copy n floats (with the ReLU when asked): short spans inline, since most patches are a few channels wide.
+inline void copy_span(float* __restrict dst, const float* __restrict src, long n, bool relu) {
+    if (!relu && n >= 64) {
+        std::memcpy(dst, src, sizeof(float) * n);
+        return;
+    }
+    long i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        V x = vloadu(src + i);
+        vstoreu(dst + i, relu ? vmax(x, vzero()) : x);
+    }
+    if (i < n) {
+        V x = vload_n(src + i, int(n - i));
+        vstore_n(dst + i, relu ? vmax(x, vzero()) : x, int(n - i));
+    }
+}
+
 void patch_rows(const float* __restrict in, const Geometry& g, long m0, int rows, bool relu_in, float* __restrict a) {
     const int c = g.c, kk = g.k;
     const long plane = long(g.oh) * g.ow, row_len = long(kk) * kk * c;
@@ -253,21 +270,25 @@ void patch_rows(const float* __restrict in, const Geometry& g, long m0, int rows
         const int iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
         const float* img = in + n * long(g.h) * g.w * c;
         float* out = a + r * row_len;
+        // Inside the image, the k taps of one row (dilation 1) are k·c contiguous floats of NHWC: one copy.
+        const bool whole_rows = g.dilation == 1 && ix0 >= 0 && ix0 + kk <= g.w;
         for (int dy = 0; dy < kk; ++dy) {
             const int iy = iy0 + dy * g.dilation;
+            float* dst_row = out + dy * kk * long(c);
+            if (iy < 0 || iy >= g.h) {
+                std::memset(dst_row, 0, sizeof(float) * kk * c);
+                continue;
+            }
+            const float* src_row = img + long(iy) * g.w * c;
+            if (whole_rows) {
+                copy_span(dst_row, src_row + long(ix0) * c, long(kk) * c, relu_in);
+                continue;
+            }
             for (int dx = 0; dx < kk; ++dx) {
                 const int ix = ix0 + dx * g.dilation;
-                float* dst = out + (dy * kk + dx) * long(c);
-                if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-                    std::memset(dst, 0, sizeof(float) * c);
-                    continue;
-                }
-                const float* src = img + (long(iy) * g.w + ix) * c;
-                if (!relu_in) {
-                    std::memcpy(dst, src, sizeof(float) * c);
-                } else {
-                    for (int ch = 0; ch < c; ++ch) dst[ch] = src[ch] > 0.f ? src[ch] : 0.f;
-                }
+                float* dst = dst_row + dx * long(c);
+                if (ix < 0 || ix >= g.w) std::memset(dst, 0, sizeof(float) * c);
+                else copy_span(dst, src_row + long(ix) * c, c, relu_in);
             }
         }
     }
