@@ -11,7 +11,7 @@ from PIL import Image
 import xception
 from data_factory import CLASSES, add_bad_files, stripes_folder
 from xception.cli import main
-from xception.evaluate import Counts, evaluate, plot_confusion
+from xception.evaluate import Counts, count_batches, evaluate, plot_confusion
 from xception.preprocessing import Preprocessing
 
 # 8 images, 6 classes. Each row ranks the classes from most to least likely.
@@ -160,3 +160,68 @@ def test_evaluate_refuses_folders_with_unknown_classes(weights_and_folder, tmp_p
     Image.new("RGB", (32, 32)).save(tmp_path / "other" / "zebra" / "z.png")
     assert main(["evaluate", "--weights", str(weights), "--data", str(tmp_path / "other")]) == 1
     assert "does not know: ['zebra']" in capsys.readouterr().err
+
+
+class LeftColumns(torch.nn.Module):
+    """A model that looks only at the first pixels of the top row: its mirror sees the last ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(4.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x[:, 0, 0, :3]
+
+
+def test_test_time_flip_counts_the_mean_of_the_two_softmax_distributions():
+    images = torch.rand(6, 1, 2, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+    counts = count_batches(LeftColumns(), [(images[:4], labels[:4], []), (images[4:], labels[4:], [])], 3, flip=True)
+    p = ((4 * images[:, 0, 0, :3]).softmax(1) + (4 * images[:, 0, 0, [4, 3, 2]]).softmax(1)) / 2
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for t, q in zip(labels.tolist(), p.argmax(1).tolist(), strict=True):
+        expected[t, q] += 1
+    assert torch.equal(counts.confusion, expected)
+    assert counts.loss == pytest.approx(float(-p[range(6), labels].log().mean()), rel=1e-6)
+    plain = count_batches(LeftColumns(), [(images, labels, [])], 3)
+    assert plain.loss != pytest.approx(counts.loss, rel=1e-3)
+
+
+def test_evaluate_with_test_time_flip_agrees_with_a_direct_forward_and_says_so(weights_and_folder, tmp_path, capsys):
+    _, folder = weights_and_folder
+    # A confident, left-right asymmetric model: an untrained one's near-uniform outputs would hide the mirror.
+    torch.manual_seed(1)
+    model = xception.create_model("xception", num_classes=3, stem="small", width=0.25, middle_repeats=1)
+    with torch.no_grad():
+        model.head.fc.weight.mul_(300.0)
+    weights = tmp_path / "confident.safetensors"
+    xception.save_weights(model, weights, class_names=list(CLASSES),
+                          preprocessing=Preprocessing(input_size=32, crop_pct=1.0, interpolation="bilinear"))
+    plain = evaluate(weights, folder, progress=False, workers=0)
+    flipped = evaluate(weights, folder, progress=False, workers=0, flip=True)
+    # By hand: each readable image and its mirror, probabilities averaged.
+    model = xception.create_model("xception", weights=weights).eval()
+    expected, loss = torch.zeros(3, 3, dtype=torch.long), 0.0
+    for label, name in enumerate(CLASSES):
+        for path in sorted((folder / name).glob("*.png")):
+            try:
+                pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+            except (OSError, Image.DecompressionBombError):
+                continue
+            if pixels.shape != (32, 32, 3):
+                continue
+            x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None]
+            mirror = torch.from_numpy(np.ascontiguousarray(pixels[:, ::-1]) / 127.5 - 1).permute(2, 0, 1)[None]
+            with torch.no_grad():
+                p = (model(x).softmax(1) + model(mirror).softmax(1)) / 2
+            expected[label, int(p.argmax())] += 1
+            loss -= math.log(float(p[0, label]))
+    assert torch.equal(flipped.counts.confusion, expected)
+    assert flipped.counts.loss == pytest.approx(loss / 15, rel=1e-5)
+    assert abs(flipped.counts.loss - plain.counts.loss) > 1e-3  # far beyond the tolerance above
+    # Labelled wherever a figure is reported: text, JSON, the command's last line.
+    assert "with test-time flip" in flipped.format() and "test-time flip" not in plain.format()
+    assert flipped.to_dict()["test_time_flip"] is True and plain.to_dict()["test_time_flip"] is False
+    assert main(["evaluate", "--weights", str(weights), "--data", str(folder), "--no-progress", "--workers", "0",
+                 "--flip"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("accuracy with test-time flip: ")

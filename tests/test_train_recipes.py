@@ -1,5 +1,6 @@
 """Recipes: the shipped files load, their schedules give the stated values, overrides and errors are clear."""
 
+import dataclasses
 import math
 
 import pytest
@@ -118,3 +119,61 @@ def test_train_command_lists_and_shows_recipes_with_flag_overrides(capsys):
     assert shown == expected.replace(name="shown")
     assert main(["train", "some/folder", "--show-recipe"]) == 0
     assert Recipe.from_toml(capsys.readouterr().out, "modern") == load_recipe("modern")
+
+
+def test_show_recipe_spells_out_every_model_option_with_its_documentation(capsys):
+    from xception.cli import main
+    from xception.models import XceptionConfig
+    from xception.train.recipe import FROM_RUN, model_option_docs
+
+    docs = model_option_docs()
+    assert list(docs) == [f.name for f in dataclasses.fields(XceptionConfig)] and all(docs.values())
+    for name in list_recipes():
+        assert main(["train", "--recipe", name, "--show-recipe"]) == 0
+        shown = capsys.readouterr().out
+        model_section = shown.split("[model]\n", 1)[1].split("\n[", 1)[0]
+        recipe = load_recipe(name)
+        for option in docs:
+            if option in recipe.model_options:  # set: a setting
+                prefix = f"{option} = "
+            elif option not in FROM_RUN:  # unset: the model's default, commented out
+                prefix = f"# {option} = "
+            else:
+                continue
+            line = next(s for s in model_section.splitlines() if s.startswith(prefix))
+            comment = line.partition(" # ")[2]
+            assert len(comment) > 20 and docs[option].startswith(comment)  # its documentation beside it
+        assert Recipe.from_toml(shown, name) == recipe  # and it reads back as the same recipe
+    assert main(["train", "--show-recipe", "--set", "model.width=0.5"]) == 0
+    assert "\nwidth = 0.5 " in capsys.readouterr().out
+
+
+def test_show_recipe_round_trips_every_setting_changed(capsys):
+    from xception.cli import main
+
+    changes = ["erase=0.5", "erase_scale=[0.05, 0.3]", "erase_ratio=[0.5, 2.0]", "input_size=32", "ema_decay=0.999",
+               "model.residual=false", "model.output_stride=8", "model.global_pool=\"max\"", "warmup_epochs=2"]
+    assert main(["train", "--show-recipe", *[a for c in changes for a in ("--set", c)]]) == 0
+    shown = Recipe.from_toml(capsys.readouterr().out, "fashion-mnist")
+    assert shown == apply_overrides(load_recipe("fashion-mnist"), changes)
+    assert shown.model_options["output_stride"] == 8 and shown.erase_scale == (0.05, 0.3)
+
+
+def test_random_erasing_is_a_recipe_setting_that_reaches_the_augmentation():
+    r = apply_overrides(load_recipe("fashion-mnist"), ["erase=0.4", "erase_scale=[0.1, 0.2]", "erase_ratio=[0.5, 2]"])
+    aug = r.augmentation()
+    assert (aug.erase, aug.erase_scale, aug.erase_ratio) == (0.4, (0.1, 0.2), (0.5, 2.0))
+    assert Recipe().augmentation().erase == 0.0  # off unless a recipe asks
+    with pytest.raises(ValueError, match="erase is a probability"):
+        Recipe(erase=2.0)
+    with pytest.raises(ValueError, match="erase_scale needs two values"):
+        Recipe(erase_scale=(0.1,))
+
+
+def test_model_options_are_checked_when_the_recipe_is_read():
+    with pytest.raises(ValueError, match=r"recipe 'mine': unknown model option\(s\) \['widht'\]"):
+        Recipe.from_toml('[model]\nwidht = 0.5\n', "mine")
+    with pytest.raises(ValueError, match="recipe 'mine': width must be in"):
+        Recipe.from_toml('[model]\nwidth = 0\n', "mine")
+    with pytest.raises(ValueError, match="unknown model 'xception99'"):
+        Recipe.from_toml('[model]\nname = "xception99"\n', "mine")

@@ -6,6 +6,9 @@
 
 Counting is exact and additive (a confusion matrix of integer counts, a top-5 hit count, a loss sum), so
 counts from several processes or batches add up to the single-pass result.
+
+``flip=True`` is test-time flip: each image and its mirror image are classified and their class
+probabilities averaged. Every figure it gives is labelled "with test-time flip".
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ log = logging.getLogger("xception.evaluate")
 
 
 TOP_K = 5
+FLIP_LABEL = "with test-time flip"
 
 
 @dataclass
@@ -101,9 +105,12 @@ def count_batches(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, list[Any]]], num_classes: int, *,
     device: torch.device | str = "cpu", autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     channels_last: bool = False, on_skipped: Callable[[list[Any]], None] | None = None,
-    progress: bool = False, desc: str = "evaluating", total: int | None = None,
+    progress: bool = False, desc: str = "evaluating", total: int | None = None, flip: bool = False,
 ) -> Counts:
-    """Run ``model`` (in eval mode) over ``batches`` and count; the model's mode is restored after."""
+    """Run ``model`` (in eval mode) over ``batches`` and count; the model's mode is restored after.
+
+    ``flip``: test-time flip. The model also sees each image mirrored left to right, and what is counted
+    is the mean of the two softmax distributions (as log-probabilities: the loss is that of the mean)."""
     was_training = model.training
     model.eval()
     counts = Counts.zeros(num_classes, device)
@@ -118,6 +125,11 @@ def count_batches(
             images = images.to(dtype, memory_format=torch.channels_last if channels_last else torch.preserve_format)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 logits = model(images)
+                if flip:
+                    mirrored = model(images.flip(-1))
+            if flip:
+                pair = torch.stack((logits.float(), mirrored.float())).log_softmax(-1)
+                logits = pair.logsumexp(0) - math.log(2)
             counts.update(logits, labels)
     finally:
         bar.close()
@@ -136,6 +148,7 @@ class EvalReport:
     skipped: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     plot: str | None = None
+    flip: bool = False  # test-time flip: every figure is labelled with it
 
     def to_dict(self) -> dict[str, Any]:
         c = self.counts
@@ -148,6 +161,7 @@ class EvalReport:
             "top1": c.top1,
             "top5": c.top5,
             "loss": c.loss,
+            "test_time_flip": self.flip,
             "per_class": {name: {"accuracy": acc, "images": n}
                           for name, acc, n in zip(self.class_names, per_class, support, strict=True)},
             "confusion_matrix": c.confusion.tolist(),
@@ -160,9 +174,9 @@ class EvalReport:
 
     def format(self) -> str:
         c = self.counts
-        lines = [f"{self.dataset}: {c.total} images, weights {self.weights}"]
+        lines = [f"{self.dataset}: {c.total} images, weights {self.weights}" + (f", {FLIP_LABEL}" if self.flip else "")]
         lines.append(f"top-1 {100 * c.top1:.2f} %" + (f"   top-5 {100 * c.top5:.2f} %" if c.top5 is not None else "")
-                     + f"   loss {c.loss:.4f}")
+                     + f"   loss {c.loss:.4f}" + (f"   ({FLIP_LABEL})" if self.flip else ""))
         width = max(len(n) for n in self.class_names)
         support = c.confusion.sum(1).tolist()
         lines.append("per class:")
@@ -218,7 +232,7 @@ def evaluate(
     model_options: Mapping[str, Any] | None = None,
     split: str = "test", batch_size: int = 128, device: str = "auto", workers: int | None = None,
     strict: bool = False, data_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-    plot: str | os.PathLike[str] | None = None,
+    plot: str | os.PathLike[str] | None = None, flip: bool = False,
 ) -> EvalReport:
     """Evaluate ``weights`` on ``data`` (``"fashion-mnist"`` or a folder of class sub-folders).
 
@@ -226,6 +240,7 @@ def evaluate(
     is the one the weights carry. ``model_name`` names the network of a bare state dict (every other
     format says it itself); ``model_options`` are config fields for :func:`xception.create_model` (e.g.
     ``{"in_chans": 1}``). ``plot`` writes the confusion-matrix PNG there; without it nothing is written.
+    ``flip``: test-time flip (:func:`count_batches`); the report says so wherever it gives a figure.
     """
     from .api import create_model, inference_preprocessing
     from .data import ShardSampler, SkipLog, evaluation_source
@@ -255,7 +270,8 @@ def evaluate(
                                  workers=workers, sampler=ShardSampler(len(source), env.rank, env.world_size))
         start = time.perf_counter()
         counts = count_batches(model, batches, len(classes), device=dev, on_skipped=skip_log.add,
-                               progress=progress and env.is_main, total=len(batches)).all_reduce(all_reduce_sum)
+                               progress=progress and env.is_main, total=len(batches),
+                               flip=flip).all_reduce(all_reduce_sum)
         elapsed = time.perf_counter() - start
     finally:
         if joined:
@@ -264,9 +280,11 @@ def evaluate(
         plot = None  # one process draws
     if counts.total == 0:
         raise DataError(f"no readable images in {data}")
-    report = EvalReport(str(weights), source.description, list(classes), counts, skip_log.counts(), elapsed)
+    report = EvalReport(str(weights), source.description, list(classes), counts, skip_log.counts(), elapsed,
+                        flip=flip)
     if plot is not None:
-        title = f"{Path(str(weights)).name} on {source.description} (top-1 {100 * counts.top1:.1f} %)"
+        title = f"{Path(str(weights)).name} on {source.description} (top-1 {100 * counts.top1:.1f} %"
+        title += f", {FLIP_LABEL})" if flip else ")"
         report.plot = str(plot_confusion(counts.confusion, classes, plot, title=title))
     if math.isnan(counts.loss):
         log.warning("the loss is NaN: the weights may be damaged")

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: automatic)")
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping")
+    p.add_argument("--flip", action="store_true", help="test-time flip: also classify each image mirrored left to "
+                   "right and average the two; every figure is labelled 'with test-time flip'")
     p.add_argument("--plot", metavar="PNG", help="write the confusion-matrix plot to this file (default: no plot)")
     p.add_argument("--no-plot", action="store_true", help=argparse.SUPPRESS)  # once needed; no plot is the default
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -38,14 +40,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..distributed import is_main_process
-    from ..evaluate import evaluate
+    from ..evaluate import FLIP_LABEL, evaluate
     from ._common import print_json
     from ._output import setup_logging
 
     setup_logging()
     report = evaluate(args.weights, args.data, model_name=args.model, model_options=dict(args.options),
                       split=args.split, batch_size=args.batch_size, device=args.device, workers=args.workers,
-                      strict=args.strict, data_dir=args.data_dir, progress=not args.no_progress, plot=args.plot)
+                      strict=args.strict, data_dir=args.data_dir, progress=not args.no_progress, plot=args.plot,
+                      flip=args.flip)
     if not is_main_process():
         return 0  # under torchrun: rank 0 reports the counts summed over all processes
     if args.json:
@@ -53,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report.format())
         label = "test accuracy" if args.data == "fashion-mnist" and args.split == "test" else "accuracy"
-        print(f"{label}: {100 * report.counts.top1:.1f} %")
+        print(f"{label}{' ' + FLIP_LABEL if args.flip else ''}: {100 * report.counts.top1:.1f} %")
     return 0

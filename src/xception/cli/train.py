@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="under torchrun: BatchNorm statistics over all processes' batches")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any recipe setting, e.g. --set model.width=0.5 --set hflip=0 (repeatable)")
-    p.add_argument("--show-recipe", action="store_true", help="print the resolved recipe as TOML and exit")
+    p.add_argument("--show-recipe", action="store_true", help="print the resolved recipe as TOML and exit: every "
+                   "setting and model option, each with its documentation (unset model options commented out)")
     p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")

@@ -8,7 +8,9 @@ Two kinds, one meaning:
   batch is — far cheaper than a PIL round trip per 28×28 image.
 
 Training augmentation follows the paper's recipe family (Inception-style random resized crop and
-horizontal flip); evaluation resizes the shorter side to ``input_size / crop_pct`` and takes the centre.
+horizontal flip), with random erasing (Zhong et al., AAAI 2020) on top when asked; evaluation resizes the
+shorter side to ``input_size / crop_pct`` and takes the centre. An input size above the images' own (28 px
+Fashion-MNIST at 32) upsamples them the same way in both.
 """
 
 from __future__ import annotations
@@ -42,12 +44,19 @@ class Augmentation:
         hflip: probability of a horizontal flip.
         translate: how far (fraction of the side) a crop may reach beyond the border, filled with black;
             0 keeps crops inside the image. Small images (Fashion-MNIST) like a little of it.
+        erase: probability of random erasing: a rectangle of the (cropped, normalised) image replaced by
+            standard normal noise, Zhong et al.'s best variant (0: off).
+        erase_scale: range of the erased rectangle's area as a fraction of the image (the paper: 0.02–0.4).
+        erase_ratio: range of its aspect ratio, height / width, drawn log-uniformly (the paper: 0.3–1/0.3).
     """
 
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     translate: float = 0.0
+    erase: float = 0.0
+    erase_scale: tuple[float, float] = (0.02, 0.4)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
@@ -58,6 +67,56 @@ class Augmentation:
             raise ConfigError(f"hflip is a probability, got {self.hflip}")
         if not 0.0 <= self.translate < 1.0:
             raise ConfigError(f"translate must be in [0, 1), got {self.translate}")
+        if not 0.0 <= self.erase <= 1.0:
+            raise ConfigError(f"erase is a probability, got {self.erase}")
+        if not 0.0 < self.erase_scale[0] <= self.erase_scale[1] < 1.0:
+            raise ConfigError(f"erase_scale must satisfy 0 < low ≤ high < 1, got {self.erase_scale}")
+        if not 0.0 < self.erase_ratio[0] <= self.erase_ratio[1]:
+            raise ConfigError(f"erase_ratio must satisfy 0 < low ≤ high, got {self.erase_ratio}")
+
+
+def random_erase(x: torch.Tensor, aug: Augmentation, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random erasing of a batch (N, C, H, W): with probability ``aug.erase`` per image, one rectangle of
+    ``aug.erase_scale`` of the area and aspect ratio (height / width) in ``aug.erase_ratio`` is replaced
+    by standard normal noise. Up to 10 shapes are drawn per image and the first that fits inside is
+    used (none fits: the image is kept). Every draw comes from ``generator`` and their number does not
+    depend on the outcome, so the same generator state gives the same batch."""
+    if aug.erase <= 0.0:
+        return x
+    n, c, h, w = x.shape
+    tries = 10
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, dtype=torch.float64) * (high - low) + low
+
+    chosen = torch.rand(n, generator=generator) < aug.erase
+    area = uniform(*aug.erase_scale, n, tries) * (h * w)
+    ratio = uniform(math.log(aug.erase_ratio[0]), math.log(aug.erase_ratio[1]), n, tries).exp()
+    heights, widths = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
+    fits = (heights >= 1) & (heights < h) & (widths >= 1) & (widths < w)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first shape that fits (0 when none does)
+    eh, ew = heights.gather(1, first).squeeze(1), widths.gather(1, first).squeeze(1)
+    chosen &= fits.any(1)
+    top = (torch.rand(n, generator=generator, dtype=torch.float64) * (h - eh + 1)).floor().long()
+    left = (torch.rand(n, generator=generator, dtype=torch.float64) * (w - ew + 1)).floor().long()
+    noise = torch.randn(n, c, h, w, generator=generator)
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
+    inside_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
+    mask = inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]
+    mask = mask[:, None].to(x.device)
+    return torch.where(mask, noise.to(x.device, x.dtype), x)
+
+
+class _EraseOne:
+    """Random erasing of one image tensor (C, H, W) in a per-image pipeline, from the global RNG (which
+    the folder dataset seeds per sample)."""
+
+    def __init__(self, aug: Augmentation) -> None:
+        self.aug = aug
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return random_erase(image[None], self.aug)[0]
 
 
 def _normalize(pre: Preprocessing) -> list[Any]:
@@ -76,7 +135,7 @@ def eval_transform(pre: Preprocessing) -> Callable[[Any], torch.Tensor]:
 
 
 def train_transform(pre: Preprocessing, aug: Augmentation) -> Callable[[Any], torch.Tensor]:
-    """PIL image → augmented, normalised tensor: random resized crop, horizontal flip."""
+    """PIL image → augmented, normalised tensor: random resized crop, horizontal flip, random erasing."""
     steps: list[Any] = []
     if aug.translate:
         steps.append(v2.Pad(round(aug.translate * pre.input_size)))
@@ -85,7 +144,8 @@ def train_transform(pre: Preprocessing, aug: Augmentation) -> Callable[[Any], to
                              interpolation=_INTERPOLATION[pre.interpolation], antialias=True),
         v2.RandomHorizontalFlip(aug.hflip),
     ]
-    return v2.Compose([*steps, *_normalize(pre)])
+    erase = [_EraseOne(aug)] if aug.erase > 0 else []
+    return v2.Compose([*steps, *_normalize(pre), *erase])
 
 
 class BatchTransform:
@@ -110,7 +170,9 @@ class BatchTransform:
             x = x.expand(-1, channels, -1, -1)  # grayscale images for an RGB model
         mean = torch.tensor(self.pre.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.pre.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        x = (x - mean) / std
+        # Erasing comes last, in normalised units, as in the per-image pipeline.
+        return random_erase(x, self.aug, generator) if self.aug is not None else x
 
     def _resize_crop(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.pre
@@ -152,4 +214,9 @@ class BatchTransform:
         theta = theta.to(x.device)
         size = self.pre.input_size
         grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+        # Within the image's extent, sample as a resize does (the outer half pixel repeats the edge pixel)
+        # rather than blending with the black beyond: an input larger than the images (28 px Fashion-MNIST
+        # at 32) is then upsampled exactly as evaluation upsamples it. Past the extent (translate), black.
+        limits = torch.tensor([1 - 1 / x.shape[-1], 1 - 1 / x.shape[-2]], device=grid.device)
+        grid = torch.where(grid.abs() <= 1, torch.minimum(torch.maximum(grid, -limits), limits), grid)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

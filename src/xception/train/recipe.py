@@ -15,7 +15,10 @@ The recipes shipped with the package live next to this file (``recipes/*.toml``)
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
+import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,11 +27,15 @@ from typing import Any
 
 from ..data.transforms import Augmentation
 from ..errors import ConfigError, MissingPathError
+from ..models import XceptionConfig, list_models, model_config
 from ..preprocessing import Preprocessing
 
 SECTIONS: tuple[str, ...] = ("data", "optim", "runtime")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "rmsprop")
 SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
+# Model options a recipe leaves to the run: the table (the model's name says it), the classifier's outputs
+# (the data's class count) and the input channels (one per value of mean).
+FROM_RUN: tuple[str, ...] = ("arch", "num_classes", "in_chans")
 
 
 def _f(default: Any, section: str, doc: str) -> Any:
@@ -42,7 +49,8 @@ class Recipe:
     name: str = field(default="custom", metadata={"section": "", "doc": "recipe name"})
     description: str = field(default="", metadata={"section": "", "doc": "what the recipe is for"})
     model: str = field(default="xception", metadata={"section": "", "doc": "registered model name"})
-    model_options: dict[str, Any] = field(default_factory=dict, metadata={"section": "model", "doc": ""})
+    model_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "section": "model", "doc": "options of the model (fields of XceptionConfig); unset ones keep the model's"})
 
     # data: preprocessing (when the weights carry none) and training augmentation
     input_size: int = _f(299, "data", "side of the square network input, pixels")
@@ -55,6 +63,9 @@ class Recipe:
     ratio: tuple[float, ...] = _f((0.75, 1.3333333), "data", "random resized crop: range of the aspect ratio")
     hflip: float = _f(0.5, "data", "probability of a horizontal flip")
     translate: float = _f(0.0, "data", "how far a crop may reach past the border (fraction of the side)")
+    erase: float = _f(0.0, "data", "random erasing: probability per image of a rectangle replaced by noise (0: off)")
+    erase_scale: tuple[float, ...] = _f((0.02, 0.4), "data", "random erasing: range of the rectangle's area fraction")
+    erase_ratio: tuple[float, ...] = _f((0.3, 3.3), "data", "random erasing: range of its aspect ratio (height/width)")
     val_fraction: float = _f(0.1, "data", "share of each class held out for validation without a val folder")
     workers: int = _f(-1, "data", "image decoding processes (-1: one per core, at most 8)")
 
@@ -128,6 +139,10 @@ class Recipe:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"recipe {self.name!r}: {message}")
+        try:
+            model_config(self.model, **self.model_options)  # unknown models and options fail here, not mid-run
+        except ConfigError as err:
+            raise ConfigError(f"recipe {self.name!r}: {err}") from err
         self.preprocessing()  # checks input_size, crop_pct, interpolation, mean/std
         self.augmentation()
         return self
@@ -143,8 +158,10 @@ class Recipe:
         )
 
     def augmentation(self) -> Augmentation:
-        return Augmentation(scale=(self.scale[0], self.scale[1]), ratio=(self.ratio[0], self.ratio[1]),
-                            hflip=self.hflip, translate=self.translate)
+        return Augmentation(scale=_pair("scale", self.scale), ratio=_pair("ratio", self.ratio), hflip=self.hflip,
+                            translate=self.translate, erase=self.erase,
+                            erase_scale=_pair("erase_scale", self.erase_scale),
+                            erase_ratio=_pair("erase_ratio", self.erase_ratio))
 
     def scaled_lr(self, global_batch: int) -> float:
         """The peak learning rate for ``global_batch`` images per update: ``lr × global_batch /
@@ -198,17 +215,54 @@ class Recipe:
         return cls.from_dict(flat)
 
     def to_toml(self) -> str:
-        """The recipe as TOML, in sections, every setting spelled out (a fully resolved config)."""
+        """The recipe as TOML, in sections, every setting spelled out with its documentation (a fully
+        resolved config). Model options the recipe leaves unset are written commented out, with the
+        named model's default: they follow ``name`` when it is edited."""
         fields = dataclasses.fields(self)
         lines = [f"# {self.name} recipe, resolved: every setting spelled out.",
-                 f"description = {toml_value(self.description)}", "", "[model]", f"name = {toml_value(self.model)}"]
-        lines += [f"{k} = {toml_value(v)}" for k, v in self.model_options.items() if v is not None]
+                 f"# Model options shown commented out are unset: {self.model}'s defaults, which follow `name`.",
+                 f"description = {toml_value(self.description)}", "", "[model]"]
+        lines += _commented(f"name = {toml_value(self.model)}", f"registered model: {', '.join(list_models())}")
+        docs, defaults = model_option_docs(), model_config(self.model).to_dict()
+        explicit = {k: v for k, v in self.model_options.items() if v is not None}
+        lines += [line for key, doc in docs.items() if key in explicit
+                  for line in _commented(f"{key} = {toml_value(explicit[key])}", doc)]
+        for key, doc in docs.items():
+            if key not in explicit and key not in FROM_RUN:
+                value = "unset" if defaults[key] is None else toml_value(defaults[key])
+                lines += _commented(f"# {key} = {value}", doc)
         for section in SECTIONS:
             lines += ["", f"[{section}]"]
             for f in fields:
                 if f.metadata["section"] == section:
-                    lines.append(f"{f.name} = {toml_value(getattr(self, f.name))}".ljust(36) + f"# {f.metadata['doc']}")
+                    lines += _commented(f"{f.name} = {toml_value(getattr(self, f.name))}", f.metadata["doc"])
         return "\n".join(lines) + "\n"
+
+
+def model_option_docs() -> dict[str, str]:
+    """Every option of :class:`~xception.models.XceptionConfig`, in field order, with its documentation
+    (the class docstring's ``Attributes`` entry, one line)."""
+    docs: dict[str, str] = {}
+    text = inspect.cleandoc(XceptionConfig.__doc__ or "").split("Attributes:", 1)[-1]
+    for entry in re.split(r"\n(?=    \S)", text):  # entries start at four spaces; their continuations deeper
+        names, sep, doc = entry.strip().partition(":")
+        if sep:
+            for name in names.split(","):
+                docs[name.strip()] = " ".join(doc.split())
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(XceptionConfig)}
+
+
+def _commented(setting: str, doc: str, column: int = 36, width: int = 120) -> list[str]:
+    """``setting`` followed by ``# doc``, wrapped at ``width`` with the continuation aligned under it."""
+    wrapped = textwrap.wrap(doc, width - column - 2) or [""]
+    lines = [setting.ljust(column - 1) + f" # {wrapped[0]}".rstrip()]
+    return lines + [" " * column + f"# {more}" for more in wrapped[1:]]
+
+
+def _pair(name: str, values: tuple[float, ...]) -> tuple[float, float]:
+    if len(values) != 2:
+        raise ConfigError(f"recipe setting {name} needs two values (low, high), got {list(values)}")
+    return values[0], values[1]
 
 
 def _section_settings(recipe: str, section: str, values: dict[str, Any], sections: dict[str, str]) -> dict[str, Any]:
@@ -230,7 +284,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         return float(value)
     if isinstance(default, int) and isinstance(value, float) and value.is_integer():
         return int(value)
-    if name in ("mean", "std", "scale", "ratio", "betas"):
+    if name in ("mean", "std", "scale", "ratio", "betas", "erase_scale", "erase_ratio"):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"recipe setting {name} must be a list of numbers, got {value!r}")
         return tuple(float(v) for v in value)
