@@ -257,6 +257,47 @@ def test_bias_through_the_batch_norm_kernel_is_a_plain_add(dtype, tol):
     assert ((out.double() - expected).abs() / expected.abs().clamp_min(1)).max() <= max(tol, 2 ** -8)
 
 
+@pytest.mark.parametrize("name", ["xception", "legacy_xception", "xception41"])
+def test_bf16_fast_path_on_cpu_matches_float32_within_bf16_tolerance(name):
+    model = small(name)
+    x = torch.randn(2, 3, 75, 75)
+    with torch.no_grad():
+        expected = model(x)
+    fast = optimize(model, dtype=torch.bfloat16)
+    out = fast(x)
+    assert fast.settings["dtype"] == "bfloat16" and out.dtype == torch.float32
+    assert relative_error(out, expected) <= BF16_TOL
+    if fused_module.mkldnn_bf16_available():  # every 1×1 conv then runs as a GEMM
+        pointwise = [c for c in fast.program.convs() if c.pointwise]
+        assert pointwise and all(c._matrix is not None for c in pointwise)
+
+
+@pytest.mark.parametrize("stride, add, relu", [(1, False, False), (2, True, True), (1, True, False)])
+def test_a_bf16_pointwise_conv_as_a_gemm_is_the_conv(stride, add, relu):
+    if not fused_module.mkldnn_bf16_available():
+        pytest.skip("oneDNN has no native bfloat16 on this CPU: 1×1 convs stay convolutions")
+    conv = nn.Conv2d(24, 40, 1, stride=stride, bias=True).to(torch.bfloat16)
+    fused = FusedConv(conv)
+    fused.relu_out = relu
+    fused.set_backend("mkldnn")
+    assert fused._matrix is not None
+    x = torch.randn(3, 24, 11, 11, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    out_hw = (11 - 1) // stride + 1
+    residual = torch.randn(3, 40, out_hw, out_hw, dtype=torch.bfloat16) if add else None  # NCHW on purpose
+    y = fused(x, residual)
+    if fused_module.onednn_linear_available():
+        fused._packed = None  # the plain-PyTorch GEMM must agree too
+        torch.testing.assert_close(fused(x, residual).float(), y.float(), rtol=2e-2, atol=2e-2)
+    expected = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), stride=stride)
+    if add:
+        expected = expected + residual.double()
+    if relu:
+        expected = expected.relu()
+    assert y.shape == expected.shape and y.dtype == torch.bfloat16
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(y.float(), expected.float()) <= 2e-2
+
+
 # -- clean fallbacks ------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,9 @@ add passes of the plain model disappear where a backend can do them inside the c
 
 * ``"mkldnn"`` (CPU, float32): oneDNN convolutions with pre-packed (blocked) weights and fused
   ReLU / residual-add post-ops, the calls Inductor emits when it freezes a model, without compiling.
+  In bfloat16 the 1×1 convs run as one matrix product of the NHWC rows instead (:meth:`FusedConv._gemm`):
+  oneDNN's bf16 convolution falls back to a reference kernel for most of Xception's 1×1 shapes
+  (12 GFLOP/s for 1536→2048 at 10², where its matmul runs at 400+ with AMX; benchmarks/NOTES.md).
 * ``"triton"`` (CUDA, depthwise convs only): one kernel for pad → ReLU → depthwise → bias → ReLU
   (:mod:`xception.fast.triton_depthwise`).
 * ``"cudnn"`` (CUDA): cuDNN's fused convolution + bias (+ residual) + ReLU where a ReLU follows; elsewhere
@@ -67,6 +70,12 @@ def mkldnn_bf16_available() -> bool:
         return False
 
 
+def onednn_linear_available() -> bool:
+    """Whether oneDNN's matmul with a pre-packed weight (Inductor's CPU linear) exists in this PyTorch."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    return ops is not None and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight")
+
+
 class Affine(nn.Module):
     """``x·scale + shift`` per channel: an eval-mode BatchNorm that has no convolution to fold into."""
 
@@ -102,10 +111,17 @@ class FusedConv(nn.Module):
         self._packed: torch.Tensor | None = None  # oneDNN's blocked weight (not a buffer: it cannot be saved)
         self._taps: torch.Tensor | None = None  # the Triton kernel's (kh·kw, C) float32 weight
         self._bn_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # cudnn: (variance, mean) for the bias
+        self._matrix: torch.Tensor | None = None  # mkldnn, bf16 1×1 convs: the (out, in) weight of the GEMM
 
     @property
     def depthwise(self) -> bool:
         return self.groups == self.in_channels == self.out_channels and self.groups > 1
+
+    @property
+    def pointwise(self) -> bool:
+        """A plain 1×1 conv (any stride): a matrix product of the pixels' channel vectors. (TF-'same'
+        padding of a 1×1 kernel is always zero.)"""
+        return self.kernel_size == (1, 1) and self.groups == 1 and self.padding == (0, 0) and self.dilation == (1, 1)
 
     def supports(self, backend: Backend) -> bool:
         if backend == "triton":
@@ -124,8 +140,12 @@ class FusedConv(nn.Module):
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend if self.supports(backend) else "torch"
-        self._packed = self._taps = self._bn_stats = None
-        if self.backend == "mkldnn":
+        self._packed = self._taps = self._bn_stats = self._matrix = None
+        if self.backend == "mkldnn" and self.pointwise and self.weight.dtype == torch.bfloat16:
+            self._matrix = self.weight.reshape(self.out_channels, self.in_channels).contiguous()
+            if onednn_linear_available():  # the weight packed once for oneDNN's AMX/AVX-512 matmul
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(self._matrix)
+        elif self.backend == "mkldnn":
             self._packed = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, list(self.padding), list(self.stride), list(self.dilation), self.groups, None
             )
@@ -138,7 +158,7 @@ class FusedConv(nn.Module):
     def _apply(self, fn, recurse=True):
         # .to()/.cuda()/.half() change the weights: re-derive the backend's copy of them.
         super()._apply(fn, recurse)
-        if self._packed is not None or self._taps is not None or self._bn_stats is not None:
+        if any(t is not None for t in (self._packed, self._taps, self._bn_stats, self._matrix)):
             self.set_backend(self.backend)
         return self
 
@@ -162,6 +182,8 @@ class FusedConv(nn.Module):
             x = self.pad(x)
         if self.relu_in:
             x = F.relu(x)
+        if self._matrix is not None:
+            return self._gemm(x, add)
         if self.backend == "mkldnn":
             args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             if add is None:
@@ -178,6 +200,29 @@ class FusedConv(nn.Module):
         if add is None:
             return y.relu_() if self.relu_out else y
         return self._finish(y, add)
+
+    def _gemm(self, x: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
+        """The 1×1 conv as ``rows @ weightᵀ + bias`` over the (N·H·W, C) rows of an NHWC tensor; the
+        result is NHWC too (a channels_last view), with the residual add and ReLU done in place."""
+        sy, sx = self.stride
+        if (sy, sx) != (1, 1):
+            x = x[:, :, ::sy, ::sx]
+        n, _, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, self.in_channels)  # a view when x is NHWC
+        residual = None if add is None else add.permute(0, 2, 3, 1).reshape(n * h * w, self.out_channels)
+        if self._packed is None:
+            y = F.linear(rows, self._matrix, self.bias)
+            if residual is not None:
+                y.add_(residual)
+        elif residual is None:
+            y = torch.ops.mkldnn._linear_pointwise(rows, self._packed, self.bias, "relu" if self.relu_out else "none",
+                                                   [], "")
+            return y.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
+        else:
+            y = torch.ops.mkldnn._linear_pointwise.binary(rows, residual.contiguous(), self._packed, self.bias, "add")
+        if self.relu_out:
+            y.relu_()
+        return y.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
 
     def _cudnn(self, x: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
         args = (list(self.stride), list(self.padding), list(self.dilation), self.groups)
