@@ -234,9 +234,13 @@ def _interval_text(row: dict[str, Any]) -> tuple[str, str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: setup, the variants' figures, each claim with its test and verdict, the plots, every run."""
+    sections = (_md_introduction, _md_setup, _md_in_short, _md_variants, _md_claims, _md_cost_plots, _md_runs)
+    return "\n".join(line for section in sections for line in section(report)) + "\n"
+
+
+def _md_introduction(report: dict[str, Any]) -> list[str]:
+    """The title, what the paper claims, the scale of this reproduction and the command that ran it."""
     recipe, budget = report["recipe"], report["budget"]
-    seeds = report["seeds"]
-    n = len(seeds)
     options = ", ".join(f"{k}={v}" for k, v in recipe["model_options"].items())
     lines = [f"# {report['title']}", ""]
     lines += [
@@ -254,7 +258,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report["command"]:
         lines += ["Command:", "", "```bash", report["command"], "```", ""]
-    lines += ["## Setup", ""]
+    return lines
+
+
+def _md_setup(report: dict[str, Any]) -> list[str]:
+    """Budget, seeds, evaluation, statistics and machine; then what makes the comparison uneven, if anything."""
+    recipe, budget = report["recipe"], report["budget"]
+    seeds = report["seeds"]
+    n = len(seeds)
+    lines = ["## Setup", ""]
     threads = ", ".join(map(str, report["threads"])) or "?"
     lines += [
         f"- **Budget**: {budget['epochs']} epochs = {budget['steps']} optimizer updates of {budget['global_batch']} "
@@ -280,8 +292,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["missing"]:
         missing = ", ".join(f"{v} seed {s}" for v, s in report["missing"])
         lines += [f"**Incomplete**: no result yet for {missing}; the figures below leave them out.", ""]
+    return lines
 
-    lines += ["## In short", ""]
+
+def _md_in_short(report: dict[str, Any]) -> list[str]:
+    """One line per claim: its verdict and the differences behind it."""
+    lines = ["## In short", ""]
     for claim in report["claims"]:
         parts = []
         for row in claim["comparisons"]:
@@ -292,8 +308,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- {claim['where']}, {claim['short']}: **{claim['verdict']}**{found}.")
     lines += ["", "Differences are in percentage points of top-1, with their 95 % intervals; \"final\" is the "
               f"{report['final_measure']}, \"convergence\" the mean validation top-1 over the run.", ""]
+    return lines
 
-    lines += ["## Variants", ""]
+
+def _md_variants(report: dict[str, Any]) -> list[str]:
+    """The variants' cost and figures over seeds, one table row each."""
+    lines = ["## Variants", ""]
     lines += ["| variant | what changes | parameters | M mult-adds | val top-1 % | test top-1 % | mean val top-1 % "
               "| val top-1 % at 25 % | train s | img/s |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -307,50 +327,72 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "Mean val top-1: the mean over the evaluation points, i.e. the area under the validation curve "
               "per update (higher = converges faster). Train s: training alone (the loop's per-epoch "
               "throughput); img/s: training images per second.", ""]
+    return lines
 
-    lines += ["## The claims", ""]
+
+def _md_claims(report: dict[str, Any]) -> list[str]:
+    lines = ["## The claims", ""]
     for number, claim in enumerate(report["claims"], 1):
-        lines += [f"### {number}. {claim['title']} ({claim['where']})", "", f"**Verdict: {claim['verdict']}.**", ""]
-        if claim["comparisons"]:
-            lines += ["| comparison | measure | seeds | difference (points) | 95 % interval | verdict |",
-                      "|---|---|---:|---:|---:|---|"]
-            for row in claim["comparisons"]:
-                mean, bounds = _interval_text(row)
-                what = (report["final_measure"] if row["measure"] == "final"
-                        else "mean val top-1 (convergence)")
-                lines.append(f"| `{row['a']}` − `{row['b']}` | {what} | {len(row['seeds'])} | {mean} | {bounds} | "
-                             f"{row['verdict']} |")
-            lines.append("")
-            lines += [_test_sentence(row, report) for row in claim["comparisons"]] + [""]
-        facts = claim.get("facts")
-        if facts:
-            lines += [
-                f"The standard-conv model costs {facts['macs_ratio']:.1f}× the multiply-adds and "
-                f"{facts['params_ratio']:.1f}× the parameters of the paper model here, and trains "
-                f"{facts['time_ratio']:.1f}× as long on this machine. (The full-size paper model at 299 px: "
-                f"{facts['paper_model_macs_ratio_299']:.1f}×; narrow layers save less, as the ratio 1/N + 1/k² "
-                "says.)",
-            ]
-            if "equal_time" in facts:
-                eq = facts["equal_time"]["interval"]
-                bounds = "" if eq["low"] is None else f" (95 % interval [{eq['low']:+.2f}, {eq['high']:+.2f}])"
-                lines.append(f"At equal training time — when the standard-conv model has trained as long as the "
-                             f"paper model did in all — the paper model's validation top-1 minus the standard-conv "
-                             f"model's is {eq['mean']:+.2f} points{bounds}; the standard-conv model's schedule has "
-                             "not annealed by then, so this is a fact about this recipe, not a fair race.")
-            lines.append("")
-        if claim["figure"] and claim["figure"] in report.get("plots", []):
-            lines += [f"![{claim['where']}]({claim['figure']})", ""]
+        lines += _md_claim(number, claim, report)
+    return lines
 
-    lines += ["## Accuracy against cost", ""]
+
+def _md_claim(number: int, claim: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    """One claim: its verdict, the comparisons' table and tests in words, its facts and its figure."""
+    lines = [f"### {number}. {claim['title']} ({claim['where']})", "", f"**Verdict: {claim['verdict']}.**", ""]
+    if claim["comparisons"]:
+        lines += ["| comparison | measure | seeds | difference (points) | 95 % interval | verdict |",
+                  "|---|---|---:|---:|---:|---|"]
+        for row in claim["comparisons"]:
+            mean, bounds = _interval_text(row)
+            what = (report["final_measure"] if row["measure"] == "final"
+                    else "mean val top-1 (convergence)")
+            lines.append(f"| `{row['a']}` − `{row['b']}` | {what} | {len(row['seeds'])} | {mean} | {bounds} | "
+                         f"{row['verdict']} |")
+        lines.append("")
+        lines += [_test_sentence(row, report) for row in claim["comparisons"]] + [""]
+    facts = claim.get("facts")
+    if facts:
+        lines += _md_separable_facts(facts)
+    if claim["figure"] and claim["figure"] in report.get("plots", []):
+        lines += [f"![{claim['where']}]({claim['figure']})", ""]
+    return lines
+
+
+def _md_separable_facts(facts: dict[str, Any]) -> list[str]:
+    """What the standard convs cost, and the race at equal training time (reported, not tested)."""
+    lines = [
+        f"The standard-conv model costs {facts['macs_ratio']:.1f}× the multiply-adds and "
+        f"{facts['params_ratio']:.1f}× the parameters of the paper model here, and trains "
+        f"{facts['time_ratio']:.1f}× as long on this machine. (The full-size paper model at 299 px: "
+        f"{facts['paper_model_macs_ratio_299']:.1f}×; narrow layers save less, as the ratio 1/N + 1/k² "
+        "says.)",
+    ]
+    if "equal_time" in facts:
+        eq = facts["equal_time"]["interval"]
+        bounds = "" if eq["low"] is None else f" (95 % interval [{eq['low']:+.2f}, {eq['high']:+.2f}])"
+        lines.append(f"At equal training time — when the standard-conv model has trained as long as the "
+                     f"paper model did in all — the paper model's validation top-1 minus the standard-conv "
+                     f"model's is {eq['mean']:+.2f} points{bounds}; the standard-conv model's schedule has "
+                     "not annealed by then, so this is a fact about this recipe, not a fair race.")
+    lines.append("")
+    return lines
+
+
+def _md_cost_plots(report: dict[str, Any]) -> list[str]:
+    lines = ["## Accuracy against cost", ""]
     for name, title in (("accuracy-vs-multiply-adds.png", "accuracy against multiply-adds"),
                         ("accuracy-vs-time.png", "validation accuracy against training time")):
         if name in report.get("plots", []):
             lines += [f"![{title}]({name})", ""]
+    return lines
 
-    lines += ["## Every run", "",
-              "| variant | seed | status | updates | val top-1 % | test top-1 % | train s | img/s |",
-              "|---|---:|---|---:|---:|---:|---:|---:|"]
+
+def _md_runs(report: dict[str, Any]) -> list[str]:
+    """Every run's status and figures, including the diverged ones the figures above leave out."""
+    lines = ["## Every run", "",
+             "| variant | seed | status | updates | val top-1 % | test top-1 % | train s | img/s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in report["runs"]:
         val = f"{100 * r['final_val_top1']:.2f}" if r["final_val_top1"] is not None else "–"
         test = f"{100 * r['test_top1']:.2f}" if r["test_top1"] is not None else "–"
@@ -358,7 +400,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         rate = f"{r['images_per_s']:.0f}" if r["images_per_s"] is not None else "–"
         lines.append(f"| `{r['variant']}` | {r['seed']} | {r['status']} | {r['steps']} | {val} | {test} | {t} "
                      f"| {rate} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _t_text(report: dict[str, Any]) -> str:

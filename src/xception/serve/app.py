@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -36,6 +36,11 @@ from ..errors import ConfigError
 from .backends import Backend
 from .batcher import MicroBatcher, Overloaded
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..explain import ImageExplanation
 
 log = logging.getLogger(__name__)
 
@@ -147,43 +152,81 @@ def create_app(
             raise ConfigError("give the weights to serve (a file, URL or tag), or a loaded backend")
         backend = load_backend(weights, backend=backend_name, device=device, model_name=model_name,
                                model_options=model_options)
-    served: Backend = backend
-    transform = eval_transform(served.preprocessing)
-    metrics = Metrics()
-    state: dict[str, Any] = {"ready": False, "batcher": None}
-    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="xception-infer")
+    service = _Service(backend, opts, eval_transform(backend.preprocessing))
+    app = FastAPI(title="xception", summary="Xception image classification and Grad-CAM", lifespan=service.lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.metrics = service.metrics
+    app.state.backend = service.served
+    app.state.options = opts
+    _account_requests(app, service.metrics)
+    _add_page(app)
+    _add_ops_routes(app, service)
+    _add_prediction_routes(app, service)
+    return app
 
-    async def warm_up() -> None:
+
+class _Service:
+    """What the routes share: the backend, the options, the metrics, the one inference thread (model calls
+    never run concurrently) and, while the server runs, the micro-batcher feeding it."""
+
+    def __init__(self, served: Backend, opts: ServeOptions, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.served, self.opts, self.transform = served, opts, transform
+        self.metrics = Metrics()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="xception-infer")
+        self.batcher: MicroBatcher | None = None
+        self.ready = False
+
+    async def warm_up(self) -> None:
         loop = asyncio.get_running_loop()
-        sizes = tuple(sorted({1, opts.max_batch}))
+        sizes = tuple(sorted({1, self.opts.max_batch}))
         try:
-            await loop.run_in_executor(executor, served.warm_up, sizes)
+            await loop.run_in_executor(self.executor, self.served.warm_up, sizes)
         except Exception:  # the service still answers; /readyz stays 503 and says so in the log
             log.exception("warming up failed")
             return
-        state["ready"] = True
-        log.info("ready: %s", served.describe())
+        self.ready = True
+        log.info("ready: %s", self.served.describe())
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        batcher = MicroBatcher(served.run, executor, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
-                               max_queue=opts.max_queue, on_batch=metrics.batch)
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        """The batcher and the warm-up run while the server does."""
+        opts = self.opts
+        batcher = MicroBatcher(self.served.run, self.executor, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
+                               max_queue=opts.max_queue, on_batch=self.metrics.batch)
         batcher.start()
-        state["batcher"] = batcher
-        warming = asyncio.get_running_loop().create_task(warm_up())
+        self.batcher = batcher
+        warming = asyncio.get_running_loop().create_task(self.warm_up())
         try:
             yield
         finally:
             warming.cancel()
             await batcher.stop()  # uvicorn has finished the requests in flight by now
-            state["batcher"] = None
-            executor.shutdown(wait=True)
+            self.batcher = None
+            self.executor.shutdown(wait=True)
 
-    app = FastAPI(title="xception", summary="Xception image classification and Grad-CAM", lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
-    app.state.metrics = metrics
-    app.state.backend = served
-    app.state.options = opts
+    async def image_of(self, request: Request) -> Image.Image:
+        data = await read_upload(request, self.opts.max_bytes)
+        return await run_in_threadpool(decode, data, self.served.preprocessing.channels)
+
+    def top_k(self, request: Request) -> int:
+        raw = request.query_params.get("top_k", str(self.opts.top_k))
+        if not raw.isdigit() or int(raw) < 1:
+            raise RequestError(400, "bad_request", f"top_k must be a positive integer, got {raw!r}")
+        return min(int(raw), len(self.served.class_names))
+
+    async def within_deadline(self, work: Awaitable[Any]) -> Any:
+        timeout_s = self.opts.timeout_s
+        try:
+            return await asyncio.wait_for(work, timeout_s)
+        except TimeoutError:
+            raise RequestError(504, "timeout", f"no answer within {timeout_s:g} s; try again later") from None
+        except Overloaded as err:
+            raise RequestError(503, "overloaded", f"the server is busy ({err}); try again later") from None
+
+
+def _account_requests(app: FastAPI, metrics: Metrics) -> None:
+    """Every request timed and counted by route and status; a refused one answered with its status and
+    counted by kind; an unexpected error logged and answered 500, never with its traceback."""
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -209,27 +252,18 @@ def create_app(
         metrics.error(err.kind)
         return JSONResponse({"error": err.kind, "message": err.message}, err.status)
 
-    async def image_of(request: Request) -> Image.Image:
-        data = await read_upload(request, opts.max_bytes)
-        return await run_in_threadpool(decode, data, served.preprocessing.channels)
 
-    def top_k(request: Request) -> int:
-        raw = request.query_params.get("top_k", str(opts.top_k))
-        if not raw.isdigit() or int(raw) < 1:
-            raise RequestError(400, "bad_request", f"top_k must be a positive integer, got {raw!r}")
-        return min(int(raw), len(served.class_names))
-
-    async def within_deadline(work: Awaitable[Any]) -> Any:
-        try:
-            return await asyncio.wait_for(work, opts.timeout_s)
-        except TimeoutError:
-            raise RequestError(504, "timeout", f"no answer within {opts.timeout_s:g} s; try again later") from None
-        except Overloaded as err:
-            raise RequestError(503, "overloaded", f"the server is busy ({err}); try again later") from None
+def _add_page(app: FastAPI) -> None:
+    """GET /: the page to drop an image on."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(_page())
+
+
+def _add_ops_routes(app: FastAPI, service: _Service) -> None:
+    """GET /healthz, /readyz and /metrics: for the orchestrator and the monitoring, not for clients."""
+    served, metrics = service.served, service.metrics
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -237,7 +271,7 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        if state["ready"] and state["batcher"] is not None:
+        if service.ready and service.batcher is not None:
             return JSONResponse({"status": "ready", **served.describe()})
         return JSONResponse({"status": "warming up", **served.describe()}, 503)
 
@@ -245,15 +279,20 @@ def create_app(
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+
+def _add_prediction_routes(app: FastAPI, service: _Service) -> None:
+    """POST /predict (through the micro-batcher) and POST /explain (Grad-CAM, in the inference thread)."""
+    served = service.served
+
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
-        k = top_k(request)
-        image = await image_of(request)
-        x = await run_in_threadpool(transform, image)
-        batcher: MicroBatcher | None = state["batcher"]
+        k = service.top_k(request)
+        image = await service.image_of(request)
+        x = await run_in_threadpool(service.transform, image)
+        batcher = service.batcher
         if batcher is None:
             raise RequestError(503, "not_running", "the server is starting or stopping; try again")
-        logits = await within_deadline(batcher.submit(x))
+        logits = await service.within_deadline(batcher.submit(x))
         probs = logits.float().softmax(0)
         values, indices = probs.topk(k)
         return {"top": [{"class": served.class_names[i], "index": i, "probability": p}
@@ -267,33 +306,35 @@ def create_app(
         if served.model is None:
             raise RequestError(501, "explain_unavailable", "Grad-CAM needs the PyTorch model, which an .onnx file "
                                "does not carry: serve the weights it was exported from")
-        k = top_k(request)
+        k = service.top_k(request)
         target, layer = request.query_params.get("class"), request.query_params.get("layer")
-        image = await image_of(request)
+        image = await service.image_of(request)
         model = served.model
 
-        def run() -> Any:
+        def run() -> ImageExplanation:
             return explain_images(model, [image], preprocessing=served.preprocessing, target=target, layer=layer,
                                   top_k=k)[0]
 
         loop = asyncio.get_running_loop()
         try:
-            item = await within_deadline(loop.run_in_executor(executor, run))
+            item = await service.within_deadline(loop.run_in_executor(service.executor, run))
         except ConfigError as err:  # a class or layer that does not exist
             raise RequestError(400, "bad_request", str(err)) from None
-        buffer = io.BytesIO()
-        item.overlay.save(buffer, format="PNG")
-        png = buffer.getvalue()
-        wants_json = request.query_params.get("format") == "json" or \
-            "application/json" in request.headers.get("accept", "")
-        if not wants_json:
-            return Response(png, media_type="image/png",
-                            headers={"X-Class": item.target_name.encode("ascii", "replace").decode(),
-                                     "X-Layer": item.layer})
-        return {"top": [{"class": n, "probability": p} for n, p in item.top],
-                "target": {"index": item.target, "class": item.target_name}, "layer": item.layer,
-                "heatmap": item.heatmap.round(4).tolist(),
-                "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+        return _explanation_response(request, item)
 
-    return app
 
+def _explanation_response(request: Request, item: ImageExplanation) -> Response | dict[str, Any]:
+    """The overlay as PNG, or as JSON with the heatmap and a data URL when the client asks for JSON."""
+    buffer = io.BytesIO()
+    item.overlay.save(buffer, format="PNG")
+    png = buffer.getvalue()
+    wants_json = request.query_params.get("format") == "json" or \
+        "application/json" in request.headers.get("accept", "")
+    if not wants_json:
+        return Response(png, media_type="image/png",
+                        headers={"X-Class": item.target_name.encode("ascii", "replace").decode(),
+                                 "X-Layer": item.layer})
+    return {"top": [{"class": n, "probability": p} for n, p in item.top],
+            "target": {"index": item.target, "class": item.target_name}, "layer": item.layer,
+            "heatmap": item.heatmap.round(4).tolist(),
+            "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}

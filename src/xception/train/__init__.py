@@ -17,28 +17,21 @@ from .checkpoint import EpochSums, ResumePoint, RunSettings, TrainState, find_re
 from .ema import ModelEma
 from .finetune import freeze_backbone, freeze_batchnorm
 from .loop import (
-    Compute,
     EpochEnd,
     FitResult,
     NonFiniteLoss,
-    Run,
-    RunData,
     StopRequest,
     TrainResult,
-    build_optimizer,
-    build_run,
     end_epoch,
     finish,
     fit,
     open_log,
-    open_run,
-    restore,
-    resume_settings,
     train,
     train_one_epoch,
     validate,
 )
 from .recipe import Recipe, apply_overrides, list_recipes, load_recipe
+from .run import Compute, Run, RunData, build_optimizer, build_run, open_run, restore, resume_settings
 from .schedule import lr_at
 
 __all__ = [
