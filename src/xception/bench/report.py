@@ -63,14 +63,25 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def _cpu_name() -> str:
+    """The CPU's name with what decides kernel speed: family/model (virtual machines often report a generic
+    name such as "Intel(R) Xeon(R) Processor") and the widest vector extensions."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if not sep:
+                    break  # the first processor's block is enough
+                info.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    isa = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
+           if flag in flags] or (["AVX2"] if "avx2" in flags else [])
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']} model {info['model']}{', ' + ', '.join(isa) if isa else ''})"
+    return name
 
 
 def make_report(cfg: BenchConfig, results: list[Result], env: dict[str, Any], *, keep_memory: bool,
