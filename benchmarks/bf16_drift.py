@@ -25,11 +25,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("weights", help="weights trained on Fashion-MNIST (e.g. runs/demo/model.safetensors)")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (default: found or downloaded)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
 
     model = xception.create_model("xception", weights=args.weights).eval()
-    images, labels = load_fashion_mnist("test")
+    images, labels = load_fashion_mnist("test", args.data_dir)
     prepare = BatchTransform(model.preprocessing)
     paths = {"fast float32": xception.optimize(model), "fast bfloat16": xception.optimize(model, dtype=torch.bfloat16)}
     correct = dict.fromkeys(["plain float32", *paths], 0)

@@ -1,7 +1,6 @@
-"""The GPU scripts in benchmarks/ run their own code on a CPU with a tiny model (``--device cpu --tiny``).
-
-They are meant for a GPU machine with nothing to install and a few minutes to spare, so a broken script
-must show up here first, not there.
+"""The scripts in benchmarks/ run here with tiny models: the GPU ones on a CPU (``--device cpu --tiny``),
+meant for a GPU machine with nothing to install and a few minutes to spare, so a broken script must show
+up here first, not there; the CPU ones on a few updates or images.
 """
 
 import json
@@ -16,9 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str, timeout: int = 300) -> str:
+def run_script(name: str, *args: str, timeout: int = 300, tiny: bool = True) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--device", "cpu", "--tiny", *args],
+    flags = ["--device", "cpu", "--tiny"] if tiny else []
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *flags, *args],
                           env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -48,3 +48,34 @@ def test_bias_probe_policies_compute_the_same_logits():
                                                                out, re.MULTILINE)}
     assert set(rows) == {"conv-bias", "bn-kernel", "cudnn-fused"}  # cudnn-fused falls back to bn-kernel on CPU
     assert all(err <= 1e-5 for err in rows.values())  # float32 on CPU: the policies differ only by rounding
+
+
+def test_train_speed_times_each_variant():
+    variants = ["model.width=0.125,model.middle_repeats=1", "model.width=0.25,model.middle_repeats=1"]
+    out = run_script("train_speed.py", "2", *variants, tiny=False)
+    rows = re.findall(r"^(\S+)\s+([\d,]+) params\s+(\d+) img/s", out, re.M)
+    assert [r[0] for r in rows] == variants
+    assert int(rows[1][1].replace(",", "")) > int(rows[0][1].replace(",", "")) and all(int(r[2]) > 0 for r in rows)
+
+
+def test_bf16_drift_compares_both_fast_paths_with_the_plain_model(tmp_path):
+    import xception
+    from test_data_fashion_mnist import write_fake_dataset
+    from xception.data.fashion_mnist import CLASSES
+    from xception.preprocessing import Preprocessing
+
+    write_fake_dataset(tmp_path / "fm", n_train=10, n_test=40, gz=False)
+    model = xception.create_model("xception", num_classes=10, in_chans=1, stem="small", width=0.125,
+                                  middle_repeats=1)
+    weights = tmp_path / "m.safetensors"
+    xception.save_weights(model, weights, class_names=CLASSES,
+                          preprocessing=Preprocessing(input_size=28, crop_pct=1.0, interpolation="bilinear",
+                                                      mean=(0.286,), std=(0.353,), channels=1))
+    out = run_script("bf16_drift.py", str(weights), "--data-dir", str(tmp_path / "fm"), "--batch-size", "16",
+                     "--json", str(tmp_path / "d.json"), tiny=False)
+    report = json.loads((tmp_path / "d.json").read_text())
+    paths = report["paths"]
+    assert report["images"] == 40 and set(paths) == {"plain float32", "fast float32", "fast bfloat16"}
+    assert paths["fast float32"]["max_rel"] < 1e-4  # the float32 fast path computes the same logits
+    assert 0 < paths["fast bfloat16"]["max_rel"] < 0.1  # bf16 rounds, but not wildly
+    assert "fast bfloat16" in out and "CPU:" in out
