@@ -180,56 +180,18 @@ def optimize(
     """
     if not isinstance(model, Xception):
         raise TypeError(f"optimize() expects an xception.Xception, got {type(model).__name__}")
-    if kernels not in KERNELS:
-        raise ConfigError(f"kernels must be one of {KERNELS}, got {kernels!r}")
     device = check_device(torch.device(device)) if device is not None else _model_device(model)
-    if cuda_graphs and device.type != "cuda":
-        raise ConfigError("cuda_graphs=True needs device='cuda'")
-    if dtype is None:
-        dtype = inference_dtype(device)
-    if not dtype.is_floating_point:
-        raise ConfigError(f"dtype must be a floating-point dtype, got {dtype}")
-    if kernels == "mkldnn" and (device.type != "cpu" or not mkldnn_available()):
-        raise ConfigError("kernels='mkldnn' needs a CPU device and a PyTorch built with oneDNN")
-    if kernels == "native" and (device.type != "cpu" or dtype != torch.float32 or not native.available()):
-        raise ConfigError("kernels='native' needs a float32 CPU model and the compiled CPU kernels "
-                          f"(here: {native.isa()}); use kernels='auto' to fall back to oneDNN")
-    if kernels == "triton" and not triton_depthwise.available(device):
-        raise ConfigError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
-    if kernels == "cudnn" and not cudnn_fusion_available(device):
-        raise ConfigError("kernels='cudnn' needs a CUDA device with cuDNN; use kernels='auto' to fall back")
+    dtype = dtype if dtype is not None else inference_dtype(device)
+    _check_request(kernels, device, dtype, cuda_graphs)
 
     plain = copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32).cpu().eval()
     folded = fold_xception(plain)
-    use_triton = kernels == "triton" or (
-        kernels == "auto" and not compile and device.type == "cuda" and triton_depthwise.available(device)
-    )
-    # cuDNN's fused ops are not traced by torch.compile, nor yet measured inside CUDA graphs: opt-in there.
-    use_cudnn = kernels == "cudnn" or (
-        kernels == "auto" and not compile and not cuda_graphs and cudnn_fusion_available(device)
-    )
     # Forced Triton reads the ReLU into the depthwise kernel; otherwise ReLUs close the conv before them,
     # where cuDNN fuses them with the bias.
     program = FusedXception(plain, prefer_relu_in=kernels == "triton").to(device=device, dtype=dtype)
     if channels_last:
         program = program.to(memory_format=torch.channels_last)
-    backend = "torch"
-    cpu_auto = kernels == "auto" and not compile and device.type == "cpu"
-    onednn_dtype = dtype == torch.float32 or (dtype == torch.bfloat16 and mkldnn_bf16_available())
-    if kernels == "mkldnn" or (cpu_auto and onednn_dtype and mkldnn_available()):
-        backend = "mkldnn"
-        program.set_backend("mkldnn")  # what the native kernels cannot run stays on oneDNN
-    if kernels == "native" or (cpu_auto and dtype == torch.float32 and native.available()):
-        steps = native.use_native_kernels(program)
-        backend = f"native ({native.isa()}, {steps} fused steps)" + (" + mkldnn" if backend == "mkldnn" else "")
-    elif use_triton or use_cudnn:
-        if use_cudnn:
-            backend = "cudnn"
-            program.set_backend("cudnn")
-        if use_triton:
-            base = "cudnn fused" if use_cudnn else "cudnn"
-            backend = "triton" if kernels == "triton" else f"auto (triton or {base} per depthwise layer)"
-            program.set_backend("triton", depthwise_only=True)
+    backend, use_triton, use_cudnn = _choose_kernels(program, kernels, device, dtype, compile, cuda_graphs)
     # Only the CPU allocator benefits; CUDA tensors come from PyTorch's caching allocator already.
     keep_memory = (keep_memory is None or keep_memory) and device.type == "cpu" and keep_freed_memory()
 
@@ -250,3 +212,52 @@ def optimize(
             torch.cuda.synchronize(device)
         settings["warmup_seconds"] = round(time.perf_counter() - start, 2)
     return fast
+
+
+def _check_request(kernels: str, device: torch.device, dtype: torch.dtype, cuda_graphs: bool) -> None:
+    """Refuse what cannot run here before anything is copied, saying what would."""
+    if kernels not in KERNELS:
+        raise ConfigError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if cuda_graphs and device.type != "cuda":
+        raise ConfigError("cuda_graphs=True needs device='cuda'")
+    if not dtype.is_floating_point:
+        raise ConfigError(f"dtype must be a floating-point dtype, got {dtype}")
+    if kernels == "mkldnn" and (device.type != "cpu" or not mkldnn_available()):
+        raise ConfigError("kernels='mkldnn' needs a CPU device and a PyTorch built with oneDNN")
+    if kernels == "native" and (device.type != "cpu" or dtype != torch.float32 or not native.available()):
+        raise ConfigError("kernels='native' needs a float32 CPU model and the compiled CPU kernels "
+                          f"(here: {native.isa()}); use kernels='auto' to fall back to oneDNN")
+    if kernels == "triton" and not triton_depthwise.available(device):
+        raise ConfigError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
+    if kernels == "cudnn" and not cudnn_fusion_available(device):
+        raise ConfigError("kernels='cudnn' needs a CUDA device with cuDNN; use kernels='auto' to fall back")
+
+
+def _choose_kernels(program: FusedXception, kernels: str, device: torch.device, dtype: torch.dtype, compile: bool,
+                    cuda_graphs: bool) -> tuple[str, bool, bool]:
+    """Put each conv of ``program`` on its kernels; returns (the choice in words, Triton used, cuDNN used)."""
+    use_triton = kernels == "triton" or (
+        kernels == "auto" and not compile and device.type == "cuda" and triton_depthwise.available(device)
+    )
+    # cuDNN's fused ops are not traced by torch.compile, nor yet measured inside CUDA graphs: opt-in there.
+    use_cudnn = kernels == "cudnn" or (
+        kernels == "auto" and not compile and not cuda_graphs and cudnn_fusion_available(device)
+    )
+    backend = "torch"
+    cpu_auto = kernels == "auto" and not compile and device.type == "cpu"
+    onednn_dtype = dtype == torch.float32 or (dtype == torch.bfloat16 and mkldnn_bf16_available())
+    if kernels == "mkldnn" or (cpu_auto and onednn_dtype and mkldnn_available()):
+        backend = "mkldnn"
+        program.set_backend("mkldnn")  # what the native kernels cannot run stays on oneDNN
+    if kernels == "native" or (cpu_auto and dtype == torch.float32 and native.available()):
+        steps = native.use_native_kernels(program)
+        backend = f"native ({native.isa()}, {steps} fused steps)" + (" + mkldnn" if backend == "mkldnn" else "")
+    elif use_triton or use_cudnn:
+        if use_cudnn:
+            backend = "cudnn"
+            program.set_backend("cudnn")
+        if use_triton:
+            base = "cudnn fused" if use_cudnn else "cudnn"
+            backend = "triton" if kernels == "triton" else f"auto (triton or {base} per depthwise layer)"
+            program.set_backend("triton", depthwise_only=True)
+    return backend, use_triton, use_cudnn
