@@ -188,3 +188,29 @@ def test_the_avx2_kernels_too():
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_bf16_max_pool_is_exact_and_rounds_the_residual_sum_once(with_residual):
+    torch.manual_seed(3)
+    x = torch.randn(2, 37, 15, 15).bfloat16().contiguous(memory_format=torch.channels_last)
+    pool = native.NativeMaxPool(nn.MaxPool2d(3, 2, 1))
+    out_hw = 8
+    add = torch.randn(2, 37, out_hw, out_hw).bfloat16() if with_residual else None
+    got = pool(x, add)
+    pooled = F.max_pool2d(x.double(), 3, 2, 1)
+    expected = (pooled + add.double()).bfloat16() if with_residual else pooled.bfloat16()  # one rounding
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, expected)
+
+
+def test_bf16_fast_path_runs_its_max_pools_on_the_native_kernels():
+    model = xception.create_model("legacy_xception", width=0.25, middle_repeats=1).eval()
+    x = torch.randn(2, 3, 75, 75)
+    fast = xception.optimize(model, dtype=torch.bfloat16)
+    assert "native max-pools" in fast.settings["kernels"]
+    assert sum(isinstance(m, native.NativeMaxPool) for m in fast.program.modules()) == 4
+    with torch.no_grad():
+        expected = model(x)
+    out = fast(x)
+    assert ((out - expected).abs().max() / expected.abs().max()) <= 3e-2

@@ -171,7 +171,8 @@ def optimize(
         batch_size: warm up now (compile, choose kernels, capture graphs) for this batch size.
         input_size: image side for that warm-up (default: the model's preprocessing, else 299).
         kernels: ``"auto"`` (CPU: the compiled kernels of :mod:`.native` — each separable conv one fused
-            GEMM — where they are installed, oneDNN fused convs for the rest or where they are not; CUDA:
+            GEMM — where they are installed, oneDNN fused convs for the rest or where they are not; in
+            bfloat16, oneDNN's convs and matrix products with the native max-pools; CUDA:
             cuDNN's fused conv + bias + ReLU, and the Triton depthwise kernel wherever it beats cuDNN on the
             first batch; with ``compile`` or ``cuda_graphs``, plain PyTorch ops), or force ``"native"``,
             ``"torch"``, ``"mkldnn"``, ``"triton"``, ``"cudnn"``.
@@ -252,6 +253,9 @@ def _choose_kernels(program: FusedXception, kernels: str, device: torch.device, 
     if kernels == "native" or (cpu_auto and dtype == torch.float32 and native.available()):
         steps = native.use_native_kernels(program)
         backend = f"native ({native.isa()}, {steps} fused steps)" + (" + mkldnn" if backend == "mkldnn" else "")
+    elif cpu_auto and dtype == torch.bfloat16 and native.available():
+        pools = native.use_native_kernels(program, pools_only=True)
+        backend += f" + native max-pools ({native.isa()}, {pools})"
     elif use_triton or use_cudnn:
         if use_cudnn:
             backend = "cudnn"

@@ -46,7 +46,7 @@ class _Conv(ctypes.Structure):
 class _Pool(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in (
         "n", "h", "w", "c", "oh", "ow", "kernel", "stride", "pad_top", "pad_left",
-    )] + [("residual", ctypes.c_void_p)]
+    )] + [("residual", ctypes.c_void_p), ("bf16", ctypes.c_int)]
 
 
 @functools.cache
@@ -188,7 +188,7 @@ class NativeConv(nn.Module):
 
 class NativeMaxPool(nn.Module):
     """A k×k max-pool whose padding never wins (TF 'same' with -inf, or PyTorch's static padding),
-    with the residual add of the module it closes."""
+    with the residual add of the module it closes; float32 or bfloat16, as the input comes."""
 
     takes_residual = True
 
@@ -214,24 +214,29 @@ class NativeMaxPool(nn.Module):
             top = bottom = left = right = self.padding
         oh = (h + top + bottom - self.kernel) // self.stride + 1
         ow = (w + left + right - self.kernel) // self.stride + 1
-        out = torch.empty((n, c, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
+        if x.dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"the native max-pool takes float32 or bfloat16, got {x.dtype}")
+        out = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
         if add is not None:
-            add = _nhwc(add)
-        op = _Pool(n, h, w, c, oh, ow, self.kernel, self.stride, top, left, _ptr(add))
+            add = _nhwc(add.to(x.dtype))
+        op = _Pool(n, h, w, c, oh, ow, self.kernel, self.stride, top, left, _ptr(add), int(x.dtype == torch.bfloat16))
         with _lock:
             _set_threads(lib)
             lib.xc_pool_forward(ctypes.byref(op), x.data_ptr(), out.data_ptr())
         return out
 
 
-def _native_steps(steps: list[nn.Module]) -> list[nn.Module]:
-    """Replace what the kernels can run: depthwise + 1×1 pairs, plain convs, padded max-pools."""
+def _native_steps(steps: list[nn.Module], pools_only: bool = False) -> list[nn.Module]:
+    """Replace what the kernels can run: depthwise + 1×1 pairs, plain convs, padded max-pools (only the
+    max-pools with ``pools_only``)."""
     out: list[nn.Module] = []
     i = 0
     while i < len(steps):
         step = steps[i]
         after = steps[i + 1] if i + 1 < len(steps) else None
-        if isinstance(step, FusedConv) and step.depthwise:
+        if pools_only and isinstance(step, FusedConv):
+            pass
+        elif isinstance(step, FusedConv) and step.depthwise:
             if isinstance(after, FusedConv) and NativeConv.supports(step, after):
                 out.append(NativeConv(step, after))
                 i += 2
@@ -253,16 +258,17 @@ def _native_steps(steps: list[nn.Module]) -> list[nn.Module]:
     return out
 
 
-def use_native_kernels(program: FusedXception) -> int:
+def use_native_kernels(program: FusedXception, pools_only: bool = False) -> int:
     """Run ``program``'s convolutions and max-pools on the compiled kernels where they can; returns how
-    many steps now do (the rest stay as they were: oneDNN or PyTorch)."""
+    many steps now do (the rest stay as they were: oneDNN or PyTorch). ``pools_only``: the max-pools alone
+    (a bfloat16 program: its convs stay on oneDNN, which has bf16 matrix units to use)."""
     if not available():
         return 0
-    program.stem = nn.ModuleList(_native_steps(list(program.stem)))
+    program.stem = nn.ModuleList(_native_steps(list(program.stem), pools_only))
     for block in program.blocks:
         assert isinstance(block, FusedBlock)
-        block.pre = nn.ModuleList(_native_steps(list(block.pre)))
-        block.main = nn.ModuleList(_native_steps(list(block.main)))
-        if block.shortcut is not None and NativeConv.supports(block.shortcut):
+        block.pre = nn.ModuleList(_native_steps(list(block.pre), pools_only))
+        block.main = nn.ModuleList(_native_steps(list(block.main), pools_only))
+        if not pools_only and block.shortcut is not None and NativeConv.supports(block.shortcut):
             block.shortcut = NativeConv(block.shortcut)  # type: ignore[assignment]
     return sum(isinstance(m, (NativeConv, NativeMaxPool)) for m in program.modules())

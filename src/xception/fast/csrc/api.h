@@ -37,10 +37,12 @@ struct xc_conv {
     int relu_out;
 };
 
-// Max-pool (k×k, stride, padding that never wins) over NHWC, + an optional residual of the output's shape.
+// Max-pool (k×k, stride, padding that never wins) over NHWC, + an optional residual of the output's shape;
+// float32, or bfloat16 (input, residual and output alike) when bf16 is set.
 struct xc_pool {
     int n, h, w, c, oh, ow, kernel, stride, pad_top, pad_left;
-    const float* residual;
+    const void* residual;
+    int bf16;
 };
 
 XC_API int xc_isa(void);                       // 0: none usable, 1: AVX2 + FMA, 2: AVX-512
@@ -52,7 +54,7 @@ XC_API size_t xc_packed_floats(int k_dim, int cout);
 XC_API void xc_pack_weights(const float* weight, int k_dim, int cout, float* packed);
 XC_API int xc_set_threads(int threads);        // returns the number in use
 XC_API int xc_conv_forward(const struct xc_conv* op, const float* input, float* output);  // 0 on success
-XC_API int xc_pool_forward(const struct xc_pool* op, const float* input, float* output);
+XC_API int xc_pool_forward(const struct xc_pool* op, const void* input, void* output);
 }
 
 // What each instruction-set build provides (kernels_avx2.cpp, kernels_avx512.cpp).
@@ -64,7 +66,7 @@ XC_API int xc_pool_forward(const struct xc_pool* op, const float* input, float* 
     int block_rows(const xc_conv* op);                                                                       \
     void conv_task(const xc_conv* op, const float* in, float* out, long m0, int rows, int n0, int n1,        \
                    float* abuf);                                                                             \
-    void pool_rows(const xc_pool* op, const float* in, float* out, long row0, long row1);                    \
+    void pool_rows(const xc_pool* op, const void* in, void* out, long row0, long row1);                      \
     }
 XC_DECLARE_ISA(xc_avx2)
 XC_DECLARE_ISA(xc_avx512)

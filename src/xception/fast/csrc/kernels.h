@@ -367,16 +367,28 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
     }
 }
 
-// 3×3 (any k) max-pool over NHWC rows [y0, y1) of all images (flattened n·oh), + an optional residual.
-void maxpool_rows(const xc_pool* op, const float* __restrict in, float* __restrict out, long row0, long row1) {
+// Loads and stores of n ≤ LANES elements of a float32 or bfloat16 tensor, as float32 vectors.
+inline V load_elems(const float* p, int n) { return n >= LANES ? vloadu(p) : vload_n(p, n); }
+inline V load_elems(const std::uint16_t* p, int n) { return vload_bf16_n(p, n); }
+inline void store_elems(float* p, V x, int n) {
+    if (n >= LANES) vstoreu(p, x);
+    else vstore_n(p, x, n);
+}
+inline void store_elems(std::uint16_t* p, V x, int n) { vstore_bf16_n(p, x, n); }
+
+// k×k max-pool over NHWC rows [row0, row1) of all images (flattened n·oh), + an optional residual, in
+// float32 or bfloat16 (T = uint16_t: the max is exact, the residual sum is rounded once).
+template <typename T>
+void maxpool_rows(const xc_pool* op, const T* __restrict in, T* __restrict out, long row0, long row1) {
     const int c = op->c, k = std::min(op->kernel, 7);
+    const T* residual = static_cast<const T*>(op->residual);
     for (long row = row0; row < row1; ++row) {
         const long n = row / op->oh;
         const int oy = int(row % op->oh);
-        const float* img = in + n * long(op->h) * op->w * c;
+        const T* img = in + n * long(op->h) * op->w * c;
         for (int ox = 0; ox < op->ow; ++ox) {
-            float* dst = out + (row * op->ow + ox) * c;
-            const float* res = op->residual ? op->residual + (row * op->ow + ox) * c : nullptr;
+            T* dst = out + (row * op->ow + ox) * c;
+            const T* res = residual ? residual + (row * op->ow + ox) * c : nullptr;
             const int iy0 = oy * op->stride - op->pad_top, ix0 = ox * op->stride - op->pad_left;
             // The window's pixels inside the image, found once for all channels (padding never wins).
             long offs[49];
@@ -393,18 +405,14 @@ void maxpool_rows(const xc_pool* op, const float* __restrict in, float* __restri
                 const int left = c - ch;
                 V m0 = vneg_inf(), m1 = vneg_inf();  // two chains: half the dependent max latency
                 int t = 0;
-                if (left >= LANES) {
-                    for (; t + 1 < taps; t += 2) {
-                        m0 = vmaxv(m0, vloadu(img + offs[t] + ch));
-                        m1 = vmaxv(m1, vloadu(img + offs[t + 1] + ch));
-                    }
-                    if (t < taps) m0 = vmaxv(m0, vloadu(img + offs[t] + ch));
-                } else {
-                    for (; t < taps; ++t) m0 = vmaxv(m0, vload_n(img + offs[t] + ch, left));
+                for (; t + 1 < taps; t += 2) {
+                    m0 = vmaxv(m0, load_elems(img + offs[t] + ch, left));
+                    m1 = vmaxv(m1, load_elems(img + offs[t + 1] + ch, left));
                 }
+                if (t < taps) m0 = vmaxv(m0, load_elems(img + offs[t] + ch, left));
                 V m = vmaxv(m0, m1);
-                if (res) m = vadd(m, left >= LANES ? vloadu(res + ch) : vload_n(res + ch, left));
-                if (left >= LANES) vstoreu(dst + ch, m); else vstore_n(dst + ch, m, left);
+                if (res) m = vadd(m, load_elems(res + ch, left));
+                store_elems(dst + ch, m, left);
             }
         }
     }
@@ -436,8 +444,11 @@ void conv_task(const xc_conv* op, const float* in, float* out, long m0, int rows
     run_gemm_block(op, in, out, t, abuf);
 }
 
-void pool_rows(const xc_pool* op, const float* in, float* out, long row0, long row1) {
-    maxpool_rows(op, in, out, row0, row1);
+void pool_rows(const xc_pool* op, const void* in, void* out, long row0, long row1) {
+    if (op->bf16)
+        maxpool_rows(op, static_cast<const std::uint16_t*>(in), static_cast<std::uint16_t*>(out), row0, row1);
+    else
+        maxpool_rows(op, static_cast<const float*>(in), static_cast<float*>(out), row0, row1);
 }
 
 }  // namespace ISA_NS

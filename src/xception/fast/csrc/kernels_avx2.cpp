@@ -35,6 +35,31 @@ inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
 inline V vmax(V a, V b) { return _mm256_max_ps(a, b); }
 inline V vmaxv(V a, V b) { return _mm256_max_ps(a, b); }
+// bfloat16 ↔ float32: widening is exact (the upper 16 bits); narrowing rounds to nearest even.
+inline V vload_bf16_n(const std::uint16_t* p, int n) {
+    __m128i h;
+    if (n >= 8) {
+        h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    } else {
+        std::uint16_t part[8] = {};
+        std::memcpy(part, p, sizeof(std::uint16_t) * std::max(n, 0));
+        h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(part));
+    }
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline void vstore_bf16_n(std::uint16_t* p, V x, int n) {
+    const __m256i u = _mm256_castps_si256(x);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)), 16);
+    const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    if (n >= 8) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+    } else if (n > 0) {
+        std::uint16_t part[8];
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(part), h);
+        std::memcpy(p, part, sizeof(std::uint16_t) * n);
+    }
+}
 }  // namespace
 
 #include "kernels.h"

@@ -161,7 +161,7 @@ void conv_task_of(int isa, const xc_conv* op, const float* in, float* out, long 
     if (isa == 2) xc_avx512::conv_task(op, in, out, m0, rows, n0, n1, abuf);
     else xc_avx2::conv_task(op, in, out, m0, rows, n0, n1, abuf);
 }
-void pool_rows_of(int isa, const xc_pool* op, const float* in, float* out, long r0, long r1) {
+void pool_rows_of(int isa, const xc_pool* op, const void* in, void* out, long r0, long r1) {
     if (isa == 2) xc_avx512::pool_rows(op, in, out, r0, r1);
     else xc_avx2::pool_rows(op, in, out, r0, r1);
 }
@@ -171,7 +171,7 @@ int kc_of(int) { return 0; }
 int mr_of(int) { return 0; }
 int block_rows_of(int, const xc_conv*) { return 0; }
 void conv_task_of(int, const xc_conv*, const float*, float*, long, int, int, int, float*) {}
-void pool_rows_of(int, const xc_pool*, const float*, float*, long, long) {}
+void pool_rows_of(int, const xc_pool*, const void*, void*, long, long) {}
 #endif
 
 }  // namespace
@@ -249,7 +249,7 @@ int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
     return 0;
 }
 
-int xc_pool_forward(const xc_pool* op, const float* input, float* output) {
+int xc_pool_forward(const xc_pool* op, const void* input, void* output) {
     if (!g_isa) return 1;
     const int isa = g_isa;
     const long rows = long(op->n) * op->oh;
