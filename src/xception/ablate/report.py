@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write
+from ..runtime import cpu_name
 from .runner import RunResult, SweepConfig
 from .stats import (
     Spread,
@@ -129,6 +130,7 @@ def build_report(config: SweepConfig, results: list[RunResult]) -> dict[str, Any
         "budget": {"epochs": recipe.epochs, "steps": first.steps if first else None,
                    "global_batch": first.global_batch if first else None},
         "device": sorted({r.device for r in results if r.device}),
+        "cpu": cpu_name() if any(r.device == "cpu" for r in results) else None,  # the runs record no CPU model
         "threads": sorted({r.threads for r in results if r.threads}),
         "world_size": sorted({r.world_size for r in results}),
         "missing": [[v, s] for v in config.variants for s in seeds if (v, s) not in by_key],
@@ -282,7 +284,8 @@ def _md_setup(report: dict[str, Any]) -> list[str]:
         f"freedom" + (f" (t = {_t_text(report)}: with {n} seeds intervals are wide)." if n > 1 else "."),
         f"  \"Equal\" means within ±{report['margin']:g} points.",
         f"- **Machine**: {', '.join(report['device']) or '?'}; torch threads per process: {threads}; processes: "
-        f"{', '.join(map(str, report['world_size']))}.",
+        f"{', '.join(map(str, report['world_size']))}"
+        + (f"; CPU where this report was written: {report['cpu']}." if report.get("cpu") else "."),
         "",
     ]
     if len(report["updates"]) > 1:

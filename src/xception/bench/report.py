@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..runtime import cpu_name
 from ..tables import format_table
 from .models import TIMM_MODEL
 
@@ -46,7 +47,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     """Versions and hardware, recorded with every run."""
     env: dict[str, Any] = {
         "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
     for package in PACKAGES:
@@ -60,28 +61,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         env["load_average"] = [round(v, 2) for v in os.getloadavg()]
     return env
-
-
-def _cpu_name() -> str:
-    """The CPU's name with what decides kernel speed: family/model (virtual machines often report a generic
-    name such as "Intel(R) Xeon(R) Processor") and the widest vector extensions."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if not sep:
-                    break  # the first processor's block is enough
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    flags = set(info.get("flags", "").split())
-    isa = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
-           if flag in flags] or (["AVX2"] if "avx2" in flags else [])
-    name = info.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in info and "model" in info:
-        name += f" (family {info['cpu family']} model {info['model']}{', ' + ', '.join(isa) if isa else ''})"
-    return name
 
 
 def make_report(cfg: BenchConfig, results: list[Result], env: dict[str, Any], *, keep_memory: bool,
