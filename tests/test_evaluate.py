@@ -92,24 +92,29 @@ def weights_and_folder(tmp_path_factory):
     return root / "w.safetensors", folder
 
 
-def direct_predictions(weights, folder):
-    """The model applied to each readable file by hand: PIL → [-1, 1] → forward; also the mean loss."""
-    model = xception.create_model("xception", weights=weights).eval()
-    truth, predicted, losses = [], [], []
+def readable_images(folder):
+    """(label, 32×32 RGB float pixels) of every file the folder reader would use, read by hand."""
     for label, name in enumerate(CLASSES):
         for path in sorted((folder / name).glob("*.png")):
             try:
                 pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
             except (OSError, Image.DecompressionBombError):
                 continue
-            if pixels.shape != (32, 32, 3):
-                continue
-            x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None]
-            with torch.no_grad():
-                logits = model(x)
-            predicted.append(int(logits.argmax()))
-            losses.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor([label]))))
-            truth.append(label)
+            if pixels.shape == (32, 32, 3):
+                yield label, pixels
+
+
+def direct_predictions(weights, folder):
+    """The model applied to each readable file by hand: PIL → [-1, 1] → forward; also the mean loss."""
+    model = xception.create_model("xception", weights=weights).eval()
+    truth, predicted, losses = [], [], []
+    for label, pixels in readable_images(folder):
+        x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            logits = model(x)
+        predicted.append(int(logits.argmax()))
+        losses.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor([label]))))
+        truth.append(label)
     return truth, predicted, sum(losses) / len(losses)
 
 
@@ -202,20 +207,13 @@ def test_evaluate_with_test_time_flip_agrees_with_a_direct_forward_and_says_so(w
     # By hand: each readable image and its mirror, probabilities averaged.
     model = xception.create_model("xception", weights=weights).eval()
     expected, loss = torch.zeros(3, 3, dtype=torch.long), 0.0
-    for label, name in enumerate(CLASSES):
-        for path in sorted((folder / name).glob("*.png")):
-            try:
-                pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
-            except (OSError, Image.DecompressionBombError):
-                continue
-            if pixels.shape != (32, 32, 3):
-                continue
-            x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None]
-            mirror = torch.from_numpy(np.ascontiguousarray(pixels[:, ::-1]) / 127.5 - 1).permute(2, 0, 1)[None]
-            with torch.no_grad():
-                p = (model(x).softmax(1) + model(mirror).softmax(1)) / 2
-            expected[label, int(p.argmax())] += 1
-            loss -= math.log(float(p[0, label]))
+    for label, pixels in readable_images(folder):
+        x = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None]
+        mirror = torch.from_numpy(np.ascontiguousarray(pixels[:, ::-1]) / 127.5 - 1).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            p = (model(x).softmax(1) + model(mirror).softmax(1)) / 2
+        expected[label, int(p.argmax())] += 1
+        loss -= math.log(float(p[0, label]))
     assert torch.equal(flipped.counts.confusion, expected)
     assert flipped.counts.loss == pytest.approx(loss / 15, rel=1e-5)
     assert abs(flipped.counts.loss - plain.counts.loss) > 1e-3  # far beyond the tolerance above
