@@ -7,10 +7,11 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from xception.data import images as img
-from xception.train import Recipe
+from xception.train import Recipe, load_checkpoint
 
 CLASSES = ("diagonal", "horizontal", "vertical")
 
@@ -78,3 +79,16 @@ def tiny_recipe(**changes: object) -> Recipe:
         schedule="constant", ema_decay=0.0, device="cpu",
     )
     return base.replace(**changes)
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Two checkpoints hold the same point of the same training: position, weights, EMA, optimizer state."""
+    first, second = load_checkpoint(a), load_checkpoint(b)
+    assert (first["epoch"], first["step"], first["position"]) == (second["epoch"], second["step"], second["position"])
+    for part in ("model", "ema"):
+        assert first[part].keys() == second[part].keys()
+        for key, value in first[part].items():
+            assert torch.equal(value, second[part][key]), f"{part}.{key} differs"
+    left = {k: v for s in first["optimizer"]["state"].values() for k, v in s.items()}
+    right = {k: v for s in second["optimizer"]["state"].values() for k, v in s.items()}
+    assert all(torch.equal(v, right[k]) for k, v in left.items() if isinstance(v, torch.Tensor))

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import xception
-from data_factory import stripes_folder, tiny_recipe
+from data_factory import assert_same_training, stripes_folder, tiny_recipe
 from xception import fileio
 from xception.errors import BusyError, ConfigError, StorageError
 from xception.train import RunSettings, fit, load_checkpoint, open_log, open_run, read_metrics, resume_settings, train
@@ -61,18 +61,6 @@ def finish(args: list[str]) -> subprocess.CompletedProcess:
 def leftovers(folder: Path) -> list[str]:
     """Partial files an interrupted write could have left."""
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
-
-
-def assert_same_training(a: Path, b: Path) -> None:
-    first, second = load_checkpoint(a), load_checkpoint(b)
-    assert (first["epoch"], first["step"], first["position"]) == (second["epoch"], second["step"], second["position"])
-    for part in ("model", "ema"):
-        assert first[part].keys() == second[part].keys()
-        for key, value in first[part].items():
-            assert torch.equal(value, second[part][key]), f"{part}.{key} differs"
-    left = {k: v for s in first["optimizer"]["state"].values() for k, v in s.items()}
-    right = {k: v for s in second["optimizer"]["state"].values() for k, v in s.items()}
-    assert all(torch.equal(v, right[k]) for k, v in left.items() if isinstance(v, torch.Tensor))
 
 
 @pytest.fixture(scope="module")

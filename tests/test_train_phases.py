@@ -7,9 +7,8 @@ process, or from its folder) must end with bit-identical weights to an uninterru
 from pathlib import Path
 
 import pytest
-import torch
 
-from data_factory import stripes_folder, tiny_recipe
+from data_factory import assert_same_training, stripes_folder, tiny_recipe
 from xception.errors import ConfigError, MissingPathError
 from xception.train import (
     RunSettings,
@@ -45,15 +44,6 @@ def folder(tmp_path_factory) -> Path:
 def reference(folder, tmp_path_factory) -> Path:
     result = train(RECIPE, folder, out=tmp_path_factory.mktemp("runs") / "reference", progress=False)
     return result.run_dir
-
-
-def assert_same_training(a: Path, b: Path) -> None:
-    first, second = load_checkpoint(a), load_checkpoint(b)
-    assert (first["epoch"], first["step"], first["position"]) == (second["epoch"], second["step"], second["position"])
-    for part in ("model", "ema"):
-        assert first[part].keys() == second[part].keys()
-        for key, value in first[part].items():
-            assert torch.equal(value, second[part][key]), f"{part}.{key} differs"
 
 
 def test_checkpoints_keep_their_format(reference):
