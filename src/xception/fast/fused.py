@@ -108,7 +108,8 @@ class FusedConv(nn.Module):
         self.relu_in = False
         self.relu_out = False
         self.backend: Backend = "torch"
-        self._packed: torch.Tensor | None = None  # oneDNN's blocked weight, for its conv or (bf16 1×1, with _matrix) its matmul; not a buffer
+        # oneDNN's blocked weight, for its conv or (bf16 1×1 convs, beside _matrix) its matmul; not a buffer
+        self._packed: torch.Tensor | None = None
         self._taps: torch.Tensor | None = None  # the Triton kernel's (kh·kw, C) float32 weight
         self._bn_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # cudnn: (variance, mean) for the bias
         self._matrix: torch.Tensor | None = None  # mkldnn, bf16 1×1 convs: the (out, in) weight of the GEMM
