@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard src/xception/fast/csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	@# pip --quiet hides a failed build of the optional C++ kernels: say it here, with the fix.
+	@$(PY) -c "from xception.fast import native; p = native.problem(); p and p[1] and print('warning:', p[0])"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -66,10 +68,10 @@ browser:
 test: venv browser
 	$(PY) -m pytest -q
 
-test-slow: venv
+test-slow: venv fashion-mnist
 	$(PY) -m pytest -q -m slow
 
-test-all: venv
+test-all: venv browser fashion-mnist
 	$(PY) -m pytest -q -m ""
 
 lint: venv

@@ -59,6 +59,7 @@ def section_correctness(args: argparse.Namespace) -> dict[str, Any]:
             ("triton kernels, bf16", {"kernels": "triton", "dtype": torch.bfloat16}),
             ("triton kernels, float32", {"kernels": "triton", "dtype": torch.float32}),
             ("cudnn fused kernels, float32", {"kernels": "cudnn", "dtype": torch.float32}),
+            ("experimental kernels, bf16", {"kernels": "experimental", "dtype": torch.bfloat16}),
             ("auto kernels, bf16, CUDA graphs", {"kernels": "auto", "dtype": torch.bfloat16, "cuda_graphs": True}),
         ]
     checks, choices = [], {}

@@ -1,30 +1,36 @@
 """Training throughput of recipe variants: img/s over a fixed number of updates, each variant in turn.
 
     PYTHONPATH=src python benchmarks/train_speed.py 30 "" "compile=true" "amp=bf16" "model.width=0.25"
+    PYTHONPATH=src python benchmarks/train_speed.py --data-dir FOLDER 30 ""   # the IDX files in FOLDER
 
 Each argument after the update count is one variant: comma-separated recipe settings applied to the
 fashion-mnist recipe (the empty string is the recipe itself). Every variant opens a throw-away run,
 trains 5 updates of warm-up (compilation included) and then times the given number of updates.
+Fashion-MNIST is found as training finds it (installed, cached or downloaded) unless --data-dir names it.
 """
 
-import sys
+import argparse
 import tempfile
 import time
 
 import torch
 
 from xception.train import apply_overrides, fit, load_recipe, open_log, open_run
+from xception.train.checkpoint import RunSettings
 
 
 def main() -> None:
-    if len(sys.argv) < 3 or not sys.argv[1].isdigit():
-        sys.exit(__doc__)
-    steps = int(sys.argv[1])
-    for spec in sys.argv[2:]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("steps", type=int, help="updates timed per variant")
+    parser.add_argument("variants", nargs="+", help="comma-separated recipe settings; '' is the recipe")
+    parser.add_argument("--data-dir", help="folder with Fashion-MNIST's four IDX files")
+    args = parser.parse_args()
+    steps = args.steps
+    for spec in args.variants:
         changes = [c for c in spec.split(",") if c]
         recipe = apply_overrides(load_recipe("fashion-mnist"), [*changes, "checkpoint_minutes=0"])
         with tempfile.TemporaryDirectory() as out:
-            run = open_run(recipe, out=f"{out}/run")
+            run = open_run(recipe, RunSettings(data_dir=args.data_dir), out=f"{out}/run")
             params = sum(p.numel() for p in run.state.model.parameters())
             with open_log(run) as log:
                 fit(run, log, steps=5)  # warm-up

@@ -124,6 +124,14 @@ def test_the_cli_writes_a_json_report_and_prints_a_table(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "fast" in printed and "of GEMM" in printed and "anchor:" in printed
+    from xception.fast import native
+    from xception.runtime import cpu_name
+
+    assert f"on {cpu_name()}" in printed and "medians · 1 thread\n" in printed  # the CPU and threads, in words
+    rows = {line.split()[0]: line for line in printed.splitlines() if line.startswith(("eager ", "fast "))}
+    assert rows["eager"].rstrip().endswith("PyTorch ops (oneDNN)")  # each row names its kernels
+    expected = f"native ({native.isa()}," if native.available() else "mkldnn"
+    assert expected in rows["fast"]
     saved = json.loads(out.read_text())
     assert saved["schema"] == SCHEMA and [r["name"] for r in saved["results"]] == ["eager", "fast", "gemm"]
     assert all(r["peak_memory_bytes"] is None for r in saved["results"])

@@ -50,9 +50,12 @@ def test_bias_probe_policies_compute_the_same_logits():
     assert all(err <= 1e-5 for err in rows.values())  # float32 on CPU: the policies differ only by rounding
 
 
-def test_train_speed_times_each_variant():
+def test_train_speed_times_each_variant(tmp_path):
+    from test_data_fashion_mnist import write_fake_dataset
+
+    write_fake_dataset(tmp_path / "fm", n_train=1200, n_test=10, gz=False)
     variants = ["model.width=0.125,model.middle_repeats=1", "model.width=0.25,model.middle_repeats=1"]
-    out = run_script("train_speed.py", "2", *variants, tiny=False)
+    out = run_script("train_speed.py", "--data-dir", str(tmp_path / "fm"), "2", *variants, tiny=False)
     rows = re.findall(r"^(\S+)\s+([\d,]+) params\s+(\d+) img/s", out, re.M)
     assert [r[0] for r in rows] == variants
     assert int(rows[1][1].replace(",", "")) > int(rows[0][1].replace(",", "")) and all(int(r[2]) > 0 for r in rows)

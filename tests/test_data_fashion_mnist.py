@@ -110,12 +110,13 @@ def test_unreachable_mirror_gives_a_clear_error(tmp_path, http_server):
 def test_locate_downloads_into_the_data_dir(tmp_path, http_server, monkeypatch):
     url, served = http_server
     sums = write_fake_dataset(served)
-    monkeypatch.setattr(fm, "MIRROR", url)
+    monkeypatch.setenv(fm.MIRROR_ENV, url)  # the download goes where the setting says
     monkeypatch.setattr(fm, "CHECKSUMS", sums)
     train, val = training_sources("fashion-mnist", data_dir=tmp_path / "fm", val_fraction=0.2)
     assert (len(train), len(val)) == (20, 10) and train.classes == fm.CLASSES  # one of each class held out
 
 
+@pytest.mark.slow  # `make test-slow` installs the dataset first; the default suite uses none
 @pytest.mark.skipif(not fm.has_files(fm.DEBIAN_DIR), reason="Debian's dataset-fashion-mnist is not installed")
 def test_the_real_dataset_has_the_published_sizes_and_statistics():
     images, labels = fm.load_fashion_mnist("train", fm.DEBIAN_DIR, download=False)

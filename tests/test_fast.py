@@ -30,7 +30,9 @@ from xception.models import MODELS
 
 CPU_TOL = 1e-4
 BF16_TOL = 3e-2
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def cuda(test):
+    """A test of a CUDA code path: marked for benchmarks/gpu_check.sh (``-m cuda``), skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -345,7 +347,7 @@ def fold_copy(model: nn.Module) -> nn.Module:
 
 @cuda
 @pytest.mark.parametrize("name", ["xception", "legacy_xception", "xception41", "xception41p"])
-@pytest.mark.parametrize("kernels", ["torch", "auto", "cudnn"])
+@pytest.mark.parametrize("kernels", ["torch", "auto", "cudnn", "experimental"])
 def test_bf16_fast_path_on_cuda_matches_float32_within_bf16_tolerance(name, kernels):
     model = small(name)
     x = torch.randn(4, 3, 75, 75)
@@ -376,9 +378,17 @@ def test_triton_depthwise_is_used_where_it_wins_and_agrees_with_cudnn():
     fast = optimize(model, device="cuda", kernels="triton", dtype=torch.float32)
     ref = optimize(model, device="cuda", kernels="torch", dtype=torch.float32)
     assert relative_error(fast(x), ref(x)) <= 1e-4
-    auto = optimize(model, device="cuda", batch_size=4, input_size=75)
-    assert auto.kernel_choices and all(c["backend"] in ("cudnn", "triton") for c in auto.kernel_choices.values())
-    assert auto.settings["kernels"].startswith("auto (triton or cudnn fused")
+    chosen = optimize(model, device="cuda", kernels="experimental", batch_size=4, input_size=75)
+    assert chosen.kernel_choices and all(c["backend"] in ("cudnn", "triton") for c in chosen.kernel_choices.values())
+    assert chosen.settings["kernels"].startswith("experimental (triton or cudnn fused")
+    assert relative_error(chosen(x), ref(x)) <= 1e-4
+
+
+@cuda
+def test_the_cuda_default_is_pytorchs_verified_kernels():
+    fast = optimize(small("xception"), device="cuda")
+    assert fast.settings["kernels"] == "torch" and not fast.kernel_choices
+    assert {c.backend for c in fast.program.convs()} == {"torch"}
 
 
 @cuda
@@ -390,7 +400,7 @@ def test_cudnn_fused_convs_agree_with_pytorch_ops_in_float32():
     assert {c.backend for c in fused.program.convs()} == {"cudnn"}
     torch.backends.cudnn.allow_tf32 = False
     try:
-        assert relative_error(fused(x), plain(x).cpu()) <= 1e-4
+        assert relative_error(fused(x).cpu(), plain(x).cpu()) <= 1e-4
     finally:
         torch.backends.cudnn.allow_tf32 = True
 

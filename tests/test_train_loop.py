@@ -157,6 +157,7 @@ def test_compiled_model_trains(folder, tmp_path):
     assert result.weights.is_file()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("compile", [False, True])
 def test_bf16_training_on_cuda_learns_and_exports_float32_weights(folder, tmp_path, compile):

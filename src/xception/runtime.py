@@ -69,9 +69,8 @@ def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int = 5, war
     return times[len(times) // 2]
 
 
-def cpu_name() -> str:
-    """The CPU's name with what decides kernel speed: family/model (virtual machines often report a generic
-    name such as "Intel(R) Xeon(R) Processor") and the widest vector extensions."""
+def _cpu_info() -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo (empty where there is none)."""
     info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -81,6 +80,20 @@ def cpu_name() -> str:
                     break  # the first processor's block is enough
                 info.setdefault(key.strip(), value.strip())
     except OSError:
+        pass
+    return info
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo names them (``avx2``, ``avx512_vnni``, ``amx_int8``, …)."""
+    return set(_cpu_info().get("flags", "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's name with what decides kernel speed: family/model (virtual machines often report a generic
+    name such as "Intel(R) Xeon(R) Processor") and the widest vector extensions."""
+    info = _cpu_info()
+    if not info:
         return platform.processor() or platform.machine()
     flags = set(info.get("flags", "").split())
     isa = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))

@@ -18,3 +18,8 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], right: S
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``"1 thread"``, ``"2 threads"``, ``"1,000 images"``: a count with its noun in the right number."""
+    return f"{count:,} {noun if count == 1 else (nouns or noun + 's')}"

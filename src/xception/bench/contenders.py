@@ -109,7 +109,9 @@ def eager(ctx: BuildContext, compiled: bool) -> Contender:
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
             return fn(x)
 
-    return Contender(run, x.shape[0], details={"model": _model_name(ctx)},
+    library = "cuDNN" if ctx.device.type == "cuda" else "oneDNN"
+    kernels = f"Inductor ({library} convs)" if compiled else f"PyTorch ops ({library})"
+    return Contender(run, x.shape[0], details={"model": _model_name(ctx), "kernels": kernels},
                      precision=ctx.dtype if autocast else torch.float32)
 
 
@@ -152,7 +154,8 @@ def onnxruntime(ctx: BuildContext) -> Contender:
     # model is not counted as the call's working set.
     plain = session(arena=False)
     plain.run(None, feed)
-    details = {"export_s": round(export_s, 2), "provider": provider, "onnxruntime": ort.__version__}
+    details = {"export_s": round(export_s, 2), "provider": provider, "onnxruntime": ort.__version__,
+               "kernels": "MLAS" if provider == "CPUExecutionProvider" else provider}
     return Contender(lambda: sess.run(None, feed), ctx.x.shape[0], details=details,
                      memory_run=lambda: plain.run(None, feed),
                      memory_note="arena-less session (an arena would hide the working set)")
@@ -187,6 +190,7 @@ def openvino(ctx: BuildContext) -> Contender:
     spare = [compiled().create_infer_request()]
     applied = main.get_property(hints.inference_precision)  # what the plugin does with the hint
     details = {"export_s": round(export_s, 2), "openvino": ov.__version__, "device": "CPU",
+               "kernels": "OpenVINO CPU plugin (oneDNN)",
                "inference_precision": applied.get_type_name(),
                "threads": main.get_property(props.inference_num_threads),
                "performance_hint": str(main.get_property(hints.performance_mode)), "input_shape": shape}
@@ -219,7 +223,10 @@ def train(ctx: BuildContext, compiled: bool) -> Contender:
         opt.step()
         return loss
 
-    return Contender(step, batch, details={"model": _model_name(ctx), "optimizer": "SGD momentum 0.9"},
+    library = "cuDNN" if device.type == "cuda" else "oneDNN"
+    kernels = f"Inductor ({library} convs)" if compiled else f"PyTorch ops ({library})"
+    return Contender(step, batch, details={"model": _model_name(ctx), "optimizer": "SGD momentum 0.9",
+                                           "kernels": kernels},
                      precision=dtype if autocast else torch.float32)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..runtime import cpu_name
-from ..tables import format_table
+from ..tables import format_table, plural
 from .models import TIMM_MODEL
 
 if TYPE_CHECKING:
@@ -122,11 +122,14 @@ def format_report(report: dict[str, Any]) -> str:
     s = report["settings"]
     shown = [r for r in report["results"] if r["kind"] != "anchor"]
     headers = ["mode", "precision", "img/s", "p50 ms", "p90 ms", "p99 ms", "peak MiB",
-               *(header for header, _, _ in RATIO_COLUMNS), "max err", "setup s"]
+               *(header for header, _, _ in RATIO_COLUMNS), "max err", "setup s", "kernels"]
     rows = [_row(r, report["ratios"].get(r["name"], {}), len(headers)) for r in shown]
+    env = report.get("environment", {})
+    where = env.get("gpu") or env.get("cpu") or "unknown CPU"
     lines = [f"{s['model']} · {s['device']} · {s['dtype']} · batch {s['batch_size']} (train {s['train_batch_size']}) · "
-             f"{s['input_size']} px · {s['repeats']} repeats in turns, medians · {s['threads']} threads",
-             format_table(rows, headers, right=range(2, len(headers)))]
+             f"{s['input_size']} px · {s['repeats']} repeats in turns, medians · {plural(s['threads'], 'thread')}",
+             f"on {where}" + (f" (host CPU: {env['cpu']})" if env.get("gpu") and env.get("cpu") else ""),
+             format_table(rows, headers, right=range(2, len(headers) - 1))]
     gemm = report["anchors"].get("gemm")
     if gemm:
         lines.append(f"anchor: {gemm['size']}² {gemm['dtype']} matmul at {gemm['gflops']:,.1f} GFLOP/s "
@@ -157,4 +160,5 @@ def _row(r: dict[str, Any], ratio: dict[str, float], width: int) -> tuple[str, .
         r["name"], r.get("precision", ""), f"{r['images_per_s']:,.1f}", f"{lat['p50']:,.1f}", f"{lat['p90']:,.1f}",
         f"{lat['p99']:,.1f}", f"{mem / 2**20:,.0f}" if mem is not None else "-", *ratio_cells,
         f"{r['details']['max_rel_err']:.0e}" if "max_rel_err" in r["details"] else "", f"{r['setup_s']:.0f}",
+        r["details"].get("kernels", ""),
     )

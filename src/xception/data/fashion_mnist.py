@@ -1,9 +1,10 @@
 """Fashion-MNIST (Xiao et al. 2017): 70,000 28×28 grayscale images of 10 kinds of clothing, from IDX files.
 
-Where the files come from, in order: the folder given (``data_dir``), Debian's ``dataset-fashion-mnist``
-package (``/usr/share/datasets/fashion-mnist``), the user cache (``~/.cache/xception/fashion-mnist``), and
-finally a download from the upstream mirror into the folder given or the cache, verified against the
-published MD5 checksums. Files may be gzipped (``*.gz``) or not.
+Where the files come from, in order: the folder given (``data_dir``), else the installed copies
+(:func:`xception.locations.dataset_folders`: Debian's ``dataset-fashion-mnist`` package in
+``/usr/share/datasets/fashion-mnist``, then the cache, or the folders ``$XCEPTION_DATA_PATH`` names), and
+finally a download from the upstream mirror (``$XCEPTION_FASHION_MNIST_URL`` names another) into the folder
+given or the cache, verified against the published MD5 checksums. Files may be gzipped (``*.gz``) or not.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, DataError, DownloadError, MissingPathError, hint
 from ..fileio import atomic_write, file_digest
+from ..locations import dataset_cache, dataset_folders
 
 log = logging.getLogger("xception.data")
 
@@ -36,6 +38,7 @@ SPLITS: dict[str, tuple[str, str]] = {
 }
 SIZES = {"train": 60_000, "test": 10_000}
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+MIRROR_ENV = "XCEPTION_FASHION_MNIST_URL"
 # The MD5 sums upstream publishes for its gzipped files.
 CHECKSUMS: dict[str, str] = {
     "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
@@ -51,8 +54,13 @@ _IDX_TYPES = {0x08: torch.uint8}
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "xception" / "fashion-mnist"
+    """Where a download goes when no folder is given."""
+    return dataset_cache("fashion-mnist")
+
+
+def mirror() -> str:
+    """The base URL of the download: ``$XCEPTION_FASHION_MNIST_URL``, else upstream's."""
+    return os.environ.get(MIRROR_ENV) or MIRROR
 
 
 def _file(folder: Path, stem: str) -> Path | None:
@@ -68,8 +76,8 @@ def has_files(folder: str | os.PathLike[str]) -> bool:
 
 
 def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """The first folder holding the four IDX files: ``data_dir`` if given, else Debian's, else the cache."""
-    candidates = [Path(data_dir)] if data_dir is not None else [DEBIAN_DIR, cache_dir()]
+    """The first folder holding the four IDX files: ``data_dir`` if given, else the first installed copy."""
+    candidates = [Path(data_dir)] if data_dir is not None else dataset_folders("fashion-mnist")
     return next((c for c in candidates if has_files(c)), None)
 
 
@@ -78,14 +86,15 @@ def locate(data_dir: str | os.PathLike[str] | None = None, *, download: bool = T
     found = find_fashion_mnist(data_dir)
     if found is not None:
         return found
-    where = f"{data_dir}" if data_dir is not None else f"{DEBIAN_DIR} or {cache_dir()}"
+    searched = [Path(data_dir)] if data_dir is not None else dataset_folders("fashion-mnist")
+    where = " or ".join(map(str, searched)) or "any folder (XCEPTION_DATA_PATH names none)"
     if not download:
         raise MissingPathError(
             f"Fashion-MNIST is not in {where}; install it with 'apt-get install dataset-fashion-mnist', "
             f"put the four IDX files in a folder and pass {hint('data_dir=FOLDER', '--data-dir FOLDER')}, or allow "
             "the download"
         )
-    return download_fashion_mnist(Path(data_dir) if data_dir is not None else cache_dir(), base_url=MIRROR,
+    return download_fashion_mnist(Path(data_dir) if data_dir is not None else cache_dir(), base_url=mirror(),
                                   checksums=CHECKSUMS)
 
 

@@ -48,8 +48,8 @@ __all__ = [
     "fuse_conv_bn_weights", "keep_freed_memory", "mkldnn_available", "optimize",
 ]
 
-Kernels = Literal["auto", "native", "torch", "mkldnn", "triton", "cudnn"]
-KERNELS: tuple[str, ...] = ("auto", "native", "torch", "mkldnn", "triton", "cudnn")
+Kernels = Literal["auto", "native", "torch", "mkldnn", "triton", "cudnn", "experimental"]
+KERNELS: tuple[str, ...] = ("auto", "native", "torch", "mkldnn", "triton", "cudnn", "experimental")
 
 
 class FastXception(nn.Module):
@@ -57,7 +57,7 @@ class FastXception(nn.Module):
 
     Inputs are moved to the model's device, dtype and memory format inside ``forward``, so callers pass
     the same tensors they would give the plain model. ``settings`` records what was applied, and
-    ``kernel_choices`` (GPU, ``kernels="auto"``) the per-layer Triton/cuDNN timings behind each choice.
+    ``kernel_choices`` (GPU, ``kernels="experimental"``) the per-layer Triton/cuDNN timings behind each choice.
     """
 
     def __init__(
@@ -171,11 +171,12 @@ def optimize(
         batch_size: warm up now (compile, choose kernels, capture graphs) for this batch size.
         input_size: image side for that warm-up (default: the model's preprocessing, else 299).
         kernels: ``"auto"`` (CPU: the compiled kernels of :mod:`.native` — each separable conv one fused
-            GEMM — where they are installed, oneDNN fused convs for the rest or where they are not; in
-            bfloat16, oneDNN's convs and matrix products with the native max-pools; CUDA:
-            cuDNN's fused conv + bias + ReLU, and the Triton depthwise kernel wherever it beats cuDNN on the
-            first batch; with ``compile`` or ``cuda_graphs``, plain PyTorch ops), or force ``"native"``,
-            ``"torch"``, ``"mkldnn"``, ``"triton"``, ``"cudnn"``.
+            GEMM — where they are installed, oneDNN fused convs for the rest or where they are not, said once
+            in a warning; in bfloat16, oneDNN's convs and matrix products with the native max-pools; CUDA:
+            PyTorch's kernels, on the folded and fused program), or force ``"native"``, ``"torch"``,
+            ``"mkldnn"``, or the experimental CUDA kernels, not yet verified on a GPU: ``"cudnn"`` (cuDNN's
+            fused conv + bias + ReLU), ``"triton"`` (the Triton depthwise kernel) and ``"experimental"``
+            (both: Triton per depthwise layer wherever it beats cuDNN on the first batch).
         keep_memory: CPU only: keep freed memory for reuse (process-wide, see :mod:`xception.fast.memory`);
             default on for CPU.
     """
@@ -203,7 +204,7 @@ def optimize(
     if cuda_graphs:
         runner = CudaGraphRunner(runner or program)
     fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings,
-                        runner=runner, choose_depthwise=use_triton and kernels == "auto",
+                        runner=runner, choose_depthwise=use_triton and kernels == "experimental",
                         base_backend="cudnn" if use_cudnn else "torch")
     if batch_size is not None:
         size = input_size or (model.preprocessing.input_size if model.preprocessing is not None else 299)
@@ -232,20 +233,25 @@ def _check_request(kernels: str, device: torch.device, dtype: torch.dtype, cuda_
         raise ConfigError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
     if kernels == "cudnn" and not cudnn_fusion_available(device):
         raise ConfigError("kernels='cudnn' needs a CUDA device with cuDNN; use kernels='auto' to fall back")
+    if kernels == "experimental" and device.type != "cuda":
+        raise ConfigError("kernels='experimental' (Triton and cuDNN epilogues) needs a CUDA device")
 
 
 def _choose_kernels(program: FusedXception, kernels: str, device: torch.device, dtype: torch.dtype, compile: bool,
                     cuda_graphs: bool) -> tuple[str, bool, bool]:
     """Put each conv of ``program`` on its kernels; returns (the choice in words, Triton used, cuDNN used)."""
-    use_triton = kernels == "triton" or (
-        kernels == "auto" and not compile and device.type == "cuda" and triton_depthwise.available(device)
-    )
-    # cuDNN's fused ops are not traced by torch.compile, nor yet measured inside CUDA graphs: opt-in there.
-    use_cudnn = kernels == "cudnn" or (
-        kernels == "auto" and not compile and not cuda_graphs and cudnn_fusion_available(device)
-    )
+    # On CUDA, "auto" is PyTorch's own kernels: the Triton and cuDNN-epilogue kernels stay opt-in
+    # ("experimental": both, Triton per depthwise layer where it wins) until a GPU run of
+    # benchmarks/gpu_check.sh has verified them.
+    experimental = kernels == "experimental" and device.type == "cuda"
+    use_triton = kernels == "triton" or (experimental and not compile and triton_depthwise.available(device))
+    # cuDNN's fused ops are not traced by torch.compile, nor yet measured inside CUDA graphs.
+    use_cudnn = kernels == "cudnn" or (experimental and not compile and not cuda_graphs
+                                       and cudnn_fusion_available(device))
     backend = "torch"
     cpu_auto = kernels == "auto" and not compile and device.type == "cpu"
+    if cpu_auto:
+        native.warn_if_unavailable()
     onednn_dtype = dtype == torch.float32 or (dtype == torch.bfloat16 and mkldnn_bf16_available())
     if kernels == "mkldnn" or (cpu_auto and onednn_dtype and mkldnn_available()):
         backend = "mkldnn"
@@ -262,6 +268,6 @@ def _choose_kernels(program: FusedXception, kernels: str, device: torch.device, 
             program.set_backend("cudnn")
         if use_triton:
             base = "cudnn fused" if use_cudnn else "cudnn"
-            backend = "triton" if kernels == "triton" else f"auto (triton or {base} per depthwise layer)"
+            backend = "triton" if kernels == "triton" else f"experimental (triton or {base} per depthwise layer)"
             program.set_backend("triton", depthwise_only=True)
     return backend, use_triton, use_cudnn

@@ -20,7 +20,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import logging
 import os
+import platform
 import threading
 
 import torch
@@ -28,6 +30,8 @@ from torch import nn
 
 from ..layers import TFSamePad2d, tf_same_padding
 from .fused import FusedBlock, FusedConv, FusedXception
+
+log = logging.getLogger("xception.fast")
 
 POINTWISE, SEPARABLE, PATCHES = 0, 1, 2
 ISAS = {0: "none", 1: "avx2", 2: "avx512"}
@@ -78,6 +82,53 @@ def isa() -> str:
 def available() -> bool:
     """Whether the compiled kernels are installed and this CPU can run them."""
     return isa() != "none"
+
+
+def built() -> bool:
+    """Whether the compiled kernels are installed and load (whatever this CPU can run)."""
+    return _library() is not None
+
+
+def _load_error() -> str | None:
+    """Why the extension cannot be used, as the loader says it, or None when it loads (or is absent)."""
+    spec = importlib.util.find_spec("xception.fast._cpu")
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        ctypes.CDLL(spec.origin)
+    except OSError as err:
+        return str(err)
+    return None
+
+
+def problem() -> tuple[str, bool] | None:
+    """Why the compiled kernels do not run here, with the consequence and what to do, and whether the user can
+    fix it (a failed build can be; a CPU without the instruction sets cannot); None when they run."""
+    if available():
+        return None
+    consequence = ("the fast path runs its convolutions on oneDNN instead, about 0.77× the speed of the native "
+                   "kernels (AVX-512 Xeon, float32, batch 8; benchmarks/NOTES.md)")
+    if importlib.util.find_spec("xception.fast._cpu") is None:
+        return ("the compiled CPU kernels (xception.fast._cpu) were not built when the package was installed "
+                f"(no C++ compiler, or the compile failed); {consequence}. Fix: install a C++ compiler "
+                "(apt-get install g++) and reinstall the package (pip install --no-deps --force-reinstall -e .; "
+                "add -v to see the compiler's error)"), True
+    if (error := _load_error()) is not None:
+        return (f"the compiled CPU kernels cannot be loaded ({error}); {consequence}. Fix: reinstall the "
+                "package (pip install --no-deps --force-reinstall -e .)"), True
+    return (f"this CPU ({platform.machine()}) has neither AVX-512 nor AVX2 + FMA, which the compiled CPU kernels "
+            f"need; {consequence}"), False
+
+
+@functools.cache
+def warn_if_unavailable() -> bool:
+    """Say once per process why the compiled kernels do not run, if they do not: a warning when it can be
+    fixed, an info line when the CPU cannot run them. Returns whether they run."""
+    found = problem()
+    if found is not None:
+        text, fixable = found
+        log.log(logging.WARNING if fixable else logging.INFO, "%s", text)
+    return found is None
 
 
 _lock = threading.Lock()  # the kernels share one thread pool: one forward pass at a time

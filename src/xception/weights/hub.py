@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError, DownloadError, StorageError
 from ..fileio import file_digest
+from ..locations import CACHE_ENV, cache_root
 from ..preprocessing import KERAS, TIMM_LEGACY, Preprocessing
 from .imagenet import imagenet_class_names
 
@@ -43,7 +44,6 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-CACHE_ENV = "XCEPTION_CACHE"
 CHUNK = 1 << 20
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
 
@@ -128,10 +128,7 @@ def get_tag(name: str) -> WeightsTag:
 
 def cache_dir() -> Path:
     """``$XCEPTION_CACHE``, else ``$XDG_CACHE_HOME/xception``, else ``~/.cache/xception``."""
-    if env := os.environ.get(CACHE_ENV):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "xception"
+    return cache_root()
 
 
 # -- checksums -------------------------------------------------------------------------------------------
