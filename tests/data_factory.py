@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -92,3 +95,25 @@ def assert_same_training(a: Path, b: Path) -> None:
     left = {k: v for s in first["optimizer"]["state"].values() for k, v in s.items()}
     right = {k: v for s in second["optimizer"]["state"].values() for k, v in s.items()}
     assert all(torch.equal(v, right[k]) for k, v in left.items() if isinstance(v, torch.Tensor))
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def cli_environment() -> dict[str, str]:
+    """The environment of an ``xception`` subprocess: this checkout's sources, one thread."""
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+
+
+def signal_on_line(args: list[str], prefix: str, sig: int = signal.SIGINT) -> subprocess.CompletedProcess:
+    """Run ``args`` and send ``sig`` once a line of its stderr starts with ``prefix``; the whole outcome."""
+    proc = subprocess.Popen(args, env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(prefix):
+            proc.send_signal(sig)
+            break
+    stdout, rest = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, "".join(lines) + rest)

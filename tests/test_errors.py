@@ -174,3 +174,14 @@ def test_an_output_file_that_is_a_folder_is_named_as_such(tmp_path, capsys):
     assert "out.safetensors: it is an existing folder" in err and len(err.strip().splitlines()) == 1
     assert list((tmp_path / "out.safetensors").iterdir()) == []  # nothing half-written left inside or beside
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "w.safetensors"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`xception summary --json | head`: no BrokenPipeError traceback, the exit status a shell expects."""
+    proc = subprocess.Popen([sys.executable, "-m", "xception", "summary", "xception71", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(100)  # far less than the 98 kB it writes: the pipe fills and the reader leaves
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

@@ -158,14 +158,14 @@ def test_predict_with_onnxruntime_reads_names_and_preprocessing_from_the_file(ti
     assert [t["class"] for t in out["top"]] == [n for n, _ in via_torch[0].top[:2]]
 
 
-def test_onnx_files_that_cannot_be_run_fail_clearly(tmp_path):
+def test_onnx_files_that_cannot_be_run_fail_clearly(tiny_onnx, tmp_path):
     with pytest.raises(MissingPathError, match="does not exist"):
         load_onnx(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all")
     with pytest.raises(WeightsError, match="not an ONNX model"):
         load_onnx(tmp_path / "junk.onnx")
-    with pytest.raises(ConfigError, match=r"runs an exported \.onnx file"):
-        predict(tmp_path / "w.safetensors", [tmp_path / "x.png"], backend="onnxruntime")
+    with pytest.raises(ConfigError, match="it runs on onnxruntime, not torch; give the weights it was exported from"):
+        predict(tiny_onnx.path, [tmp_path / "x.png"], backend="torch")
 
 
 def test_bad_requests_fail_clearly(tiny, tmp_path):

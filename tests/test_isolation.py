@@ -45,6 +45,6 @@ def test_without_the_setting_the_system_folder_then_the_cache_are_searched(monke
 
 def test_reaching_for_the_real_dataset_fails_at_once():
     started = time.perf_counter()
-    with pytest.raises(DownloadError, match="could not download http://127.0.0.1:9/"):
+    with pytest.raises(DownloadError, match=r"could not download http://127\.0\.0\.1:9/"):
         fm.load_fashion_mnist("test")
     assert time.perf_counter() - started < 10  # a closed local port answers at once: no network wait

@@ -223,7 +223,11 @@ def test_onnxruntime_backend_serves_the_same_top_5(weights):
 
 
 def test_what_cannot_be_served_fails_before_the_server_starts(weights, tmp_path):
-    with pytest.raises(ConfigError, match="--backend onnxruntime"):
+    onnx_header = tmp_path / "model.bin"  # what an ONNX file starts with: its content says ONNX, not its name
+    onnx_header.write_bytes(b"\x08\x0a\x12\x07pytorch\x1a\x062.14.1")
+    with pytest.raises(ConfigError, match="an ONNX export: it runs on onnxruntime, not fast"):
+        create_app(str(onnx_header), backend_name="torch")
+    with pytest.raises(XceptionError):
         create_app(str(tmp_path / "model.onnx"))
     with pytest.raises(XceptionError):
         create_app(str(tmp_path / "missing.safetensors"))

@@ -54,6 +54,7 @@ def test_page_shows_top_5_and_the_overlay_for_an_uploaded_photo(tmp_path):
             page.wait_for_function("document.querySelectorAll('#bars .bar').length === 5", timeout=60_000)
             page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=60_000)
             names = page.locator("#bars .label span:first-child").all_inner_texts()
+            shown = page.locator("#bars .label span:last-child").all_inner_texts()
             widths = page.eval_on_selector_all("#bars .fill", "bars => bars.map(b => b.getBoundingClientRect().width)")
             size = page.evaluate("[document.getElementById('overlay').naturalWidth,"
                                  " document.getElementById('overlay').naturalHeight]")
@@ -63,7 +64,13 @@ def test_page_shows_top_5_and_the_overlay_for_an_uploaded_photo(tmp_path):
         finally:
             browser.close()
     assert not errors
-    assert len(names) == 5 and all(n.startswith("class ") for n in names)
+    # The bars are the model's own top 5 for this photo, in its order, with its probabilities.
+    from xception.predict import predict
+
+    (expected,) = predict(weights, [photo], top_k=5)
+    assert names == [name for name, _ in expected.top]
+    assert [float(text.removesuffix(" %")) for text in shown] == pytest.approx(
+        [100 * p for _, p in expected.top], abs=0.051)
     assert all(w > 0 for w in widths) and widths == sorted(widths, reverse=True)  # most probable first
     from PIL import Image
 

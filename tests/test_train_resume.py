@@ -5,7 +5,6 @@ resumed run must end with bit-identical weights (model and EMA) to an uninterrup
 moments (mid-epoch checkpoints) is tested in test_reliability_training.py.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,12 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import xception
-from data_factory import stripes_folder, tiny_recipe
+from data_factory import cli_environment, signal_on_line, stripes_folder, tiny_recipe
 from xception.train import load_checkpoint
 
 EPOCHS = 4
-SRC = str(Path(xception.__file__).parents[1])
 
 
 def command(folder: Path, recipe: Path, out: Path, *extra: str) -> list[str]:
@@ -27,8 +24,7 @@ def command(folder: Path, recipe: Path, out: Path, *extra: str) -> list[str]:
             "--deterministic", "--no-progress", *extra]
 
 
-def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+environment = cli_environment
 
 
 def run_to_end(args: list[str]) -> subprocess.CompletedProcess:
@@ -39,16 +35,7 @@ def run_to_end(args: list[str]) -> subprocess.CompletedProcess:
 
 def ctrl_c_once_training_starts(args: list[str]) -> subprocess.CompletedProcess:
     """Start a run and send SIGINT as soon as it announces its run folder (the first epoch begins)."""
-    proc = subprocess.Popen(args, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if line.startswith("run folder:"):
-            proc.send_signal(signal.SIGINT)
-            break
-    stdout, rest = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, "".join(lines) + rest)
+    return signal_on_line(args, "run folder:", signal.SIGINT)
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

@@ -102,19 +102,25 @@ class Counts:
 
 @torch.no_grad()
 def count_batches(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, list[Any]]], num_classes: int, *,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, list[Any]]], num_classes: int, *,
     device: torch.device | str = "cpu", autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     channels_last: bool = False, on_skipped: Callable[[list[Any]], None] | None = None,
     progress: bool = False, desc: str = "evaluating", total: int | None = None, flip: bool = False,
 ) -> Counts:
-    """Run ``model`` (in eval mode) over ``batches`` and count; the model's mode is restored after.
+    """Run ``model`` (in eval mode) over ``batches`` and count on ``device``; the model's mode is restored
+    after. ``model`` is a module, or any callable from images to logits (a
+    :class:`~xception.inference.Runner`: it places and casts the images itself).
 
     ``flip``: test-time flip. The model also sees each image mirrored left to right, and what is counted
     is the mean of the two softmax distributions (as log-probabilities: the loss is that of the mean)."""
-    was_training = model.training
-    model.eval()
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     counts = Counts.zeros(num_classes, device)
-    dtype = next(model.parameters()).dtype
+    param = next(module.parameters(), None) if module is not None else None
+    dtype = param.dtype if param is not None else None
     bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True)
     try:
         for images, labels, skipped in bar:
@@ -122,7 +128,8 @@ def count_batches(
                 on_skipped(skipped)
             if len(labels) == 0:
                 continue
-            images = images.to(dtype, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+            fmt = torch.channels_last if channels_last else torch.preserve_format
+            images = images.to(dtype, memory_format=fmt) if dtype is not None else images.to(memory_format=fmt)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 logits = model(images)
                 if flip:
@@ -130,10 +137,11 @@ def count_batches(
             if flip:
                 pair = torch.stack((logits.float(), mirrored.float())).log_softmax(-1)
                 logits = pair.logsumexp(0) - math.log(2)
-            counts.update(logits, labels)
+            counts.update(logits.to(counts.confusion.device), labels.to(counts.confusion.device))
     finally:
         bar.close()
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
     return counts
 
 
@@ -227,36 +235,38 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
     return path
 
 
+def _classes(names: list[str], named: bool, found: Sequence[str], data: str | os.PathLike[str]) -> list[str]:
+    """The model's class names; the data's, in order, when the model names none and the counts agree."""
+    if named:
+        return names
+    if len(found) != len(names):
+        raise DataError(f"{data} has {len(found)} classes but the model has {len(names)} outputs and no class "
+                        "names to match them by")
+    return list(found)
+
+
 def evaluate(
     weights: str | os.PathLike[str], data: str | os.PathLike[str], *, model_name: str | None = None,
     model_options: Mapping[str, Any] | None = None,
     split: str = "test", batch_size: int = 128, device: str = "auto", workers: int | None = None,
     strict: bool = False, data_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-    plot: str | os.PathLike[str] | None = None, flip: bool = False,
+    plot: str | os.PathLike[str] | None = None, flip: bool = False, runtime: str = "auto",
 ) -> EvalReport:
     """Evaluate ``weights`` on ``data`` (``"fashion-mnist"`` or a folder of class sub-folders).
 
-    The folder's classes are matched by name to the class names the weights carry; the preprocessing
-    is the one the weights carry. ``model_name`` names the network of a bare state dict (every other
-    format says it itself); ``model_options`` are config fields for :func:`xception.create_model` (e.g.
-    ``{"in_chans": 1}``). ``plot`` writes the confusion-matrix PNG there; without it nothing is written.
+    ``weights`` is weights (a file of any supported format, a URL or a tag) or an exported model (ONNX, a
+    torch.export ``.pt2``), run by ``runtime`` (:func:`xception.inference.open_model`). The folder's classes
+    are matched by name to the class names the file carries; the preprocessing is the one it carries.
+    ``model_name`` names the network of a bare state dict (every other format says it itself);
+    ``model_options`` are config fields for :func:`xception.create_model` (e.g. ``{"in_chans": 1}``).
+    ``plot`` writes the confusion-matrix PNG there; without it nothing is written.
     ``flip``: test-time flip (:func:`count_batches`); the report says so wherever it gives a figure.
     """
-    from .api import create_model, inference_preprocessing
     from .data import ShardSampler, SkipLog, evaluation_source
     from .distributed import all_reduce_sum, init_distributed, launched_by_torchrun, shutdown_distributed
+    from .inference import open_model
     from .runtime import resolve_device
 
-    model = create_model(model_name, weights=weights, **dict(model_options or {}))
-    classes = model.class_names
-    source = evaluation_source(data, classes=classes, split=split, data_dir=data_dir)
-    if classes is None:
-        if len(source.classes) != model.config.num_classes:
-            raise DataError(f"{data} has {len(source.classes)} classes but the model has "
-                            f"{model.config.num_classes} outputs and no class names to match them by")
-        classes = source.classes
-    skip_log = SkipLog(strict=strict)
-    skip_log.add(source.skipped)
     dev = resolve_device(device)
     # Under torchrun each process takes every world_size-th image; the counts are summed, so the metrics
     # are those of the whole set, exactly.
@@ -265,11 +275,16 @@ def evaluate(
     if dev.type == "cuda" and env.distributed:
         dev = torch.device("cuda", env.local_rank)
     try:
-        model.to(dev)
-        batches = source.batches(inference_preprocessing(model), train=False, batch_size=batch_size, device=dev,
+        runner = open_model(weights, runtime=runtime, device=dev, model_name=model_name, model_options=model_options)
+        source = evaluation_source(data, classes=runner.class_names if runner.named_classes else None, split=split,
+                                   data_dir=data_dir)
+        classes = _classes(runner.class_names, runner.named_classes, source.classes, data)
+        skip_log = SkipLog(strict=strict)
+        skip_log.add(source.skipped)
+        batches = source.batches(runner.preprocessing, train=False, batch_size=batch_size, device=runner.device,
                                  workers=workers, sampler=ShardSampler(len(source), env.rank, env.world_size))
         start = time.perf_counter()
-        counts = count_batches(model, batches, len(classes), device=dev, on_skipped=skip_log.add,
+        counts = count_batches(runner.forward, batches, len(classes), device=dev, on_skipped=skip_log.add,
                                progress=progress and env.is_main, total=len(batches),
                                flip=flip).all_reduce(all_reduce_sum)
         elapsed = time.perf_counter() - start

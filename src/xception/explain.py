@@ -38,6 +38,7 @@ from .predict import Prediction
 from .preprocessing import Preprocessing
 
 DEFAULT_ALPHA = 0.4  # opacity of the colour map over the image
+GRADIENTS_NEEDED = "Grad-CAM needs the gradients of the PyTorch model, which an export does not keep"
 COLORMAP = "jet"
 
 
@@ -343,17 +344,20 @@ def explain(
 ) -> list[Explanation]:
     """Grad-CAM of every image in ``inputs`` (files or folders) for ``target`` (a class name or index; None:
     the predicted class), written to ``out`` as ``NAME.heatmap.npy`` (the layer's resolution, [0, 1]) and
-    ``NAME.overlay.png`` (the heatmap on the image). Unreadable files are reported and the others go on."""
-    from .api import create_model, inference_preprocessing
+    ``NAME.overlay.png`` (the heatmap on the image). Unreadable files are reported and the others go on.
+    ``weights`` must be weights: an exported model (ONNX, ``.pt2``) is refused, since Grad-CAM needs the
+    gradients of the PyTorch model."""
     from .data.images import UnreadableImage, load_image
+    from .inference import open_pytorch
     from .predict import list_inputs
-    from .runtime import resolve_device
 
     paths = list_inputs(inputs)
     if not paths:
         raise DataError("no images to explain: the folders given hold no image files")
-    model = create_model(model_name, weights=weights, **dict(model_options or {})).to(resolve_device(device)).eval()
-    preprocessing = inference_preprocessing(model)
+    runner = open_pytorch(weights, why=GRADIENTS_NEEDED, device=device, model_name=model_name,
+                          model_options=model_options)
+    model, preprocessing = runner.model, runner.preprocessing
+    assert model is not None  # the torch runtime keeps the plain model
     resolve_layer(model, layer)  # a wrong layer name fails before any image is read
     out = Path(out)
     results = [Explanation(str(p)) for p in paths]

@@ -4,12 +4,13 @@ Both formats are traced by ``torch.export`` with a dynamic batch and, where the 
 height and width: one file takes any batch of any image size from ``min_size`` up. The graph's input is
 ``images`` (N, C, H, W) and its output ``logits`` (N, classes). The ONNX file carries the weights' metadata
 (class names, preprocessing, the model config and the input's dynamic axes) in its ``metadata_props``
-under the key ``xception``, so a serving process needs nothing else.
+under the key ``xception``, and a ``.pt2`` file the same JSON as its extra file ``xception.json``, so a
+serving process needs nothing else.
 
 At export time the file is run at two batch sizes and two image sizes (ONNX Runtime for ``.onnx``, the
 loaded program for ``.pt2``) and compared with PyTorch; a file that disagrees is not written.
-:class:`OnnxModel` (:func:`load_onnx`) runs an exported file with ONNX Runtime for ``predict`` and
-``serve``.
+:class:`OnnxModel` (:func:`load_onnx`) runs an exported file with ONNX Runtime, for the inference layer
+(:mod:`xception.inference`), which also loads ``.pt2`` files.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ExportFormat = Literal["onnx", "pt2"]
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 METADATA_KEY = "xception"
+PROGRAM_METADATA = "xception.json"  # the extra file of a .pt2 archive that holds it
 MAX_BATCH = 4096
 MAX_SIZE = 4096
 
@@ -230,10 +232,11 @@ def export_model(
     result = {"path": path, "format": fmt, "input_shape": tuple(x.shape), "dynamic_spatial": min_size is not None,
               "min_size": min_size, "note": note}
 
+    metadata = metadata_json(model, dynamic_spatial=min_size is not None, min_size=min_size)
     if fmt == "pt2":
         diff = _check(model, program.module(), shapes, "the torch.export program") if verify else None
         buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer, not the temporary file
-        torch.export.save(program, buffer)
+        torch.export.save(program, buffer, extra_files={PROGRAM_METADATA: metadata})
         atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
         return ExportResult(**result, max_abs_diff=diff, checked_shapes=tuple(shapes) if verify else ())
 
@@ -241,8 +244,7 @@ def export_model(
     import onnx
 
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, metadata_json(model, dynamic_spatial=min_size is not None,
-                                                         min_size=min_size)
+    entry.key, entry.value = METADATA_KEY, metadata
     outcome: dict[str, float | None] = {"diff": None}
 
     def write(tmp: Path) -> None:
@@ -334,6 +336,21 @@ class OnnxModel:
         return list(self.class_names) if self.class_names else [str(i) for i in range(self.num_classes)]
 
 
+def parse_metadata(
+    text: str | None, path: str | os.PathLike[str]
+) -> tuple[dict[str, Any], Preprocessing | None, XceptionConfig | None]:
+    """An export's ``xception`` metadata (ONNX ``metadata_props`` or a ``.pt2`` extra file): the JSON, its
+    preprocessing and model config (each None when absent, e.g. for a file written by something else)."""
+    try:
+        meta = json.loads(text) if text else {}
+        pre = meta.get("preprocessing")
+        preprocessing = Preprocessing.from_dict(pre) if pre else None
+        config = XceptionConfig.from_dict(meta["model"]) if meta.get("model") else None
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise WeightsError(f"{path} has unreadable xception metadata ({err}); export it again") from None
+    return meta, preprocessing, config
+
+
 def load_onnx(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> OnnxModel:
     """Open an exported ``.onnx`` file with ONNX Runtime (its CUDA provider for a CUDA device, when present)."""
     path = Path(path)
@@ -356,14 +373,7 @@ def load_onnx(path: str | os.PathLike[str], *, device: str | torch.device = "cpu
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise WeightsError(f"{path} does not take one batch of images (N, C, H, W): its inputs are "
                            f"{[(i.name, i.shape) for i in inputs]}")
-    text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    try:
-        meta = json.loads(text) if text else {}
-        pre = meta.get("preprocessing")
-        preprocessing = Preprocessing.from_dict(pre) if pre else None
-        config = XceptionConfig.from_dict(meta["model"]) if meta.get("model") else None
-    except (ValueError, TypeError, KeyError) as err:
-        raise WeightsError(f"{path} has unreadable xception metadata ({err}); export it again") from None
+    meta, preprocessing, config = parse_metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
     names = meta.get("class_names")
     out_dim = outputs[0].shape[1] if len(outputs[0].shape) == 2 else None
     num_classes = out_dim if isinstance(out_dim, int) else (len(names) if names else 0)

@@ -4,8 +4,9 @@
     >>> for p in predict("runs/demo/model.safetensors", ["shoe.png", "photos/"]):
     ...     print(p.path, p.top[0] if p.ok else p.error)
 
-Images are decoded in worker processes and classified in batches. A file that cannot be read is
-reported with its reason and the others go on.
+Images are decoded in worker processes and classified in batches, by any runtime of
+:mod:`xception.inference` (weights or an exported model). A file that cannot be read is reported with its
+reason and the others go on.
 """
 
 from __future__ import annotations
@@ -91,45 +92,41 @@ def _keep_order(batch: list[tuple[int, torch.Tensor | None, str | None]]) -> lis
     return batch
 
 
+# The spellings of --backend before --runtime: "torch" was the plain model, as it is now.
+BACKENDS = ("torch", "onnxruntime")
+
+
 @torch.no_grad()
 def predict(
     weights: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *, top_k: int = 5,
     batch_size: int = 32, device: str = "auto", workers: int = 0, model_name: str | None = None,
     model_options: Mapping[str, Any] | None = None, progress: bool = False, backend: str | None = None,
+    runtime: str = "auto",
 ) -> Predictions:
     """The ``top_k`` classes of every image in ``inputs`` (files or folders), in input order; each real file
-    once (``.skipped`` lists the paths left out as duplicates). ``model_name`` names the network of a bare
+    once (``.skipped`` lists the paths left out as duplicates).
+
+    ``weights`` is weights (a file of any supported format, a URL or a tag) or an exported model (ONNX, a
+    torch.export ``.pt2``), told apart by content; ``runtime`` runs it (:func:`xception.inference.open_model`:
+    ``"auto"`` runs an export on its own runtime and weights on the fast path on a CPU). ``backend`` is the
+    former name of ``runtime`` (``"torch"`` or ``"onnxruntime"``). ``model_name`` names the network of a bare
     state dict (the files of every other format say which network they are for); ``model_options`` are
-    config fields for :func:`xception.create_model` (e.g. ``{"in_chans": 1}``). ``backend="onnxruntime"`` (the
-    default for a ``.onnx`` file) runs an exported file, with the class names and preprocessing its metadata
-    carries."""
-    from .api import create_model, inference_preprocessing
+    config fields for :func:`xception.create_model` (e.g. ``{"in_chans": 1}``). Class names and
+    preprocessing are those the file carries."""
     from .data.transforms import eval_transform
-    from .runtime import resolve_device
+    from .inference import open_model
 
     if top_k < 1:
         raise ConfigError(f"top_k must be ≥ 1, got {top_k}")
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"backend must be torch or onnxruntime, got {backend!r}")
     walk = FileWalk()
     paths = list_inputs(inputs, walk=walk)
     if not paths:
         raise DataError("no images to classify: the folders given hold no image files")
-    dev = resolve_device(device)
-    backend = backend or ("onnxruntime" if str(weights).lower().endswith(".onnx") else "torch")
-    if backend == "onnxruntime":
-        from .export import load_onnx
-
-        if not str(weights).lower().endswith(".onnx"):
-            raise ConfigError(f"the onnxruntime backend runs an exported .onnx file, not {weights}; export one "
-                              "with 'xception export MODEL.onnx --weights ...'")
-        model: Any = load_onnx(weights, device=dev)
-        preprocessing = model.inference_preprocessing()
-        names = model.names()
-    elif backend == "torch":
-        model = create_model(model_name, weights=weights, **dict(model_options or {})).to(dev).eval()
-        preprocessing = inference_preprocessing(model)
-        names = model.class_names or [str(i) for i in range(model.config.num_classes)]
-    else:
-        raise ConfigError(f"backend must be torch or onnxruntime, got {backend!r}")
+    runner = open_model(weights, runtime=backend or runtime, device=device, model_name=model_name,
+                        model_options=model_options)
+    preprocessing, names = runner.preprocessing, runner.class_names
     k = min(top_k, len(names))
     loader = DataLoader(_Files(paths, eval_transform(preprocessing), preprocessing.channels), batch_size=batch_size,
                         num_workers=workers, collate_fn=_keep_order)
@@ -141,8 +138,8 @@ def predict(
                 results[i].error = error
         if not good:
             continue
-        images = torch.stack([x for _, x in good]).to(dev)
-        probs = model(images).float().softmax(1)
+        images = torch.stack([x for _, x in good]).to(runner.device)
+        probs = runner.run(images).softmax(1)
         values, indices = probs.topk(k, dim=1)
         for (i, _), v, idx in zip(good, values.tolist(), indices.tolist(), strict=True):
             results[i].top = [(names[c], p) for c, p in zip(idx, v, strict=True)]

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..fileio import atomic_write
 from ..runtime import cpu_name
+from ..tables import plural
 from .runner import RunResult, SweepConfig
 from .stats import (
     Spread,
@@ -254,8 +255,8 @@ def _md_introduction(report: dict[str, Any]) -> list[str]:
         "",
         f"**Scale.** The paper's Figs. 9 and 10 are ImageNet curves of the full model and give no final numbers "
         f"in the text. This is a small-scale reproduction: `{recipe['model']}` ({options}) on "
-        f"{report['data']} at {recipe['input_size']} px for {budget['epochs']} epochs. What it finds holds for "
-        "this scale; it neither confirms nor refutes the ImageNet results.",
+        f"{report['data']} at {recipe['input_size']} px for {plural(budget['epochs'], 'epoch')}. What it finds holds "
+        "for this scale; it neither confirms nor refutes the ImageNet results.",
         "",
     ]
     if report["command"]:
@@ -271,10 +272,11 @@ def _md_setup(report: dict[str, Any]) -> list[str]:
     lines = ["## Setup", ""]
     threads = ", ".join(map(str, report["threads"])) or "?"
     lines += [
-        f"- **Budget**: {budget['epochs']} epochs = {budget['steps']} optimizer updates of {budget['global_batch']} "
-        "images for every variant, one schedule: "
-        f"{recipe['optimizer']} (lr {recipe['lr']}, {recipe['schedule']} schedule, warm-up {recipe['warmup_epochs']} "
-        f"epochs), weight decay {recipe['weight_decay']}, label smoothing {recipe['label_smoothing']}.",
+        f"- **Budget**: {plural(budget['epochs'], 'epoch')} = {budget['steps']} optimizer updates of "
+        f"{budget['global_batch']} images for every variant, one schedule: "
+        f"{recipe['optimizer']} (lr {recipe['lr']}, {recipe['schedule']} schedule, warm-up "
+        f"{plural(recipe['warmup_epochs'], 'epoch')}), weight decay {recipe['weight_decay']}, label smoothing "
+        f"{recipe['label_smoothing']}.",
         f"- **Seeds**: {', '.join(map(str, seeds))}. A seed fixes the validation split, the order of the training "
         "images and their augmentation — the same for every variant of that seed — and the initialisation.",
         f"- **Evaluation**: validation top-1 {report['evals_per_epoch']} times per epoch; the final model (not the "

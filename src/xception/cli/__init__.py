@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`xception evaluate --json | head`): stop quietly, as Unix tools do. Python
+        # would otherwise fail again flushing stdout at exit, so stdout is pointed at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the signal
     except XceptionError as err:
         # What the user can fix is one line; anything else is a bug and keeps its traceback.
         if os.environ.get("XCEPTION_DEBUG"):

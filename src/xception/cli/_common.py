@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 MODEL_PREFIX = "model."
+AUTO_HELP = "auto: an export on its own runtime, weights on fast on a CPU and torch elsewhere"
 MODEL_OPTION_EXAMPLES = (
     "model.num_classes=10, model.in_chans=1, model.width=0.5, model.middle_repeats=4, model.stem=small, "
     "model.output_stride=16, model.residual=false, model.activation=relu, model.padding=symmetric, "
@@ -83,6 +84,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-o", "--option", dest="options", action=_DeprecatedOption, metavar="KEY=VALUE",
                         help=argparse.SUPPRESS)
+
+
+def add_runtime_option(parser: argparse.ArgumentParser, auto: str) -> None:
+    """``--runtime NAME``: what runs the model, ``auto`` by default. The name is checked when the model opens
+    (xception.inference.RUNTIMES), so that ``--help`` needs no torch."""
+    parser.add_argument("--runtime", default="auto", metavar="NAME",
+                        help="what runs the model: torch (the plain model), fast (xception.optimize), onnxruntime or "
+                        f"torch-export; {auto} (default)")
 
 
 def print_json(data: Any) -> None:

@@ -33,8 +33,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..fileio import sha256_file
+    from ..inference import require_weights
     from ..weights import convert_weights
 
+    require_weights(args.src, "convert reads weights into a model, and an export holds a traced graph, not weights "
+                    "this library maps back onto the model's layers")
     meta, report = convert_weights(args.src, args.dst, name=args.model, progress=not args.quiet)
     result = {
         "src": args.src,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_options
+from ._common import AUTO_HELP, add_model_options, add_runtime_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  xception evaluate --weights xception41-finetuned.pth --model xception41 --data data/flowers/val",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--weights", required=True, metavar="FILE", help="weights file (e.g. a run's model.safetensors)")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights (e.g. a run's model.safetensors) or an "
+                   "exported model (ONNX, torch.export): told apart by content")
+    add_runtime_option(p, AUTO_HELP)
     p.add_argument("--model", metavar="NAME", help="the model the weights are for, e.g. xception41: needed for a "
                    "bare state dict (torch.save(model.state_dict())), checked against any other file")
     add_model_options(p)
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.weights, args.data, model_name=args.model, model_options=dict(args.options),
                       split=args.split, batch_size=args.batch_size, device=args.device, workers=args.workers,
                       strict=args.strict, data_dir=args.data_dir, progress=not args.no_progress, plot=args.plot,
-                      flip=args.flip)
+                      flip=args.flip, runtime=args.runtime)
     if not is_main_process():
         return 0  # under torchrun: rank 0 reports the counts summed over all processes
     if args.json:

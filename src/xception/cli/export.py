@@ -36,7 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..api import create_model
     from ..export import export_model
+    from ..inference import require_weights
 
+    if args.weights is not None:
+        require_weights(args.weights, "exporting traces the PyTorch model, which an export no longer holds")
     named = {"name": args.model} if args.model else {}
     model = create_model(**named, weights=args.weights, **dict(args.options))
     result = export_model(model, args.output, format=args.format, input_size=args.input_size,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_model_options
+from ._common import AUTO_HELP, add_model_options, add_runtime_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,19 +13,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="classify image files with trained weights",
         description="Print the top-k class names and probabilities of each image (files or folders, searched "
         "recursively). Unreadable files are reported one by one; the exit status is 1 if any was.",
-        epilog="example:\n  xception predict --weights runs/demo/model.safetensors shoe.png photos/ --top-k 3",
+        epilog="examples:\n  xception predict --weights runs/demo/model.safetensors shoe.png photos/ --top-k 3\n"
+        "  xception predict --weights model.onnx shoe.png            # ONNX Runtime: the file is ONNX",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--weights", required=True, metavar="FILE", help="weights file (e.g. a run's model.safetensors)")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights (e.g. a run's model.safetensors) or an "
+                   "exported model (ONNX, torch.export): told apart by content")
     p.add_argument("--model", metavar="NAME", help="the model the weights are for, e.g. xception41: needed for a "
                    "bare state dict (torch.save(model.state_dict())), checked against any other file")
     add_model_options(p)
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None, help="onnxruntime: run an exported "
-                   "--weights MODEL.onnx with ONNX Runtime (the default for .onnx files; torch for the rest)")
+    add_runtime_option(p, AUTO_HELP)
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="the former spelling of --runtime torch / --runtime onnxruntime")
     p.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0: in this process)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(run=run)
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = predict(args.weights, args.images, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
                       workers=args.workers, model_name=args.model, model_options=dict(args.options),
-                      backend=args.backend)
+                      backend=args.backend if args.runtime == "auto" else None, runtime=args.runtime)
     all_ok = print_results(results, args.json)
     if results.skipped:
         counts = ", ".join(f"{n} {reason}" for reason, n in Counter(s.reason for s in results.skipped).items())

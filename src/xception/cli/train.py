@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from typing import Any
 
 EXAMPLES = """\
@@ -16,9 +18,11 @@ examples:
 
 data layout: DATA/<class>/<image> (10 % of each class held out for validation, --val-fraction), or
 DATA/train/<class>/... with DATA/val/<class>/..., or --val FOLDER. Unreadable images are skipped, warned
-about and counted (--strict fails instead). Ctrl-C stops after the current step and saves a checkpoint;
-last.pt is also saved every 10 minutes within an epoch (--checkpoint-minutes). One training at a time
-writes into a run folder; --resume continues from its newest intact checkpoint.
+about and counted (--strict fails instead). Ctrl-C (exit status 130) or SIGTERM (143) stops after the
+current step and saves a checkpoint; last.pt is also saved every 10 minutes within an epoch
+(--checkpoint-minutes), and model.safetensors at every new best epoch, so a stopped run leaves its best
+model so far. One training at a time writes into a run folder; --resume continues from its newest intact
+checkpoint (and says so when the run had finished).
 """
 
 # Flags that override one recipe setting each: (flag, setting, type, help).
@@ -88,10 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import FASHION_MNIST
     from ..distributed import is_main_process
-    from ..train import apply_overrides, list_recipes, load_recipe, resume_settings, train
-    from ._common import print_json
+    from ..train import list_recipes, load_recipe
+    from ..train.loop import Aborted
+    from ..train.run import claim_for_resume
     from ._output import setup_logging
 
     setup_logging()
@@ -99,6 +103,24 @@ def run(args: argparse.Namespace) -> int:
         for name in list_recipes():
             print(f"{name:15s} {load_recipe(name).description}")
         return 0
+    # A folder another training holds is refused before its checkpoint is read (verifying one takes a while).
+    lock = claim_for_resume(args.resume) if args.resume and is_main_process() and not args.show_recipe else None
+    try:
+        return _train(args)
+    except Aborted as err:  # a second Ctrl-C or SIGTERM: stopped at once
+        print("interrupted", file=sys.stderr)
+        return 128 + err.signum
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..data import FASHION_MNIST
+    from ..distributed import is_main_process
+    from ..train import apply_overrides, load_recipe, resume_settings, train
+    from ._common import print_json
+
     if args.resume:
         recipe, _ = resume_settings(args.resume)
     else:
@@ -113,15 +135,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = train(recipe, args.data, val=args.val, data_dir=args.data_dir, out=args.out, weights=args.weights,
                    resume=args.resume, strict=args.strict, progress=not args.no_progress)
+    status = 128 + (result.stop_signal or signal.SIGINT) if result.interrupted else 0
     if not is_main_process():
-        return 130 if result.interrupted else 0  # under torchrun, rank 0 reports
+        return status  # under torchrun, rank 0 reports
     if args.json:
         print_json({"run_dir": result.run_dir, "weights": result.weights, "epochs": result.epochs_done,
-                    "best": result.best, "interrupted": result.interrupted, "skipped": result.skipped,
-                    "elapsed_s": round(result.elapsed_s, 1)})
+                    "best": result.best, "interrupted": result.interrupted, "nothing_to_do": result.nothing_to_do,
+                    "skipped": result.skipped, "elapsed_s": round(result.elapsed_s, 1)})
     elif result.best and "val_top1" in result.best and not result.interrupted:
         print(f"best validation top-1: {100 * result.best['val_top1']:.2f} % (epoch {result.best['epoch']}); "
               f"model: {result.weights}")
     elif result.weights:
         print(f"model: {result.weights}")
-    return 130 if result.interrupted else 0
+    return status

@@ -4,8 +4,9 @@
     >>> app = create_app("runs/demo/model.safetensors")     # for TestClient, or any ASGI server
     >>> serve("runs/demo/model.safetensors", port=8000)     # blocks; SIGTERM finishes requests, exits
 
-Concurrent ``/predict`` requests are micro-batched (:mod:`.batcher`) into the fast path
-(``xception.optimize``) or ONNX Runtime (:mod:`.backends`); ``/explain`` runs Grad-CAM on the plain model.
+Concurrent ``/predict`` requests are micro-batched (:mod:`.batcher`) into a runner of the inference layer
+(:mod:`.backends`: the fast path for weights, ONNX Runtime or torch.export for exports); ``/explain`` runs
+Grad-CAM on the plain model.
 Needs the ``serve`` extra: ``pip install 'xception[serve]'``.
 """
 
@@ -41,12 +42,14 @@ def __getattr__(name: str) -> Any:
 
 
 def serve(
-    weights: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", device: str = "auto",
+    weights: str, *, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto", device: str = "auto",
     max_batch: int = 8, max_wait_ms: float = 5.0, max_bytes: int = 20 * 1024 * 1024, timeout_s: float = 30.0,
     model_name: str | None = None, model_options: dict[str, Any] | None = None, log_level: str = "info",
+    runtime: str | None = None,
 ) -> int:
-    """Serve ``weights`` on ``host:port`` until SIGTERM or Ctrl-C; requests in flight are answered first.
-    Returns 0 after a graceful stop."""
+    """Serve ``weights`` (weights or an exported model) on ``host:port`` until SIGTERM or Ctrl-C; requests in
+    flight are answered first. ``backend`` and ``runtime`` as in :func:`create_app`. Returns 0 after a
+    graceful stop."""
     _require()
     import uvicorn
 
@@ -54,7 +57,7 @@ def serve(
 
     options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_bytes=max_bytes, timeout_s=timeout_s)
     app = create_app(weights, backend_name=backend, device=device, options=options, model_name=model_name,
-                     model_options=model_options)
+                     model_options=model_options, runtime=runtime)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=int(timeout_s) + 5)
     server = _graceful_server(config)

@@ -33,6 +33,7 @@ from starlette.datastructures import UploadFile
 
 from ..data.images import EMPTY, TOO_LARGE, UnreadableImage, decode_image
 from ..errors import ConfigError
+from ..inference import Runner
 from .backends import Backend
 from .batcher import MicroBatcher, Overloaded
 from .metrics import Metrics
@@ -134,13 +135,16 @@ def _route_name(request: Request) -> str:
 
 
 def create_app(
-    weights: str | None = None, *, backend: Backend | None = None, backend_name: str = "torch",
+    weights: str | None = None, *, backend: Backend | Runner | None = None, backend_name: str = "auto",
     device: str = "auto", options: ServeOptions | None = None, model_name: str | None = None,
-    model_options: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None, runtime: str | None = None,
 ) -> FastAPI:
-    """The service for ``weights`` (a weights file, URL or tag, or an ``.onnx`` file with
-    ``backend_name="onnxruntime"``), or for a loaded ``backend``. The model loads here, so a bad weights file
-    fails now; warming up happens once the server runs (``/readyz`` says when)."""
+    """The service for ``weights`` (weights: a file, URL or tag; or an exported model: ONNX, ``.pt2``, told
+    apart by content), or for a loaded ``backend`` (or any :class:`~xception.inference.Runner`).
+    ``backend_name``: ``"auto"`` (weights on the fast path, an export on its own runtime), ``"torch"`` (the
+    fast path) or ``"onnxruntime"``; ``runtime`` names a runtime of :data:`xception.inference.RUNTIMES`
+    instead. The model loads here, so a bad file fails now; warming up happens once the server runs
+    (``/readyz`` says when)."""
     from ..data.transforms import eval_transform
     from .backends import load_backend
 
@@ -151,7 +155,9 @@ def create_app(
         if weights is None:
             raise ConfigError("give the weights to serve (a file, URL or tag), or a loaded backend")
         backend = load_backend(weights, backend=backend_name, device=device, model_name=model_name,
-                               model_options=model_options)
+                               model_options=model_options, runtime=runtime)
+    elif isinstance(backend, Runner):
+        backend = Backend(backend)
     service = _Service(backend, opts, eval_transform(backend.preprocessing))
     app = FastAPI(title="xception", summary="Xception image classification and Grad-CAM", lifespan=service.lifespan,
                   docs_url="/docs", redoc_url=None)
@@ -304,8 +310,8 @@ def _add_prediction_routes(app: FastAPI, service: _Service) -> None:
         from ..explain import explain_images
 
         if served.model is None:
-            raise RequestError(501, "explain_unavailable", "Grad-CAM needs the PyTorch model, which an .onnx file "
-                               "does not carry: serve the weights it was exported from")
+            raise RequestError(501, "explain_unavailable", "Grad-CAM needs the gradients of the PyTorch model, "
+                               "which an export does not keep: serve the weights it was exported from")
         k = service.top_k(request)
         target, layer = request.query_params.get("class"), request.query_params.get("layer")
         image = await service.image_of(request)

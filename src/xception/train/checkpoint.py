@@ -9,6 +9,10 @@ configuration, class names and preprocessing, the files skipped so far and the t
 
 Each checkpoint is read back before it replaces the previous one, and ``last.pt``'s predecessor stays as
 ``last.prev.pt``: ``--resume`` continues from the newest intact file (:func:`find_resume_point`).
+
+A checkpoint, and a run folder, are also weights (:func:`as_weights`, :func:`run_folder_weights`): the
+weights layer reads them as it reads any other file, with the config, class names and preprocessing they
+record and the weights the run evaluates and exports (the EMA's when it averages).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,13 +31,18 @@ from ..errors import ConfigError, MissingPathError, StorageError, hint
 from ..fileio import atomic_write
 from ..models import Xception
 from ..preprocessing import Preprocessing
+from ..weights.checkpoint import (
+    BEST,
+    CHECKPOINT_VERSION,
+    LAST,
+    PREVIOUS,
+    Unreadable,
+    check_records,
+    damaged,
+)
 from .ema import ModelEma
 from .recipe import Recipe
 
-CHECKPOINT_VERSION = 1
-# last.pt moves to last.prev.pt when a newer one has been written and read back: a damaged last.pt never
-# leaves a run without a way to continue.
-LAST, PREVIOUS, BEST = "last.pt", "last.prev.pt", "best.pt"
 DAMAGED = "last.pt.damaged"  # a damaged last.pt, moved out of the way when a run continues without it
 
 
@@ -161,8 +169,8 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any], *, keep_previous: Pa
         with open(tmp, "wb") as f:
             torch.save({"version": CHECKPOINT_VERSION, **checkpoint}, f)
         try:
-            _check_records(tmp)
-        except _Unreadable as err:
+            check_records(tmp)
+        except Unreadable as err:
             raise StorageError(f"{path} did not read back after writing (it was {err}); the previous "
                                "checkpoint is kept") from None
 
@@ -205,13 +213,13 @@ def find_resume_point(path: str | os.PathLike[str], map_location: str | torch.de
     problems: dict[str, str] = {}
     try:
         return ResumePoint(path / LAST, _read(path / LAST, map_location))
-    except _Unreadable as err:
+    except Unreadable as err:
         problems[LAST] = str(err)
     intact = []
     for name in (PREVIOUS, BEST):
         try:
             intact.append((name, _read(path / name, map_location)))
-        except _Unreadable as err:
+        except Unreadable as err:
             problems[name] = str(err)
     if not intact:
         if all(problem == "missing" for problem in problems.values()):
@@ -234,44 +242,18 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     path = find_checkpoint(path)
     try:
         return _read(path, map_location)
-    except _Unreadable as err:
+    except Unreadable as err:
         raise ConfigError(f"{path} is {err}; it is not a readable training checkpoint") from None
 
 
-class _Unreadable(Exception):
-    """Why a checkpoint file cannot be used, in a few words ("missing", "empty", "damaged (…)")."""
-
-
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
-    """A checkpoint file's dict, checked whole (:func:`_check_records`), then loaded with ``weights_only``
+    """A checkpoint file's dict, checked whole (:func:`check_records`), then loaded with ``weights_only``
     (nothing unpickled)."""
-    _check_records(path)
+    check_records(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for damaged or foreign files
-        raise _Unreadable(_damaged(err)) from None
+        raise Unreadable(damaged(err)) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise _Unreadable("not a training checkpoint of this version")
+        raise Unreadable("not a training checkpoint of this version")
     return checkpoint
-
-
-def _check_records(path: Path) -> None:
-    """Every record of the checkpoint's zip archive as its writer meant it: each record's CRC-32, computed
-    as it was written, must match the bytes read back. ``torch.load`` checks none (a flipped bit in a tensor
-    loads silently), and this costs a fraction of a load."""
-    if not path.is_file():
-        raise _Unreadable("missing")
-    if path.stat().st_size == 0:
-        raise _Unreadable("empty")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except Exception as err:  # zipfile raises several types for cut or foreign files
-        raise _Unreadable(_damaged(err)) from None
-    if bad is not None:
-        raise _Unreadable(f"damaged (its record {bad} fails its checksum)")
-
-
-def _damaged(err: Exception) -> str:
-    reason = (str(err).strip().splitlines() or [""])[0][:160]
-    return f"damaged ({type(err).__name__}: {reason})" if reason else f"damaged ({type(err).__name__})"

@@ -54,17 +54,16 @@ from ..distributed import (
     shutdown_distributed,
 )
 from ..errors import StorageError, XceptionError, hint
-from ..evaluate import count_batches  # validation counts exactly as evaluation does
+from ..evaluate import Counts, count_batches  # validation counts exactly as evaluation does
 from ..fileio import atomic_write
 from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
 from ..runtime import resolve_device
+from ..tables import plural
 from ..weights import save_weights
+from ..weights.checkpoint import BEST, EXPORT, LAST, PREVIOUS, evaluation_state, export_metrics
 from . import artifacts
 from .checkpoint import (
-    BEST,
-    LAST,
-    PREVIOUS,
     EpochSums,
     RunSettings,
     TrainState,
@@ -73,12 +72,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .finetune import freeze_backbone, freeze_batchnorm
+from .precise_bn import update_statistics
 from .recipe import Recipe
-from .run import Run, _say, open_run
+from .run import Run, RunFinished, _say, open_run
 
 log = logging.getLogger("xception.train")
-
-EXPORT = "model.safetensors"
 
 
 class NonFiniteLoss(XceptionError, ValueError):
@@ -90,12 +88,14 @@ class TrainResult:
     """The outcome of :func:`train`."""
 
     run_dir: Path
-    weights: Path | None  # the exported best model (None when interrupted before the end)
+    weights: Path | None  # the best model (so far, when interrupted; None when no epoch was completed)
     epochs_done: int
     best: dict[str, Any] | None  # the best epoch's metrics record
     interrupted: bool = False
     skipped: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    stop_signal: int | None = None  # the signal that stopped it (SIGINT, SIGTERM), if one did
+    nothing_to_do: bool = False  # a resume of a run that had finished: nothing was done
 
 
 @dataclass
@@ -154,12 +154,18 @@ def train(
                            strict=strict)
     run = None
     try:
-        run = open_run(recipe, settings, out=out, resume=resume, world=world)
+        try:
+            run = open_run(recipe, settings, out=out, resume=resume, world=world)
+        except RunFinished as finished:
+            _say(world, str(finished))
+            exported = finished.run_dir / EXPORT
+            return TrainResult(finished.run_dir, exported, finished.epochs, finished.best,
+                               elapsed_s=finished.elapsed_s, nothing_to_do=True)
         stop = StopRequest()
         with open_log(run) as run_log, stop.installed():
             _say(world, _started_message(run))  # from here on, Ctrl-C stops cleanly with a checkpoint
             done = fit(run, run_log, stop=stop, progress=progress)
-        return _stopped(run) if done.interrupted else finish(run)
+        return _stopped(run, stop) if done.interrupted else finish(run)
     finally:
         if run is not None:
             run.close()
@@ -270,7 +276,9 @@ def end_epoch(run: Run, run_log: artifacts.RunLog, trained: EpochEnd, *, progres
         "train_loss": sums.mean_loss, "train_acc": sums.accuracy,
         "train_images_per_s": round(sums.seen / max(train_time, 1e-9), 1),
     }
-    record.update(validate(run, progress=progress))
+    recomputed = update_statistics(run)  # BatchNorm statistics of the weights validated, while unsettled
+    counts = _validation_counts(run, progress=progress)
+    record.update(_validation_metrics(counts))
     record.update(epoch_time_s=round(time.perf_counter() - trained.started, 2), time_s=round(state.elapsed_s(), 2),
                   skipped=len(state.skipped))
     is_best = state.best is None or run.data.val_batches is None or record["val_top1"] > state.best["val_top1"]
@@ -278,10 +286,12 @@ def end_epoch(run: Run, run_log: artifacts.RunLog, trained: EpochEnd, *, progres
         state.best = record
     run_log.epoch(record)
     _say(run.world, _epoch_line(record, run.recipe.epochs), bar_safe=True)
+    _warn_at_chance(run, record, counts, recomputed)
     state.epoch, state.position, state.partial = state.epoch + 1, 0, EpochSums()
     # best.pt before last.pt: a crash in between leaves last.pt behind best.pt, never ahead of it.
     if run.world.is_main and is_best:
         save_checkpoint(run.run_dir / BEST, state.to_checkpoint())
+        _export_model(run)  # the best model so far, usable whenever the run stops
     _save_last(run)
     return record
 
@@ -308,17 +318,52 @@ def _resumable(run: Run) -> Iterator[None]:
 def validate(run: Run, *, progress: bool = False) -> dict[str, float]:
     """Loss, top-1 and top-5 of the run's evaluation model (the EMA's when averaging) on the whole
     validation set, counted as :mod:`xception.evaluate` counts and summed over the processes (every
-    process calls it); ``{}`` when the run has no validation set."""
+    process calls it); ``{}`` when the run has no validation set. :func:`end_epoch` first recomputes
+    the BatchNorm statistics when the recipe's ``precise_bn`` says so (:mod:`xception.train.precise_bn`)."""
+    return _validation_metrics(_validation_counts(run, progress=progress))
+
+
+def _validation_counts(run: Run, *, progress: bool = False) -> Counts | None:
+    """The evaluation model's counts on the whole validation set, over all processes (None: no such set)."""
     if run.data.val_batches is None:
-        return {}
+        return None
     state = run.state
     model = state.ema.module if state.ema is not None else state.model
-    counts = count_batches(
+    return count_batches(
         model, _whole_epoch(run.data.val_batches), len(state.class_names), device=run.compute.device,
         autocast=run.compute.autocast, channels_last=run.compute.channels_last, on_skipped=state.skipped.add,
         progress=progress and run.world.is_main, desc="validating", total=len(run.data.val_batches),
     ).all_reduce(all_reduce_sum)
+
+
+def _validation_metrics(counts: Counts | None) -> dict[str, float]:
+    if counts is None:
+        return {}
     return {"val_loss": counts.loss, "val_top1": counts.top1, "val_top5": counts.top5}
+
+
+def _warn_at_chance(run: Run, record: dict[str, Any], counts: Counts | None, recomputed: bool) -> None:
+    """One line on stderr when validation sits at chance while training accuracy is well above it: what
+    it means and what to try. Chance is always answering the largest validation class (1 / classes when
+    balanced); "at" it is within two standard deviations of a guess's accuracy on that many images, "well
+    above" it is more than half-way from chance to 100 %."""
+    if counts is None or counts.total == 0 or counts.num_classes < 2:
+        return
+    chance = int(counts.confusion.sum(1).max()) / counts.total
+    noise = math.sqrt(chance * (1 - chance) / counts.total)
+    top1, train_acc = record["val_top1"], record["train_acc"]
+    if top1 > chance + 2 * noise or train_acc < chance + (1 - chance) / 2:
+        return
+    if recomputed or run.recipe.precise_bn == "on":
+        advice = ("the model fits the training images without learning what tells the classes apart: try more "
+                  "images per class, pretrained --weights, stronger augmentation or fewer epochs, and check that "
+                  "the validation images are labelled as the training ones are")
+    else:
+        advice = ("the BatchNorm statistics used in evaluation may not describe the trained weights (they "
+                  "settle over about 100 updates): try --set precise_bn=on, which measures them on training "
+                  "batches; if it stays at chance, more images per class or pretrained --weights")
+    _say(run.world, f"warning: validation top-1 {100 * top1:.2f} % is at chance ({100 * chance:.2f} %) while "
+                    f"training accuracy is {100 * train_acc:.2f} %: {advice}", bar_safe=True)
 
 
 def finish(run: Run) -> TrainResult:
@@ -352,17 +397,27 @@ def _finish_files(run: Run, elapsed: float) -> Path:
     return exported
 
 
+class Aborted(KeyboardInterrupt):
+    """A second stop signal: the run ends at once, without saving (its last checkpoint stays)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM, once :meth:`installed`, asks the loop to stop after the current update
-    and save; a second Ctrl-C interrupts at once. ``requested`` may also be set directly."""
+    and save; ``signum`` says which came (the exit status is 128 + it). A second one interrupts at once
+    (:class:`Aborted`). ``requested`` may also be set directly."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Aborted(signum)
+        self.requested, self.signum = True, signum
         tqdm.write("stopping after this step and saving a checkpoint (Ctrl-C again to abort at once)",
                    file=sys.stderr)
 
@@ -513,13 +568,17 @@ def _whole_epoch(batches: Batches) -> Iterator[Any]:
 # -- the end ---------------------------------------------------------------------------------------------------
 
 
-def _stopped(run: Run) -> TrainResult:
-    """The result of a run stopped before its last epoch (its last.pt saved)."""
-    state = run.state
+def _stopped(run: Run, stop: StopRequest | None = None) -> TrainResult:
+    """The result of a run stopped before its last epoch (its last.pt saved, and its best model so far
+    once an epoch has ended)."""
+    state, run_dir = run.state, run.run_dir
     elapsed = state.elapsed_s()
-    _say(run.world, f"stopped in epoch {state.epoch + 1}; saved {run.run_dir / LAST}\n"
-                    f"continue with: xception train --resume {run.run_dir}")
-    return TrainResult(run.run_dir, None, state.epoch, state.best, True, state.skipped.counts(), elapsed)
+    exported = run_dir / EXPORT if (run_dir / EXPORT).is_file() else None
+    best = f"; best model so far: {exported}" if exported is not None else ""
+    _say(run.world, f"stopped in epoch {state.epoch + 1}; saved {run_dir / LAST}{best}\n"
+                    f"continue with: xception train --resume {run_dir}")
+    return TrainResult(run_dir, exported, state.epoch, state.best, True, state.skipped.counts(), elapsed,
+                       stop_signal=stop.signum if stop is not None else None)
 
 
 def _export_best(run_dir: Path, best: dict[str, Any] | None, classes: list[str], preprocessing: Preprocessing,
@@ -528,14 +587,30 @@ def _export_best(run_dir: Path, best: dict[str, Any] | None, classes: list[str],
     if not (run_dir / BEST).is_file():
         log.warning("%s is missing: exporting the last epoch's model instead", run_dir / BEST)
     checkpoint = load_checkpoint(run_dir / (BEST if (run_dir / BEST).is_file() else LAST))
-    model = Xception(XceptionConfig.from_dict(checkpoint["model_config"]))
-    model.load_state_dict({k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k != "updates"}
-                          if use_ema else checkpoint["model"])
-    metrics = {"dataset": dataset, "epoch": best["epoch"] if best else None, "ema": use_ema}
-    if best is not None:
-        metrics.update({k: best[k] for k in ("val_top1", "val_top5", "val_loss", "train_loss") if k in best})
-    save_weights(model, run_dir / EXPORT, model_name=checkpoint["recipe"]["model"], class_names=classes,
-                 preprocessing=preprocessing, source=f"trained: {run_dir}", sha256="", metrics=metrics)
+    return _write_model(run_dir, XceptionConfig.from_dict(checkpoint["model_config"]), evaluation_state(checkpoint),
+                        checkpoint["recipe"]["model"], classes, preprocessing, export_metrics(best, use_ema, dataset))
+
+
+def _export_model(run: Run) -> Path:
+    """Write the state's evaluation weights (the EMA's when averaging) as model.safetensors, as
+    :func:`_export_best` does from best.pt, without reading best.pt back: called at each new best."""
+    state = run.state
+    evaluated = state.ema.module if state.ema is not None else state.model
+    metrics = export_metrics(state.best, state.ema is not None, run.data.train_source.description)
+    return _write_model(run.run_dir, state.model.config, evaluated.state_dict(), run.recipe.model, state.class_names,
+                        state.preprocessing, metrics)
+
+
+def _write_model(run_dir: Path, config: XceptionConfig, tensors: dict[str, torch.Tensor], model_name: str,
+                 classes: list[str], preprocessing: Preprocessing, metrics: dict[str, Any]) -> Path:
+    """``tensors`` as the run's model.safetensors, atomically, in the dtypes of a fresh model (float32 also
+    after float64 training) and contiguous, whatever the device or memory layout they were trained in."""
+    with torch.device("meta"):  # no memory and no initialisation: every tensor is replaced
+        model = Xception(config)
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    model.load_state_dict({k: v.detach().to("cpu", dtypes.get(k, v.dtype)) for k, v in tensors.items()}, assign=True)
+    save_weights(model, run_dir / EXPORT, model_name=model_name, class_names=classes, preprocessing=preprocessing,
+                 source=f"trained: {run_dir}", sha256="", metrics=metrics)
     return run_dir / EXPORT
 
 
@@ -544,11 +619,14 @@ def _export_best(run_dir: Path, best: dict[str, Any] | None, classes: list[str],
 
 def _started_message(run: Run) -> str:
     state = run.state
-    resumed = f" (resumed in epoch {state.epoch + 1})" if run.resumed else ""
+    resumed = ""
+    if run.resumed:
+        ended = state.epoch >= run.recipe.epochs  # its epochs done, its model or summary not yet written
+        resumed = " (resumed after its last epoch: finishing)" if ended else f" (resumed in epoch {state.epoch + 1})"
     return (f"training {state.model.config.arch} ({_count(state.model)} parameters) on "
-            f"{run.data.train_source.description}: {len(state.class_names)} classes, "
+            f"{run.data.train_source.description}: {plural(len(state.class_names), 'class', 'classes')}, "
             f"{state.preprocessing.input_size} px, batch {run.global_batch}, lr {run.peak_lr:g}, "
-            f"{run.recipe.epochs} epochs, {run.compute.device}{resumed}\nrun folder: {run.run_dir}")
+            f"{plural(run.recipe.epochs, 'epoch')}, {run.compute.device}{resumed}\nrun folder: {run.run_dir}")
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -33,6 +33,14 @@ from ..preprocessing import Preprocessing
 SECTIONS: tuple[str, ...] = ("data", "optim", "runtime")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "rmsprop")
 SCHEDULES: tuple[str, ...] = ("step", "cosine", "constant")
+LR_SCALING: tuple[str, ...] = ("auto", "linear", "sqrt")
+PRECISE_BN: tuple[str, ...] = ("auto", "on", "off")
+# What "auto" scaling means per optimiser. Linear scaling keeps SGD's update per image constant; Adam-type
+# optimisers normalise the gradient, so their noise scale calls for the square root (Malladi et al. 2022).
+AUTO_LR_SCALING: dict[str, str] = {"sgd": "linear", "adamw": "sqrt", "rmsprop": "sqrt"}
+# Settings added after runs had been stored, with the behaviour before them: a fully resolved recipe (a
+# checkpoint's, or a saved --show-recipe) that lacks them ran that way, and its resume or rerun still does.
+STORED_BEFORE: dict[str, Any] = {"lr_scaling": "linear", "precise_bn": "off", "precise_bn_images": 4096}
 # Model options a recipe leaves to the run: the table (the model's name says it), the classifier's outputs
 # (the data's class count) and the input channels (one per value of mean).
 FROM_RUN: tuple[str, ...] = ("arch", "num_classes", "in_chans")
@@ -75,7 +83,9 @@ class Recipe:
     accum_steps: int = _f(1, "optim", "steps whose gradients are summed before an update")
     optimizer: str = _f("sgd", "optim", "sgd, adamw or rmsprop")
     lr: float = _f(0.045, "optim", "peak learning rate, for a global batch of lr_base_batch")
-    lr_base_batch: int = _f(0, "optim", "global batch the lr is meant for; lr scales linearly (0: never)")
+    lr_base_batch: int = _f(0, "optim", "global batch the lr is meant for; other batches scale it (0: never)")
+    lr_scaling: str = _f("auto", "optim", "how lr follows the global batch: linear (SGD; Goyal et al. 2017), sqrt "
+                         "(Adam-type; Malladi et al. 2022), or auto: linear for sgd, sqrt for adamw and rmsprop")
     momentum: float = _f(0.9, "optim", "SGD / RMSprop momentum")
     nesterov: bool = _f(False, "optim", "Nesterov momentum (SGD)")
     betas: tuple[float, ...] = _f((0.9, 0.999), "optim", "AdamW betas")
@@ -89,6 +99,11 @@ class Recipe:
     label_smoothing: float = _f(0.0, "optim", "label smoothing of the cross-entropy")
     grad_clip: float = _f(0.0, "optim", "clip the gradient norm to this (0: off)")
     ema_decay: float = _f(0.0, "optim", "Polyak averaging: EMA decay per update (0: off)")
+    precise_bn: str = _f("auto", "optim", "recompute the BatchNorm statistics of the evaluated weights (the EMA's when "
+                         "averaging) from training batches before each validation: on, off, or auto: while they "
+                         "cannot have settled, for the first 10 / momentum updates (100 at PyTorch's 0.1), twice "
+                         "that with EMA")
+    precise_bn_images: int = _f(4096, "optim", "precise_bn: at most this many training images per recomputation")
     freeze_epochs: int = _f(0, "optim", "fine-tuning: train only the new head for this many epochs")
     freeze_bn: bool = _f(False, "optim", "fine-tuning: keep the backbone's BatchNorm statistics (eval-mode BN)")
 
@@ -124,6 +139,9 @@ class Recipe:
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.grad_clip >= 0, f"grad_clip must be ≥ 0, got {self.grad_clip}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}"),
+            (self.lr_scaling in LR_SCALING, f"lr_scaling must be one of {LR_SCALING}, got {self.lr_scaling!r}"),
+            (self.precise_bn in PRECISE_BN, f"precise_bn must be one of {PRECISE_BN}, got {self.precise_bn!r}"),
+            (self.precise_bn_images >= 1, f"precise_bn_images must be ≥ 1, got {self.precise_bn_images}"),
             (self.freeze_epochs >= 0, f"freeze_epochs must be ≥ 0, got {self.freeze_epochs}"),
             (self.checkpoint_minutes >= 0 and math.isfinite(self.checkpoint_minutes),
              f"checkpoint_minutes must be ≥ 0 (0: at epoch ends only), got {self.checkpoint_minutes}"),
@@ -163,10 +181,18 @@ class Recipe:
                             erase_scale=_pair("erase_scale", self.erase_scale),
                             erase_ratio=_pair("erase_ratio", self.erase_ratio))
 
+    def lr_rule(self) -> str:
+        """The lr scaling rule in force: ``linear`` or ``sqrt`` (``auto`` resolved for the optimiser)."""
+        return AUTO_LR_SCALING[self.optimizer] if self.lr_scaling == "auto" else self.lr_scaling
+
     def scaled_lr(self, global_batch: int) -> float:
         """The peak learning rate for ``global_batch`` images per update: ``lr × global_batch /
-        lr_base_batch`` (the linear scaling rule), or ``lr`` itself when ``lr_base_batch`` is 0."""
-        return self.lr * global_batch / self.lr_base_batch if self.lr_base_batch else self.lr
+        lr_base_batch`` (linear rule) or ``lr × √(global_batch / lr_base_batch)`` (sqrt rule), or ``lr``
+        itself when ``lr_base_batch`` is 0."""
+        if not self.lr_base_batch:
+            return self.lr
+        ratio = global_batch / self.lr_base_batch
+        return self.lr * (ratio if self.lr_rule() == "linear" else math.sqrt(ratio))
 
     # -- files ---------------------------------------------------------------------------------------
 
@@ -184,6 +210,8 @@ class Recipe:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ConfigError(f"unknown recipe setting(s) {unknown}; known: {', '.join(sorted(fields))}")
+        if set(fields) - set(data) <= set(STORED_BEFORE):  # a stored recipe: keep what it ran with
+            data = {**STORED_BEFORE, **data}
         values = {}
         for name, value in data.items():
             values[name] = _coerce(name, value, fields[name].default if fields[name].default is not
@@ -235,7 +263,10 @@ class Recipe:
             lines += ["", f"[{section}]"]
             for f in fields:
                 if f.metadata["section"] == section:
-                    lines += _commented(f"{f.name} = {toml_value(getattr(self, f.name))}", f.metadata["doc"])
+                    doc = f.metadata["doc"]
+                    if f.name == "lr_scaling" and self.lr_scaling == "auto":
+                        doc += f" (here: {self.lr_rule()})"
+                    lines += _commented(f"{f.name} = {toml_value(getattr(self, f.name))}", doc)
         return "\n".join(lines) + "\n"
 
 

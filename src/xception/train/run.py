@@ -39,8 +39,17 @@ from ..fileio import FolderLock, atomic_write, remove_stale_temps
 from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
 from ..runtime import resolve_device
+from ..tables import plural
+from ..weights.checkpoint import EXPORT, LAST
 from . import artifacts
-from .checkpoint import DAMAGED, LAST, RunSettings, TrainState, find_resume_point, has_checkpoint, load_checkpoint
+from .checkpoint import (
+    DAMAGED,
+    RunSettings,
+    TrainState,
+    find_resume_point,
+    has_checkpoint,
+    load_checkpoint,
+)
 from .ema import ModelEma
 from .recipe import Recipe, toml_value
 from .schedule import lr_at
@@ -87,6 +96,18 @@ class RunData:
     train_batches: Batches
     val_batches: Batches | None
     batches_per_epoch: int  # this process's training batches in a whole epoch
+
+
+class RunFinished(XceptionError):
+    """A resume of a run that has finished (its epochs done, its model and summary written): there is nothing
+    to do, and :func:`open_run` raises this before touching anything in the folder."""
+
+    def __init__(self, run_dir: Path, checkpoint: dict[str, Any]) -> None:
+        self.run_dir, self.epochs, self.best = run_dir, checkpoint["epoch"], checkpoint["best"]
+        self.elapsed_s: float = checkpoint["elapsed_s"]
+        longer = hint(f"train(recipe.replace(epochs=N), resume={str(run_dir)!r})", f"--resume {run_dir} --epochs N")
+        super().__init__(f"{run_dir} has finished its {plural(self.epochs, 'epoch')}: nothing to do (its model: "
+                         f"{run_dir / EXPORT}); to train it longer: {longer}, with N > {self.epochs}")
 
 
 @dataclass
@@ -151,7 +172,8 @@ def open_run(
     ``world``: this process's place in a data-parallel job (default: alone).
 
     The main process claims the folder for the run (a :class:`~xception.fileio.FolderLock`, held until
-    :meth:`Run.close`): another process training into it meanwhile gets a :class:`BusyError`.
+    :meth:`Run.close`): another process training into it meanwhile gets a :class:`BusyError`. Resuming a run
+    that has finished raises :class:`RunFinished`, with nothing in its folder changed.
     """
     started = time.perf_counter()
     world = world or DistEnv()
@@ -164,6 +186,8 @@ def open_run(
     try:
         point = find_resume_point(resume) if resume is not None else None
         checkpoint = point.checkpoint if point is not None else None
+        if checkpoint is not None and broadcast_object(_finished(run_dir, checkpoint, recipe)):
+            raise RunFinished(run_dir, checkpoint)
         if checkpoint is not None:
             settings = RunSettings(**checkpoint["run"])
         run = build_run(recipe, settings or RunSettings(), run_dir, world=world, checkpoint=checkpoint,
@@ -246,6 +270,16 @@ def restore(run: Run, checkpoint: dict[str, Any]) -> None:
         group["lr"] = run.peak_lr * factor(scheduler.last_epoch)
 
 
+def claim_for_resume(path: str | os.PathLike[str]) -> FolderLock | None:
+    """This process's claim on the run folder ``path`` continues (``path`` itself, or a checkpoint's folder),
+    taken before anything in it is read: another training holding it is refused at once, not after its
+    checkpoint has been verified. None when ``path`` does not exist (reading it then says so)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return _claim_folder(path if path.is_dir() else path.parent, fresh=False)
+
+
 def resume_settings(path: str | os.PathLike[str]) -> tuple[Recipe, RunSettings]:
     """The recipe and run settings stored in a run folder's checkpoint (to resume it, or inspect it)."""
     checkpoint = load_checkpoint(path)
@@ -277,6 +311,13 @@ def _run_dir(recipe: Recipe, out: str | os.PathLike[str] | None, resume: str | o
         raise NotAFolderError(f"{run_dir} is an existing file, not a run folder; choose another "
                               + hint("out=", "--out"))
     return run_dir
+
+
+def _finished(run_dir: Path, checkpoint: dict[str, Any], recipe: Recipe) -> bool:
+    """Whether the run at ``checkpoint`` has nothing left to do: its epochs done and its end written (a run
+    stopped while writing its model or summary is finished by its resume)."""
+    done = checkpoint["epoch"] >= recipe.epochs and checkpoint["position"] == 0
+    return done and (run_dir / EXPORT).is_file() and (run_dir / artifacts.SUMMARY).is_file()
 
 
 def _check_fresh(run_dir: Path) -> None:

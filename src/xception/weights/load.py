@@ -5,11 +5,16 @@ decides which network it belongs to (Keras weights → ``xception``, timm's → 
 recorded config), its classifier size becomes the default ``num_classes``, and the model comes back in
 eval mode with the preprocessing and class names that belong to the weights. RGB weights go into a model
 with another ``in_chans`` through an adapted first conv (:func:`~xception.weights.mapping.adapt_input_channels`).
+
+A training checkpoint (``last.pt``, ``best.pt``) is weights too, recognised by what it holds, and so is a run
+folder: its ``model.safetensors``, or its best intact checkpoint when the run wrote none
+(:mod:`.checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -18,21 +23,24 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..errors import ConfigError, IsAFolderError, MissingPathError, WeightsError, hint
+from ..errors import ConfigError, MissingPathError, WeightsError, hint
 from ..fileio import sha256_file
 from ..models import Xception, model_config
 from ..preprocessing import Preprocessing
 from . import hub, keras3
+from .checkpoint import as_weights, run_folder_weights
 from .keras import read_keras
 from .mapping import STEM, LoadReport, MappedWeights, adapt_input_channels, fit_hint, load_into
 from .meta import WeightsMeta
 from .native import read_metadata, read_weights, save_weights
-from .timm import map_timm_state, read_torch
+from .timm import map_timm_state, read_torch, unwrap
 
 Format = Literal["hdf5", "keras", "torch", "safetensors"]
 SUPPORTED = ("Keras 3 .keras and .weights.h5, Keras .h5 (legacy HDF5 layout), PyTorch/timm .pth state dicts, "
-             "safetensors (timm's or ours)")
+             "safetensors (timm's or ours), training checkpoints and run folders of this library")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+log = logging.getLogger(__name__)
 
 
 def detect_format(path: str | os.PathLike[str]) -> Format:
@@ -88,10 +96,22 @@ def read_mapped_weights(path: str | os.PathLike[str], *, name: str | None = None
         except SafetensorError as err:
             raise WeightsError(f"{path} is a damaged or truncated safetensors file ({err}); download it again") from err
     else:
-        state = read_torch(path)
+        data = _load_torch(path)
+        if isinstance(data, dict) and "model_config" in data:  # a training checkpoint: its config beside the weights
+            return as_weights(data, path)
+        state = unwrap(data, path)
     if STEM in state:
         return _our_state_dict(state, name, path)
     return map_timm_state(state, str(path))
+
+
+def _load_torch(path: str | os.PathLike[str]) -> object:
+    """What a torch.save file holds, tensors and plain containers only (``weights_only``: nothing runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        read_torch(path)  # raises the error that says why (code it would have to run, or a damaged file)
+        raise
 
 
 def _keras3_layout(path: str | os.PathLike[str]) -> bool:
@@ -120,15 +140,15 @@ def resolve(
 ) -> tuple[Path, hub.WeightsTag | None]:
     """The local file behind ``weights`` (downloading a tag's or URL's file), and its tag if it has one.
 
-    A path that exists wins; then URLs (``http(s)://``); then tags; ``"imagenet"`` is the default tag of
-    ``name`` (``xception`` → the Keras file).
+    A path that exists wins (a folder: a training run's, see :func:`_run_folder_weights`); then URLs
+    (``http(s)://``); then tags; ``"imagenet"`` is the default tag of ``name`` (``xception`` → the Keras file).
     """
     if isinstance(weights, hub.WeightsTag):
         return hub.fetch(weights, progress=progress), weights
     text = os.fspath(weights)
     if Path(text).exists():
         if Path(text).is_dir():
-            raise IsAFolderError(f"weights {text!r} is a directory; pass the weights file inside it")
+            return _run_folder_weights(Path(text)), None
         return Path(text), None
     if text.startswith(("http://", "https://")):
         return hub.fetch(text, progress=progress), None
@@ -143,6 +163,15 @@ def resolve(
     raise MissingPathError(
         f"weights {text!r}: no such file, and not a URL or a known tag ({', '.join(hub.TAGS)}, imagenet)"
     )
+
+
+def _run_folder_weights(folder: Path) -> Path:
+    """A training run's folder as weights: its model.safetensors, else its best intact checkpoint (said in a
+    warning); an :class:`~xception.errors.IsAFolderError` for a folder that holds neither."""
+    path, note = run_folder_weights(folder)
+    if note is not None:
+        log.warning(note)
+    return path
 
 
 def _name_conflict(requested: str, mapped: MappedWeights, source: str) -> str:
@@ -170,6 +199,10 @@ def load_pretrained(
     **overrides: Any,
 ) -> Loaded:
     """A model carrying ``weights`` (path, URL or tag), in eval mode, and the report of the load.
+
+    A training checkpoint (``last.pt``, ``best.pt``) gives the model the run would export at that point (its
+    EMA weights when it averages), with its config, class names and preprocessing; a run folder gives its
+    ``model.safetensors``, or its best intact checkpoint when it has none.
 
     The model's ``weights_meta`` says what the weights mean (preprocessing, class names, source, metrics).
     ``name`` (optional) must agree with the weights. ``overrides`` change the config; a different
