@@ -199,3 +199,26 @@ def test_the_train_command_refuses_one_class_with_one_line(tmp_path, capsys):
     assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "only one class" in err[0] and not (tmp_path / "run").exists()
+
+
+def test_a_training_epoch_counts_the_bad_files_of_its_dropped_last_batch_too(tmp_path):
+    """drop_last leaves the last partial batch unread; its bad files are still warned about and counted."""
+    from xception.data import FolderBatches
+
+    stripes_folder(tmp_path, per_class=4)
+    bad = tmp_path / CLASSES[0]
+    for i in range(5):
+        (bad / f"bad{i}.png").write_bytes(b"not a png" * (i + 1))
+    scan = scan_folder(tmp_path)
+    data = ImageFolderDataset(scan.samples, scan.classes, eval_transform(PRE))
+    bad_indices = {i for i, (path, _) in enumerate(scan.samples) if "/bad" in path}
+    n = len(scan.samples)
+    assert n % 4 == 1 and len(bad_indices) == 5  # batches of 4, and one file left over
+    seed = next(s for s in range(100) if list(ResumableSampler(n, seed=s))[-1] in bad_indices)
+    batches = FolderBatches(data, batch_size=4, sampler=ResumableSampler(n, seed=seed), workers=0, drop_last=True)
+    batches.set_epoch(0)
+    log = SkipLog()
+    for _, _, skipped in batches:
+        log.add(skipped)
+    assert sorted(log.seen) == sorted(scan.samples[i][0] for i in bad_indices)
+    assert log.counts() == {NOT_AN_IMAGE: 5}

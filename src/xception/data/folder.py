@@ -298,6 +298,15 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def unreadable(self, index: int) -> Skipped | None:
+        """Why sample ``index`` cannot be used, or None when its image decodes."""
+        path = self.samples[index][0]
+        try:
+            load_image(path, self.channels)
+        except UnreadableImage as err:
+            return Skipped(path, err.reason, err.detail)
+        return None
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | Skipped:
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]

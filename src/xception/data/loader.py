@@ -161,7 +161,7 @@ class FolderBatches:
         """``augment_seed`` (training): each sample's augmentation is drawn from its own seed, derived from
         this, the epoch and the index — the same whichever worker or process decodes it."""
         self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
-        self.device = torch.device(device)
+        self.device, self.drop_last = torch.device(device), drop_last
         workers = default_workers() if workers is None else workers
         order = _WithSeeds(sampler, augment_seed) if augment_seed is not None else sampler
         self.loader = DataLoader(
@@ -184,6 +184,20 @@ class FolderBatches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
+        held: Batch | None = None  # each batch waits for the next, so the last can carry the tail's records
         for images, labels, skipped in self.loader:
-            yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
-                   skipped)
+            if held is not None:
+                yield held
+            held = (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
+                    skipped)
+        if held is not None:
+            yield (held[0], held[1], [*held[2], *self._unreadable_in_dropped_tail()])
+
+    def _unreadable_in_dropped_tail(self) -> list[Skipped]:
+        """``drop_last`` leaves the epoch's last partial batch unread: read those few files only to find the
+        unreadable ones, so that every bad file is warned about and counted in the epoch that meets it."""
+        tail = len(self.sampler) % self.batch_size if self.drop_last else 0
+        if not tail:
+            return []
+        order = list(self.sampler)[-tail:]
+        return [found for index in order if (found := self.dataset.unreadable(index)) is not None]
