@@ -30,7 +30,7 @@ OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--epochs", "epochs", int, "passes over the training data"),
     ("--batch-size", "batch_size", int, "images per step"),
     ("--accum-steps", "accum_steps", int, "steps whose gradients are summed before each update"),
-    ("--lr", "lr", float, "peak learning rate (for the recipe's lr_base_batch; scaled linearly)"),
+    ("--lr", "lr", float, "peak learning rate (for the recipe's lr_base_batch; scaled by lr_scaling)"),
     ("--optimizer", "optimizer", str, "sgd, adamw or rmsprop"),
     ("--schedule", "schedule", str, "step, cosine or constant"),
     ("--warmup-epochs", "warmup_epochs", float, "linear warm-up length"),

@@ -265,9 +265,11 @@ def _hold_position(run: Run, position: int, sums: EpochSums) -> None:
 
 
 def end_epoch(run: Run, run_log: artifacts.RunLog, trained: EpochEnd, *, progress: bool = False) -> dict[str, Any]:
-    """Close the epoch :func:`train_one_epoch` completed: validate, write the epoch's record (metrics.jsonl,
-    TensorBoard, a line on stderr), keep it if it is the best so far, move the state to the next epoch
-    and save best.pt (when best) and last.pt. Returns the record."""
+    """Close the epoch :func:`train_one_epoch` completed: recompute the BatchNorm statistics when the recipe's
+    ``precise_bn`` says so (:mod:`xception.train.precise_bn`), validate, write the epoch's record
+    (metrics.jsonl, TensorBoard, a line on stderr, a warning when validation sits at chance while training
+    accuracy is well above it), keep it if it is the best so far, move the state to the next epoch and save
+    best.pt (when best) and last.pt. Returns the record."""
     state, sums = run.state, trained.sums
     _check_finite(sums.mean_loss, run)
     train_time = time.perf_counter() - trained.started
@@ -276,7 +278,7 @@ def end_epoch(run: Run, run_log: artifacts.RunLog, trained: EpochEnd, *, progres
         "train_loss": sums.mean_loss, "train_acc": sums.accuracy,
         "train_images_per_s": round(sums.seen / max(train_time, 1e-9), 1),
     }
-    recomputed = update_statistics(run)  # BatchNorm statistics of the weights validated, while unsettled
+    recomputed = update_statistics(run)  # precise_bn: the statistics of the weights validated and saved
     counts = _validation_counts(run, progress=progress)
     record.update(_validation_metrics(counts))
     record.update(epoch_time_s=round(time.perf_counter() - trained.started, 2), time_s=round(state.elapsed_s(), 2),

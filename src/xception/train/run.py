@@ -211,7 +211,7 @@ def open_run(
             _say(world, note)
         if run.peak_lr != recipe.lr:
             _say(world, f"lr {recipe.lr:g} for a batch of {recipe.lr_base_batch} → {run.peak_lr:g} for the global "
-                        f"batch of {run.global_batch} (linear scaling; set lr_base_batch = 0 to turn it off)")
+                        f"batch of {run.global_batch} ({recipe.lr_rule()} scaling; set lr_base_batch = 0 to turn it off)")
         remove_stale_temps(run_dir)  # what a killed session was writing: only this process writes here now
         _write_config(run)
     return run
