@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+EDGE_STAMP := $(VENV)/.edge-stamp
 RUNS   ?= runs
 
-.PHONY: venv demo fashion-mnist browser test test-slow test-all lint clean
+.PHONY: venv edge demo fashion-mnist browser test test-slow test-all lint clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard src/xception/fast/csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,14 @@ $(STAMP): pyproject.toml setup.py $(wildcard src/xception/fast/csrc/*)
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The ExecuTorch and LiteRT toolchains (the `edge` extra) for the tests of those exports: about 1.4 GB and two
+# minutes to install, so the demo goes without them.
+$(EDGE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[edge]"
+	touch $(EDGE_STAMP)
+
+edge: $(EDGE_STAMP)
 
 # The demo: train the small-input Xception on Fashion-MNIST on the CPU, evaluate it on the test set, classify
 # a few test images. DEMO_ARGS cut the fashion-mnist recipe to fit 10 minutes on 2 cores: 8 epochs of a
@@ -65,13 +74,13 @@ browser:
 	  echo "chromium is not installed (as root: apt-get install chromium): the page test will be skipped"; \
 	fi
 
-test: venv browser
+test: venv edge browser
 	$(PY) -m pytest -q
 
-test-slow: venv fashion-mnist
+test-slow: venv edge fashion-mnist
 	$(PY) -m pytest -q -m slow
 
-test-all: venv browser fashion-mnist
+test-all: venv edge browser fashion-mnist
 	$(PY) -m pytest -q -m ""
 
 lint: venv

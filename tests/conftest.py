@@ -8,7 +8,7 @@ imported (and for every subprocess the tests start, which inherit the environmen
   it, is invisible; a test that needs data makes it in ``tmp_path``;
 - downloads of Fashion-MNIST pointed at a closed port on 127.0.0.1, so a test that reaches for the real
   dataset fails at once on every machine, online or not, instead of passing where the dataset happens to be
-  installed or reachable.
+  installed or reachable; the Hugging Face Hub (``HF_ENDPOINT``) likewise, its cache under the empty home.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ os.environ.update({
     "MPLCONFIGDIR": str(ISOLATED_HOME / ".config" / "matplotlib"),
     "XCEPTION_DATA_PATH": "",
     "XCEPTION_FASHION_MNIST_URL": CLOSED_PORT_URL,
+    "HF_ENDPOINT": CLOSED_PORT_URL.rstrip("/"),
+    "HF_HOME": str(ISOLATED_HOME / ".cache" / "huggingface"),
 })
+for _variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
+    os.environ.pop(_variable, None)
 os.environ.pop("XCEPTION_CACHE", None)
 
 import torch  # noqa: E402  (after the environment is set: nothing may read the real home first)

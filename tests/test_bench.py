@@ -168,6 +168,7 @@ def test_device_defaults_live_in_the_config(monkeypatch):
     assert tuple(cuda.modes) == DEFAULT_MODES["cuda"]
     assert BenchConfig(device="cuda", batch_size=64).resolved().train_batch_size == 128
     assert BenchConfig(batch_size=3, train_batch_size=5).resolved().train_batch_size == 5
+    assert all(mode in SPECS for modes in DEFAULT_MODES.values() for mode in modes)  # entries of the table
 
 
 def test_a_new_contender_is_one_entry_in_the_table(monkeypatch):

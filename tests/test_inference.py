@@ -58,7 +58,9 @@ def images(files):
 
 
 def test_every_runtime_gives_the_plain_models_logits_from_its_own_file(files):
-    assert set(RUNTIMES) == set(TOLERANCE)
+    # The runtimes of files made by other means are checked where those files are made: int8 in
+    # test_quantize.py, ExecuTorch and LiteRT in test_edge.py.
+    assert set(RUNTIMES) - {"int8", "executorch", "litert"} == set(TOLERANCE)
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = files["model"](x)

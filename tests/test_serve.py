@@ -2,6 +2,7 @@
 
 import base64
 import io
+import os
 import re
 import threading
 import time
@@ -13,8 +14,10 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
+pytest.importorskip("prometheus_client")
 
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from data_factory import bomb_png
 from serve_helpers import CLASSES, image_bytes, save_tiny, tiny_model
@@ -31,13 +34,16 @@ def _ready(client: TestClient, timeout: float = 60.0) -> None:
 
 
 def _metric(client: TestClient, name: str, **labels: str) -> float:
-    """One sample of /metrics (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)$"
-    for line in client.get("/metrics").text.splitlines():
-        match = re.match(pattern, line)
-        if match:
-            return float(match.group(1))
+    """One sample of /metrics (0 when absent), read by prometheus-client's parser; bucket bounds (``le``)
+    compare as numbers, so ``le="4"`` finds the exposition's ``le="4.0"``."""
+    def same(key: str, wanted: str, got: str) -> bool:
+        return float(wanted) == float(got) if key == "le" else wanted == got
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.keys() == labels.keys() and \
+                    all(same(k, v, sample.labels[k]) for k, v in labels.items()):
+                return sample.value
     return 0.0
 
 
@@ -90,12 +96,16 @@ def test_explain_returns_the_overlay_png_or_json_with_the_heatmap(client):
     assert overlay.size == (32, 32)
     bad = client.post("/explain?class=zebra", content=png, headers={"content-type": "image/png"})
     assert bad.status_code == 400 and "no class named 'zebra'" in bad.json()["message"]
+    bad = client.post("/explain?format=gif", content=png, headers={"content-type": "image/png"})
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_request" and "format" in bad.json()["message"]
 
 
 def test_health_readiness_page_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["backend"] == "torch" and ready["classes"] == 10
+    info = client.get("/model").json()
+    assert info["class_names"] == CLASSES and info["top_k"] == 5 and info["max_bytes"] == 200_000
     page = client.get("/")
     assert page.status_code == 200 and 'id="drop"' in page.text and "/predict" in page.text
     before = _metric(client, "xception_requests_total", endpoint="/predict", status="200")
@@ -107,6 +117,42 @@ def test_health_readiness_page_and_metrics(client):
     assert count >= before + 1
     assert _metric(client, "xception_request_duration_seconds_bucket", endpoint="/predict", le="+Inf") == count
     assert _metric(client, "xception_batch_size_count") >= 1
+
+
+def test_openapi_shows_the_schemas_and_the_400s_the_service_answers(client):
+    spec = client.get("/openapi.json").json()
+    schemas, predict = spec["components"]["schemas"], spec["paths"]["/predict"]["post"]
+    ok = predict["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/Prediction"}
+    assert set(schemas["Prediction"]["properties"]) == {"top", "model", "backend"}
+    assert set(schemas["ClassScore"]["properties"]) == {"class", "index", "probability"}
+    assert {"Explanation", "ErrorBody", "Health", "Readiness", "ModelInfo"} <= set(schemas)
+    [top_k] = [p for p in predict["parameters"] if p["name"] == "top_k"]
+    assert {"type": "integer", "minimum": 1, "maximum": 1000} in top_k["schema"]["anyOf"]
+    assert {"multipart/form-data", "image/*"} <= set(predict["requestBody"]["content"])
+    assert predict["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    explain = spec["paths"]["/explain"]["post"]["responses"]["200"]["content"]
+    assert {"image/png", "application/json"} <= set(explain)
+    # A parameter out of range is a 400 in the service's JSON form, never FastAPI's 422.
+    assert not [path for path, ops in spec["paths"].items() for op in ops.values() if "422" in op["responses"]]
+
+
+def test_docs_pages_load_everything_from_this_server(client):
+    pytest.importorskip("fastapi_offline", reason="/docs serves the Swagger UI and ReDoc files of fastapi-offline")
+    for path in ("/docs", "/redoc"):
+        html = client.get(path)
+        assert html.status_code == 200 and "://" not in html.text  # no CDN, no web fonts
+        urls = re.findall(r'(?:src|href|spec-url)="([^"]+)"', html.text) + re.findall(r"url: '([^']+)'", html.text)
+        assert len(urls) >= 3, urls
+        kinds = set()
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), url
+            asset = client.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 0, url
+            kinds.add(asset.headers["content-type"].split(";")[0])
+        assert "application/json" in kinds and ({"text/javascript", "text/css"} & kinds), kinds
+    assert client.get("/docs/assets/swagger-ui-bundle.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
 
 
 def _chunks(total: int):
@@ -124,6 +170,10 @@ BAD_REQUESTS = [
     ("unsupported_media_type", {"content": image_bytes()}, 415),  # no content type at all
     ("no_file", {"data": {"note": "no file here"}, "files": {"other": (None, "text")}}, 400),
     ("bad_request", {"content": image_bytes(), "headers": {"content-type": "image/png"}, "params": {"top_k": "0"}},
+     400),
+    ("bad_request", {"content": image_bytes(), "headers": {"content-type": "image/png"}, "params": {"top_k": "5000"}},
+     400),  # typed with bounds: 1 ≤ top_k ≤ 1000
+    ("bad_request", {"content": image_bytes(), "headers": {"content-type": "image/png"}, "params": {"top_k": "two"}},
      400),
 ]
 
@@ -233,3 +283,61 @@ def test_what_cannot_be_served_fails_before_the_server_starts(weights, tmp_path)
         create_app(str(tmp_path / "missing.safetensors"))
     with pytest.raises(ConfigError, match="max_batch"):
         create_app(str(weights), options=ServeOptions(max_batch=0))
+
+
+def test_an_unexpected_failure_is_a_500_in_json_counted_and_the_server_goes_on(weights):
+    from xception.serve.backends import load_backend
+
+    backend = load_backend(str(weights), device="cpu")
+
+    def broken(batch: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a bug in a kernel")
+
+    backend.run = broken  # what the micro-batcher calls; warming up goes through the runner itself
+    with TestClient(create_app(backend=backend)) as c:
+        _ready(c)
+        r = c.post("/predict", content=image_bytes(), headers={"content-type": "image/png"})
+        assert r.status_code == 500 and r.json() == {"error": "internal", "message": "the server failed; see its log"}
+        assert "kernel" not in r.text  # never the exception or its traceback
+        assert _metric(c, "xception_errors_total", kind="internal") == 1
+        assert _metric(c, "xception_requests_total", endpoint="/predict", status="500") == 1
+        assert c.get("/healthz").status_code == 200
+
+
+def test_metrics_of_several_worker_processes_are_summed(tmp_path, monkeypatch):
+    """prometheus-client's multiprocess mode: each process writes its values under PROMETHEUS_MULTIPROC_DIR,
+    and /metrics of any of them reads all. Two processes are simulated by the process id each value records."""
+    from prometheus_client import values
+
+    from xception.serve.metrics import Metrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    workers = []
+    for pid in (os.getpid(), 4_000_000):  # this process, and another one
+        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda pid=pid: pid))
+        metrics = Metrics()
+        metrics.request("/predict", 200, 0.02)
+        metrics.error("timeout")
+        metrics.batch(3)
+        metrics.in_flight.inc()
+        workers.append(metrics)
+
+    def sample(name: str, **labels: str) -> float:
+        body, content_type = workers[0].render()
+        assert content_type.startswith("text/plain")
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return s.value
+        return 0.0
+
+    assert sample("xception_requests_total", endpoint="/predict", status="200") == 2
+    assert sample("xception_errors_total", kind="timeout") == 2
+    assert sample("xception_batch_size_sum") == 6 and sample("xception_batch_size_count") == 2
+    assert sample("xception_requests_in_flight") == 2
+    workers[0].close()  # this process stops: its requests stay counted, its in-flight gauge leaves the sum
+    assert sample("xception_requests_in_flight") == 1
+    assert sample("xception_requests_total", endpoint="/predict", status="200") == 2
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="is not a folder: create it"):
+        Metrics()

@@ -1,4 +1,6 @@
-"""The page in a real headless Chromium: drop a photo, see the top-5 bars and the Grad-CAM overlay.
+"""The page in a real headless Chromium: drop a photo, see the top-5 bars and the Grad-CAM overlay; drop
+something that is not an image, see the error and nothing of the photo before; and /docs renders the API
+with nothing but the server itself (every other address refused).
 
 Debian's ``chromium`` driven by Playwright's Python package (never a browser download). ``make test``
 installs chromium where it can (as root with apt, as in CI, where this test must run); elsewhere it is
@@ -37,7 +39,58 @@ def _browser_or_skip() -> None:
     pytest.skip(reason)
 
 
-def test_page_shows_top_5_and_the_overlay_for_an_uploaded_photo(tmp_path):
+# What the page shows, read in one call: bars, caption, images, whether the results are shown, the status.
+SHOWN = """() => {
+  const $ = (id) => document.getElementById(id);
+  return {bars: document.querySelectorAll('#bars .bar').length, caption: $('camnote').textContent,
+          preview: $('preview').getAttribute('src'), overlay: $('overlay').getAttribute('src'),
+          results: getComputedStyle($('results')).display, status: $('status').textContent,
+          error: $('status').className === 'error'};
+}"""
+
+
+def _upload_photo_then_junk(page, photo: Path) -> tuple[dict, dict]:
+    """What the page reads after a good photo (its bars, overlay size, screenshot), then after junk."""
+    page.set_input_files("#file", str(photo))
+    page.wait_for_function("document.querySelectorAll('#bars .bar').length === 5", timeout=60_000)
+    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=60_000)
+    good = {"names": page.locator("#bars .label span:first-child").all_inner_texts(),
+            "shown": page.locator("#bars .label span:last-child").all_inner_texts(),
+            "widths": page.eval_on_selector_all("#bars .fill", "fs => fs.map(f => f.getBoundingClientRect().width)"),
+            "size": page.evaluate("[document.getElementById('overlay').naturalWidth,"
+                                  " document.getElementById('overlay').naturalHeight]"),
+            "page": page.evaluate(SHOWN)}
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
+    print(f"screenshot: {ARTIFACTS / 'serve-page.png'}")
+    page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png",
+                                          "buffer": b"shopping list: milk, eggs; not a picture at all"}])
+    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=60_000)
+    return good, page.evaluate(SHOWN)
+
+
+def _docs_offline(browser, url: str) -> tuple[int, list[str], list[str]]:
+    """Operations Swagger UI drew at /docs, the requests it made elsewhere (refused), the page's errors."""
+    page = browser.new_page()
+    elsewhere: list[str] = []
+    errors: list[str] = []
+
+    def only_the_server(route) -> None:
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{url}/docs")
+    page.wait_for_function("document.querySelectorAll('.opblock').length >= 6", timeout=60_000)
+    page.wait_for_selector("text=Prediction", timeout=30_000)  # the schemas section names the response model
+    return page.locator(".opblock").count(), elsewhere, errors
+
+
+def test_page_shows_top_5_and_the_overlay_then_clears_them_for_a_bad_upload(tmp_path):
     _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
@@ -50,17 +103,8 @@ def test_page_shows_top_5_and_the_overlay_for_an_uploaded_photo(tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda err: errors.append(str(err)))
             page.goto(url)
-            page.set_input_files("#file", str(photo))
-            page.wait_for_function("document.querySelectorAll('#bars .bar').length === 5", timeout=60_000)
-            page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=60_000)
-            names = page.locator("#bars .label span:first-child").all_inner_texts()
-            shown = page.locator("#bars .label span:last-child").all_inner_texts()
-            widths = page.eval_on_selector_all("#bars .fill", "bars => bars.map(b => b.getBoundingClientRect().width)")
-            size = page.evaluate("[document.getElementById('overlay').naturalWidth,"
-                                 " document.getElementById('overlay').naturalHeight]")
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)
-            print(f"screenshot: {ARTIFACTS / 'serve-page.png'}")
+            good, bad = _upload_photo_then_junk(page, photo)
+            operations, elsewhere, docs_errors = _docs_offline(browser, url)
         finally:
             browser.close()
     assert not errors
@@ -68,10 +112,18 @@ def test_page_shows_top_5_and_the_overlay_for_an_uploaded_photo(tmp_path):
     from xception.predict import predict
 
     (expected,) = predict(weights, [photo], top_k=5)
-    assert names == [name for name, _ in expected.top]
-    assert [float(text.removesuffix(" %")) for text in shown] == pytest.approx(
+    assert good["names"] == [name for name, _ in expected.top]
+    assert [float(text.removesuffix(" %")) for text in good["shown"]] == pytest.approx(
         [100 * p for _, p in expected.top], abs=0.051)
+    widths = good["widths"]
     assert all(w > 0 for w in widths) and widths == sorted(widths, reverse=True)  # most probable first
     from PIL import Image
 
-    assert tuple(size) == Image.open(photo).size  # the overlay covers the photo itself
+    assert tuple(good["size"]) == Image.open(photo).size  # the overlay covers the photo itself
+    assert good["page"]["caption"].startswith("class: ") and not good["page"]["error"]
+    # After the junk: the server's reason, and nothing left of the photo (bars, caption, images).
+    assert bad["error"] and "notes.png" in bad["status"] and "not an image" in bad["status"], bad
+    assert bad["bars"] == 0 and bad["caption"] == "" and bad["preview"] is None and bad["overlay"] is None, bad
+    assert bad["results"] == "none", bad
+    # /docs: Swagger UI drew every operation from this server alone.
+    assert operations >= 6 and not elsewhere and not docs_errors, (elsewhere, docs_errors)

@@ -5,6 +5,7 @@
     >>> backbone = xception.create_model("xception65", features_only=True, output_stride=16)
     >>> keras = xception.create_model(weights="xception.keras_in1k")  # Keras's ImageNet weights
     >>> fast = xception.optimize(model)                     # inference: BN folded, fused convs
+    >>> int8 = xception.quantize(model, "calibration-photos/", held_out="photos-test/").model   # int8
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "list_models": ".models",
     "list_weights": ".weights",
     "optimize": ".fast",
+    "quantize": ".quantize",
     "save_weights": ".weights",
 }
 
@@ -38,6 +40,7 @@ __all__ = [
     "list_models",
     "list_weights",
     "optimize",
+    "quantize",
     "save_weights",
 ]
 
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from .layers import SeparableConv2d
     from .models import Xception, XceptionConfig, list_models
     from .preprocessing import Preprocessing
+    from .quantize import quantize
     from .weights import list_weights, save_weights
 
 
@@ -55,7 +59,10 @@ def __getattr__(name: str) -> Any:
         module = _EXPORTS[name]
     except KeyError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module, __name__), name)
+    package = importlib.import_module(module, __name__)
+    # ``quantize`` is a package and its function at once: the package is callable as the function, and is what
+    # the name must hold, since importing any of its modules binds it here anyway.
+    value = package if module == f".{name}" else getattr(package, name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -25,13 +25,14 @@ def create_model(
     """Build ``name`` (see :func:`list_models`; default ``xception``) with ``overrides`` of its config.
 
     ``weights`` is a local file (Keras 3 ``.keras``/``.weights.h5``, legacy Keras ``.h5``, timm
-    ``.pth``/``.safetensors``, or ours), a URL, or a tag (:func:`xception.weights.list_weights`;
-    ``"imagenet"`` is the model's default). The file decides the network, so ``name`` may be left out
-    (a bare state dict of ours needs it); if given it must agree. The model comes back in eval mode; its
-    ``weights_meta`` (read through ``model.preprocessing`` and ``model.class_names``) says what the weights
-    mean. A different ``num_classes`` loads the backbone and starts a new classifier; another ``in_chans``
-    adapts RGB weights' first conv (``in_chans=1``: summed over R, G, B; N channels: repeated, scaled by
-    3/N). :func:`xception.weights.load_pretrained` also returns the report of the load.
+    ``.pth``/``.safetensors``, or ours), a URL, a file on the Hugging Face Hub (``hf-hub:ORG/NAME``), or a
+    tag (:func:`xception.weights.list_weights`; ``"imagenet"`` is the model's default). The file decides the
+    network, so ``name`` may be left out (a bare state dict of ours needs it); if given it must agree. The
+    model comes back in eval mode; its ``weights_meta`` (read through ``model.preprocessing`` and
+    ``model.class_names``) says what the weights mean. A different ``num_classes`` loads the backbone and
+    starts a new classifier; another ``in_chans`` adapts RGB weights' first conv (``in_chans=1``: summed over
+    R, G, B; N channels: repeated, scaled by 3/N). :func:`xception.weights.load_pretrained` also returns the
+    report of the load.
     """
     if weights is None:
         return build_model(name or "xception", features_only=features_only, out_indices=out_indices, **overrides)

@@ -2,10 +2,13 @@
 
 Everything the training loop needs to run on N processes, and nothing it needs on one:
 
-* :func:`init_distributed` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-  ``MASTER_ADDR``/``MASTER_PORT``) and joins the process group: NCCL on GPUs, gloo on CPUs. A collective
-  that waits longer than the timeout (``XCEPTION_DIST_TIMEOUT`` seconds, 300 by default) fails instead of
-  hanging, so a dead worker brings the whole job down and ``torchrun --max-restarts`` can resume it.
+* :func:`distributed`, the one way in and out that training, evaluation and the ablation sweep share: for the
+  length of a block, this process's place in the job (:func:`init_distributed` reads torchrun's environment,
+  ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``, and joins the process group:
+  NCCL on GPUs, gloo on CPUs; its CUDA device by local rank), left at the end with the deterministic-
+  algorithms switch as it was. A collective that waits longer than the timeout (``XCEPTION_DIST_TIMEOUT``
+  seconds, 300 by default) fails instead of hanging, so a dead worker brings the whole job down and
+  ``torchrun --max-restarts`` can resume it.
 * :class:`ResumableSampler` shards one global permutation per epoch across the ranks and can start
   mid-epoch at a global sample position, also under a different number of processes than the run that
   wrote the checkpoint.
@@ -17,6 +20,7 @@ Everything the training loop needs to run on N processes, and nothing it needs o
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -51,6 +55,12 @@ class DistEnv:
     def is_main(self) -> bool:
         """Rank 0 alone logs, writes checkpoints and draws plots."""
         return self.rank == 0
+
+    def local_device(self, device: torch.device) -> torch.device:
+        """Where this process computes: in a job of several processes, the CUDA device of its local rank."""
+        if device.type == "cuda" and self.distributed:
+            return torch.device("cuda", self.local_rank)
+        return device
 
 
 def launched_by_torchrun() -> bool:
@@ -103,13 +113,38 @@ def _restart_store(timeout: datetime.timedelta) -> torch_dist.Store | None:
 
 
 def shutdown_distributed() -> None:
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    if _initialized():
         torch_dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(device: torch.device, dist: DistEnv | None = None) -> Iterator[DistEnv]:
+    """This process's place in a data-parallel job, for the length of the block.
+
+    ``dist`` given: the caller's job, joined and left by the caller. Otherwise the process joins the group
+    torchrun describes, if any (the backend for ``device``; a CUDA process on the device of its local rank,
+    see :meth:`DistEnv.local_device`), and leaves it when the block ends, however it ends: a group it did not
+    join itself stays. Either way, torch's deterministic-algorithms switch is restored on the way out (a
+    recipe's ``deterministic`` turns it on for its run only).
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    joined = dist is None and launched_by_torchrun() and not _initialized()
+    world = dist or init_distributed(device)
+    try:
+        yield world
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if joined:
+            shutdown_distributed()
+
+
+def _initialized() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized()
 
 
 def _in_group() -> bool:
     """Whether this process belongs to a process group of more than one process."""
-    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+    return _initialized() and torch_dist.get_world_size() > 1
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,10 @@ class DownloadError(XceptionError, OSError):
     """A download that failed or whose checksum does not match."""
 
 
+class ChecksumError(DownloadError, ValueError):
+    """A file's digest differs from the published one (or from the one its server states)."""
+
+
 class BusyError(XceptionError, RuntimeError):
     """A resource another process holds: a run folder that another training writes into."""
 

@@ -254,27 +254,25 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate ``weights`` on ``data`` (``"fashion-mnist"`` or a folder of class sub-folders).
 
-    ``weights`` is weights (a file of any supported format, a URL or a tag) or an exported model (ONNX, a
-    torch.export ``.pt2``), run by ``runtime`` (:func:`xception.inference.open_model`). The folder's classes
-    are matched by name to the class names the file carries; the preprocessing is the one it carries.
+    ``weights`` is weights (a file of any supported format, a URL, a tag, ``hf-hub:ORG/NAME``) or an exported
+    model (ONNX, a torch.export ``.pt2``), run by ``runtime`` (:func:`xception.inference.open_model`). The
+    folder's classes are matched by name to the class names the file carries; the preprocessing is the one it
+    carries.
     ``model_name`` names the network of a bare state dict (every other format says it itself);
     ``model_options`` are config fields for :func:`xception.create_model` (e.g. ``{"in_chans": 1}``).
     ``plot`` writes the confusion-matrix PNG there; without it nothing is written.
     ``flip``: test-time flip (:func:`count_batches`); the report says so wherever it gives a figure.
     """
     from .data import ShardSampler, SkipLog, evaluation_source
-    from .distributed import all_reduce_sum, init_distributed, launched_by_torchrun, shutdown_distributed
+    from .distributed import all_reduce_sum, distributed
     from .inference import open_model
     from .runtime import resolve_device
 
-    dev = resolve_device(device)
     # Under torchrun each process takes every world_size-th image; the counts are summed, so the metrics
     # are those of the whole set, exactly.
-    joined = launched_by_torchrun()
-    env = init_distributed(dev)
-    if dev.type == "cuda" and env.distributed:
-        dev = torch.device("cuda", env.local_rank)
-    try:
+    dev = resolve_device(device)
+    with distributed(dev) as env:
+        dev = env.local_device(dev)
         runner = open_model(weights, runtime=runtime, device=dev, model_name=model_name, model_options=model_options)
         source = evaluation_source(data, classes=runner.class_names if runner.named_classes else None, split=split,
                                    data_dir=data_dir)
@@ -288,9 +286,6 @@ def evaluate(
                                progress=progress and env.is_main, total=len(batches),
                                flip=flip).all_reduce(all_reduce_sum)
         elapsed = time.perf_counter() - start
-    finally:
-        if joined:
-            shutdown_distributed()
     if not env.is_main:
         plot = None  # one process draws
     if counts.total == 0:

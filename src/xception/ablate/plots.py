@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..analysis import save_figure
-from .report import measure
-from .runner import RunResult, SweepConfig
+from .sweep import RunResult, SweepConfig, measure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

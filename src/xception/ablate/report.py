@@ -25,7 +25,6 @@ from typing import Any
 from ..fileio import atomic_write
 from ..runtime import cpu_name
 from ..tables import plural
-from .runner import RunResult, SweepConfig
 from .stats import (
     Spread,
     combine,
@@ -34,6 +33,7 @@ from .stats import (
     verdict_greater,
     verdict_within,
 )
+from .sweep import RunResult, SweepConfig, measure
 from .variants import CLAIMS, VARIANTS, Comparison
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
@@ -41,14 +41,6 @@ MEASURES = {
     "final": "final accuracy",
     "auc": "mean validation top-1 over the run (area under the curve)",
 }
-
-
-def measure(result: RunResult, name: str, use_test: bool) -> float:
-    """A run's ``final`` or ``auc`` measure, in percent."""
-    if name == "final":
-        value = result.test_top1 if use_test and result.test_top1 is not None else result.final_val_top1
-        return 100.0 * float(value or 0.0)
-    return 100.0 * statistics.fmean(p["val_top1"] for p in result.curve)
 
 
 def val_at(result: RunResult, share: float) -> float:

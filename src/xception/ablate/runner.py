@@ -1,53 +1,37 @@
-"""The sweep: every (variant, seed) an ordinary training run, with one recipe, resumable, on any device.
+"""The sweep's runner: every (variant, seed) an ordinary training run, with one recipe, resumable, on any device.
 
-    >>> from xception.ablate import SweepConfig, run_sweep
-    >>> outcome = run_sweep(SweepConfig(out="runs/ablation"))      # Fashion-MNIST: 6 variants × 3 seeds
-    >>> outcome.report["claims"][0]["verdict"]
+    >>> from xception.ablate import SweepConfig, train_sweep
+    >>> outcome = train_sweep(SweepConfig(out="runs/ablation"))     # Fashion-MNIST: 6 variants × 3 seeds
+    >>> outcome.results[0].test_top1
 
 What is equal across the variants of a seed: the recipe and its schedule, the number of optimizer
 updates, the validation split, the order of the training images and their augmentation (the sampler and
 the augmentation are seeded by the recipe's seed, the epoch and the sample only, never by the model).
 Only the model differs, and with it its initialisation.
 
-A sweep folder::
-
-    DIR/sweep.json              what the sweep runs: recipe, data, seeds, variants, evaluation points
-    DIR/<variant>/seed<k>/      an ordinary run folder (config.toml, metrics.jsonl, last.pt, summary.json, …)
-        curve.jsonl             validation top-1 / top-5 / loss at each evaluation point of the run
-        result.json             the run's figures (written last: the run is complete)
-    DIR/report.md, report.json, *.png
-
-Running the sweep again skips complete runs, resumes an interrupted one from its last.pt, and rebuilds
-the report; on a complete folder it rebuilds the identical report. Under ``torchrun`` every process runs
-the same sequence of runs (rank 0 decides which are done and writes the files).
+Running the sweep again skips complete runs and resumes an interrupted one from its last.pt. Under
+``torchrun`` every process runs the same sequence of runs (rank 0 decides which are done and writes the
+files). The runner returns the results; the report is its caller's (:func:`xception.ablate.run_sweep`, or
+``xception ablate``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
 import sys
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..analysis import model_cost
-from ..data import FASHION_MNIST, ShardSampler, evaluation_source
+from ..data import ShardSampler, evaluation_source
 from ..data.loader import default_workers
-from ..distributed import (
-    DistEnv,
-    all_reduce_sum,
-    barrier,
-    broadcast_object,
-    init_distributed,
-    launched_by_torchrun,
-    shutdown_distributed,
-)
+from ..distributed import DistEnv, all_reduce_sum, barrier, broadcast_object, distributed
 from ..errors import ConfigError, DataError, XceptionError, hint
 from ..evaluate import count_batches
 from ..fileio import FolderLock, atomic_write
@@ -63,7 +47,6 @@ from ..train import (
     finish,
     fit,
     load_checkpoint,
-    load_recipe,
     open_log,
     open_run,
     read_metrics,
@@ -74,281 +57,85 @@ from ..train.artifacts import CONFIG as _CONFIG
 from ..train.artifacts import SUMMARY as _SUMMARY
 from ..train.artifacts import read_jsonl
 from ..train.checkpoint import has_checkpoint
-from .variants import DEFAULT_VARIANTS, VARIANTS, check_variants
+from .sweep import CURVE, RESULT, SWEEP_FILE, RunResult, SweepConfig, SweepOutcome, differences, eval_steps
 
-SWEEP_FILE, CURVE, RESULT = "sweep.json", "curve.jsonl", "result.json"
-SWEEP_VERSION = 1
 _VAL_KEYS = ("val_top1", "val_top5", "val_loss")
-# Settings a sweep may change between sessions without changing what it measures.
-_FREE_SETTINGS = ("device", "workers")
 
 
-def default_recipe(data: str | os.PathLike[str] | None = None) -> Recipe:
-    """The sweep's recipe: for Fashion-MNIST, the shipped ``fashion-mnist`` recipe cut to 3 epochs of the
-    paper's depth (8 middle-flow modules) at width 0.125, so that 6 variants × 3 seeds fit about two hours
-    on a 2-core CPU (the standard-conv variant costs the most); for a folder, the ``modern`` recipe."""
-    if data is None or str(data) == FASHION_MNIST:
-        recipe = load_recipe("fashion-mnist")
-        options = {**recipe.model_options, "width": 0.125, "middle_repeats": 8}
-        return recipe.replace(name="ablation", epochs=3, model_options=options,
-                              description="the paper's claims re-tested: small-input Xception of the paper's depth "
-                                          "(8 middle modules) at width 0.125 on Fashion-MNIST, 3 epochs")
-    return load_recipe("modern").replace(name="ablation")
-
-
-@dataclass
-class SweepConfig:
-    """What a sweep runs and where it writes.
-
-    Attributes:
-        out: the sweep folder.
-        recipe: one recipe for every run (default :func:`default_recipe`); the variants change model
-            options on top of it, the seeds its ``seed``. Its ``epochs`` are the budget: the same number of
-            optimizer updates for every variant.
-        variants: names in :data:`~xception.ablate.VARIANTS`.
-        seeds: runs per variant, with seeds 0 … seeds − 1.
-        data, val, data_dir: as for :func:`xception.train.train` (None: Fashion-MNIST).
-        test: data to test the final models on (default: Fashion-MNIST's test split for Fashion-MNIST,
-            ``DATA/test`` for a folder that has one, else none).
-        evals_per_epoch: validation points per epoch, equally spaced in updates.
-        margin: percentage points within which two variants count as equal (the order claim), and the
-            most the standard convs may buy for the separable claim to hold.
-        command: the command line that started the sweep, for the report (kept from the first session).
-    """
-
-    out: Path = Path("runs/ablation")
-    recipe: Recipe | None = None
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
-    seeds: int = 3
-    data: str | None = None
-    val: str | None = None
-    test: str | None = None
-    data_dir: str | None = None
-    evals_per_epoch: int = 4
-    margin: float = 0.5
-    command: str | None = None
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.data = None if self.data is None or str(self.data) == FASHION_MNIST else str(self.data)
-        self.recipe = self.recipe or default_recipe(self.data)
-        self.variants = check_variants(tuple(self.variants))
-        checks = [
-            (isinstance(self.seeds, int) and self.seeds >= 1, f"seeds must be ≥ 1, got {self.seeds!r}"),
-            (isinstance(self.evals_per_epoch, int) and self.evals_per_epoch >= 1,
-             f"evals_per_epoch must be ≥ 1, got {self.evals_per_epoch!r}"),
-            (self.margin > 0, f"margin must be > 0 percentage points, got {self.margin!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        fixed = sorted({k for v in VARIANTS.values() for k in v.options} & set(self.recipe.model_options))
-        if fixed:
-            raise ConfigError(f"the sweep's variants set {', '.join(fixed)} themselves; remove "
-                              f"{', '.join('model.' + k for k in fixed)} from the recipe")
-
-    @property
-    def seed_list(self) -> list[int]:
-        return list(range(self.seeds))
-
-    @property
-    def test_data(self) -> str | None:
-        """What the final models are tested on, or None."""
-        if self.test is not None:
-            return str(self.test)
-        if self.data is None:
-            return FASHION_MNIST
-        found = Path(self.data) / "test"
-        return str(found) if found.is_dir() else None
-
-    def run_dir(self, variant: str, seed: int) -> Path:
-        return self.out / variant / f"seed{seed}"
-
-    def run_recipe(self, variant: str, seed: int) -> Recipe:
-        """The recipe of one run: the sweep's, with the variant's model options and the seed."""
-        assert self.recipe is not None
-        options = {**self.recipe.model_options, **VARIANTS[variant].options}
-        return self.recipe.replace(seed=seed, model_options=options)
-
-    def runs(self) -> list[tuple[str, int]]:
-        """(variant, seed) in the order they run: seed by seed, so a partial sweep compares all variants."""
-        return [(v, s) for s in self.seed_list for v in self.variants]
-
-    def to_dict(self) -> dict[str, Any]:
-        assert self.recipe is not None
-        return {
-            "version": SWEEP_VERSION, "data": self.data, "val": self.val, "test": self.test_data,
-            "data_dir": self.data_dir, "recipe": self.recipe.to_dict(), "variants": list(self.variants),
-            "seeds": self.seeds, "evals_per_epoch": self.evals_per_epoch, "margin": self.margin,
-            "command": self.command,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], out: str | os.PathLike[str]) -> SweepConfig:
-        if data.get("version") != SWEEP_VERSION:
-            raise ConfigError(f"{Path(out) / SWEEP_FILE} is not a sweep file of this version")
-        return cls(out=Path(out), recipe=Recipe.from_dict(data["recipe"]), variants=tuple(data["variants"]),
-                   seeds=data["seeds"], data=data["data"], val=data["val"], test=data["test"],
-                   data_dir=data["data_dir"], evals_per_epoch=data["evals_per_epoch"], margin=data["margin"],
-                   command=data.get("command"))
-
-    @classmethod
-    def load(cls, out: str | os.PathLike[str]) -> SweepConfig:
-        """The sweep stored in folder ``out`` (its sweep.json), to resume or report it."""
-        path = Path(out) / SWEEP_FILE
-        if not path.is_file():
-            raise ConfigError(f"{out} holds no sweep ({SWEEP_FILE} is missing)")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{path} is not readable: {err}") from err
-        return cls.from_dict(data, out)
-
-
-@dataclass
-class RunResult:
-    """One run's figures, as its result.json holds them. Accuracies are fractions (0.9 = 90 %)."""
-
-    variant: str
-    seed: int
-    status: str  # "done", or "diverged" (the loss became NaN/inf: no figures)
-    steps: int
-    epochs: int
-    global_batch: int
-    curve: list[dict[str, Any]] = field(default_factory=list)  # step, epoch, val_*, train_time_s
-    final_val_top1: float | None = None
-    test_top1: float | None = None
-    test_loss: float | None = None
-    test_images: int = 0
-    train_time_s: float | None = None  # training alone (from the loop's per-epoch throughput)
-    images_per_s: float | None = None
-    elapsed_s: float | None = None  # the whole run as the loop counts it: validation and checkpoints too
-    params: int = 0
-    macs: int = 0  # per image at the run's input size
-    input_size: int = 0
-    device: str = ""
-    threads: int = 0
-    world_size: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunResult:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
-
-    @classmethod
-    def read(cls, path: Path) -> RunResult:
-        return cls.from_dict(json.loads(path.read_text()))
-
-
-@dataclass
-class SweepOutcome:
-    """What :func:`run_sweep` did: every run's result, which runs it skipped (complete already) or
-    resumed, whether it stopped early, and the report (None when stopped, or off the main process)."""
-
-    results: list[RunResult]
-    skipped: list[tuple[str, int]]
-    resumed: list[tuple[str, int]]
-    interrupted: bool
-    report: dict[str, Any] | None = None
-    report_files: list[Path] = field(default_factory=list)
-
-
-def run_sweep(
-    config: SweepConfig, *, report_dir: str | os.PathLike[str] | None = None, progress: bool = False,
-    stop: StopRequest | None = None, dist: DistEnv | None = None, say: Callable[[str], None] | None = None,
+def train_sweep(
+    config: SweepConfig, *, progress: bool = False, stop: StopRequest | None = None, dist: DistEnv | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> SweepOutcome:
-    """Train every (variant, seed) of ``config`` that is not complete yet, then write the report.
+    """Train every (variant, seed) of ``config`` that is not complete yet, and return every run's result.
 
-    ``report_dir``: where report.md, report.json and the plots go (default: the sweep folder). ``stop``:
-    a :class:`~xception.train.StopRequest`; Ctrl-C / SIGTERM set it, and the run in progress saves its
-    checkpoint and the sweep returns ``interrupted`` (run it again to continue). ``dist``: this process's
+    ``stop``: a :class:`~xception.train.StopRequest`; Ctrl-C / SIGTERM set it, and the run in progress saves
+    its checkpoint and the sweep returns ``interrupted`` (run it again to continue). ``dist``: this process's
     place in a data-parallel job (default: the job torchrun describes, if any). ``say``: where progress
     lines go (default: stderr of the main process).
     """
-    from .report import write_report
-
     assert config.recipe is not None
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    joined = dist is None and launched_by_torchrun()
-    world = dist or init_distributed(resolve_device(config.recipe.device))
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    tell = say if world.is_main else (lambda text: None)
     stop = stop or StopRequest()
-    lock = None
-    try:
-        failure: XceptionError | None = None
-        if world.is_main:  # one sweep at a time in a folder (each run folder is claimed by the loop too)
-            try:
-                lock = FolderLock(config.out, user="ablation sweep",
-                                  advice="wait for it to end, or " + hint("choose another out", "choose another --out"))
-                problem = _claim_folder(config)
-                failure = ConfigError(problem) if problem else None
-            except XceptionError as err:
-                failure = err
-        failure = broadcast_object(failure)  # every process fails the same way
-        if failure is not None:
-            raise failure
-        results: list[RunResult] = []
-        skipped: list[tuple[str, int]] = []
-        resumed: list[tuple[str, int]] = []
-        interrupted = False
+    device = resolve_device(config.recipe.device)
+    with distributed(device, dist) as world, _claimed(config, world), stop.installed():
+        tell = say if world.is_main else (lambda text: None)
+        outcome = SweepOutcome(is_main=world.is_main)
         runs = config.runs()
-        device = resolve_device(config.recipe.device)
-        if device.type == "cuda" and world.distributed:
-            device = torch.device("cuda", world.local_rank)
-        with stop.installed():
-            for number, (variant, seed) in enumerate(runs, 1):
-                if _agreed_stop(stop, world, device):
-                    interrupted = True
-                    break
-                state = broadcast_object(_run_state(config.run_dir(variant, seed)) if world.is_main else None)
-                label = f"[{number}/{len(runs)}] {variant} seed {seed}"
-                if state == "done":
-                    skipped.append((variant, seed))
-                    result = RunResult.read(config.run_dir(variant, seed) / RESULT) if world.is_main else None
-                    results.append(broadcast_object(result))
-                    tell(f"{label}: complete, skipped")
-                    continue
-                if state == "partial":
-                    resumed.append((variant, seed))
-                result = _run_one(config, variant, seed, state, world, stop, progress, tell, label)
-                if result is None:
-                    interrupted = True
-                    break
-                results.append(result)
-        outcome = SweepOutcome(results, skipped, resumed, interrupted)
-        if interrupted:
-            tell("sweep stopped; run the same command again to continue where it stopped")
-        elif world.is_main:
-            outcome.report, outcome.report_files = write_report(config, results, report_dir or config.out)
+        for number, (variant, seed) in enumerate(runs, 1):
+            label = f"[{number}/{len(runs)}] {variant} seed {seed}"
+            result = None
+            if not _agreed_stop(stop, world.local_device(device)):
+                result = _next(config, variant, seed, world, stop, progress, tell, label, outcome)
+            if result is None:
+                outcome.interrupted = True
+                tell("sweep stopped; run the same command again to continue where it stopped")
+                break
+            outcome.results.append(result)
         barrier()
         return outcome
+
+
+@contextlib.contextmanager
+def _claimed(config: SweepConfig, world: DistEnv) -> Iterator[None]:
+    """One sweep at a time in a folder (each run folder is claimed by the loop too), and only a sweep of the
+    same settings: the main process locks the folder and checks its sweep.json; every process fails alike."""
+    lock, failure = None, None
+    if world.is_main:
+        try:
+            lock = FolderLock(config.out, user="ablation sweep",
+                              advice="wait for it to end, or " + hint("choose another out", "choose another --out"))
+            problem = _claim_folder(config)
+            failure = ConfigError(problem) if problem else None
+        except XceptionError as err:
+            failure = err
+    try:
+        failure = broadcast_object(failure)
+        if failure is not None:
+            raise failure
+        yield
     finally:
         if lock is not None:
             lock.release()
-        torch.use_deterministic_algorithms(deterministic_before)
-        if joined:
-            shutdown_distributed()
 
 
-def _agreed_stop(stop: StopRequest, world: DistEnv, device: torch.device) -> bool:
+def _next(config: SweepConfig, variant: str, seed: int, world: DistEnv, stop: StopRequest, progress: bool,
+          tell: Callable[[str], None], label: str, outcome: SweepOutcome) -> RunResult | None:
+    """The result of the next run: read back when it is complete, else trained (resumed when it has a
+    checkpoint); None when a stop request interrupted it."""
+    state = broadcast_object(_run_state(config.run_dir(variant, seed)) if world.is_main else None)
+    if state == "done":
+        outcome.skipped.append((variant, seed))
+        tell(f"{label}: complete, skipped")
+        return broadcast_object(RunResult.read(config.run_dir(variant, seed) / RESULT) if world.is_main else None)
+    if state == "partial":
+        outcome.resumed.append((variant, seed))
+    return _run_one(config, variant, seed, state, world, stop, progress, tell, label)
+
+
+def _agreed_stop(stop: StopRequest, device: torch.device) -> bool:
     """Whether a stop was requested on any process (a signal reaches them at different moments)."""
     flag = torch.tensor([int(stop.requested)], device=device)
     return bool(all_reduce_sum(flag).item())
-
-
-def collect_results(config: SweepConfig) -> tuple[list[RunResult], list[tuple[str, int]]]:
-    """The results of the sweep's complete runs, and the (variant, seed) still missing."""
-    results, missing = [], []
-    for variant, seed in config.runs():
-        path = config.run_dir(variant, seed) / RESULT
-        if path.is_file():
-            results.append(RunResult.read(path))
-        else:
-            missing.append((variant, seed))
-    return results, missing
 
 
 # -- one run -----------------------------------------------------------------------------------------------
@@ -363,40 +150,18 @@ def _claim_folder(config: SweepConfig) -> str | None:
             theirs = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             return f"{path} is not readable ({err}); remove it to start the sweep anew"
-        differences = _differences(theirs, mine)
-        if len(differences) > 4:
-            differences = [*differences[:4], f"and {len(differences) - 4} more"]
-        if differences:
+        changed = differences(theirs, mine)
+        if len(changed) > 4:
+            changed = [*changed[:4], f"and {len(changed) - 4} more"]
+        if changed:
             again = hint(f"SweepConfig.load({str(config.out)!r})", f"xception ablate --resume {config.out}")
             other = hint("another out", "another --out")
-            return (f"{config.out} holds a sweep of other settings ({'; '.join(differences)}); continue it with the "
+            return (f"{config.out} holds a sweep of other settings ({'; '.join(changed)}); continue it with the "
                     f"settings it was started with ({again}) or choose {other}")
         mine["command"] = theirs.get("command") or mine["command"]
         config.command = mine["command"]
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(mine, indent=2) + "\n"))
     return None
-
-
-def _differences(theirs: dict[str, Any], mine: dict[str, Any]) -> list[str]:
-    """What makes two sweep files measure different things (variants, seeds and where files are may differ)."""
-    out = []
-    for key in ("version", "data", "val", "test", "evals_per_epoch", "margin"):
-        if theirs.get(key) != mine.get(key):
-            out.append(f"{key}: {theirs.get(key)!r} there, {mine.get(key)!r} here")
-    recipe_theirs, recipe_mine = theirs.get("recipe", {}), mine["recipe"]
-    # A setting one side lacks came with another version of the library: its default held there.
-    for key in sorted(set(recipe_theirs) & set(recipe_mine)):
-        if key in _FREE_SETTINGS or key in ("name", "description"):
-            continue
-        a, b = _plain(recipe_theirs.get(key)), _plain(recipe_mine.get(key))
-        if a != b:
-            out.append(f"{key}: {a!r} there, {b!r} here")
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """JSON-shaped value for comparisons (tuples as lists)."""
-    return json.loads(json.dumps(value))
 
 
 def _run_state(run_dir: Path) -> str:
@@ -446,9 +211,9 @@ def _open(config: SweepConfig, recipe: Recipe, run_dir: Path, state: str, world:
     """The run, fresh or resumed from its last.pt (refused if that run has another recipe)."""
     if state == "partial":
         stored, _ = resume_settings(run_dir)
-        differences = _differences({"recipe": stored.to_dict()}, {"recipe": recipe.to_dict()})
-        if differences:
-            raise ConfigError(f"{run_dir} holds a run of another recipe ({'; '.join(differences)}); remove the "
+        changed = differences({"recipe": stored.to_dict()}, {"recipe": recipe.to_dict()})
+        if changed:
+            raise ConfigError(f"{run_dir} holds a run of another recipe ({'; '.join(changed)}); remove the "
                               f"folder to train it anew, or choose {hint('another out', 'another --out')}")
         run = open_run(recipe, resume=run_dir, world=world)
     else:
@@ -462,19 +227,6 @@ def _open(config: SweepConfig, recipe: Recipe, run_dir: Path, state: str, world:
         raise DataError("the sweep compares validation curves, and this data has no validation set: give "
                         f"{hint('val=FOLDER', '--val FOLDER')} or a val_fraction above 0")
     return run
-
-
-def eval_steps(updates_per_epoch: int, epochs: int, per_epoch: int) -> list[int]:
-    """The updates after which a run is validated: ``per_epoch`` points equally spaced in each epoch, the
-    last at its end (where the loop validates anyway)."""
-    steps: list[int] = []
-    for epoch in range(epochs):
-        base = epoch * updates_per_epoch
-        for j in range(1, per_epoch + 1):
-            step = base + round(updates_per_epoch * j / per_epoch)
-            if step > base and (not steps or step > steps[-1]):
-                steps.append(step)
-    return steps
 
 
 def _train(run: Run, config: SweepConfig, stop: StopRequest, progress: bool, world: DistEnv) -> bool:
@@ -590,9 +342,7 @@ def _test(config: SweepConfig, checkpoint: dict[str, Any], recipe: Recipe, world
         model.load_state_dict({k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k != "updates"})
     else:
         model.load_state_dict(checkpoint["model"])
-    device = resolve_device(recipe.device)
-    if device.type == "cuda" and world.distributed:
-        device = torch.device("cuda", world.local_rank)
+    device = world.local_device(resolve_device(recipe.device))
     dtype = torch.float64 if recipe.precision == "float64" else torch.float32
     model.to(device, dtype)
     workers = default_workers() if recipe.workers < 0 else recipe.workers

@@ -241,6 +241,29 @@ def model_cost(model: Xception, input_size: int | tuple[int, int] = 299, name: s
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     x = torch.zeros(1, model.config.in_chans, h, w)
     model.check_input(x)
+    layers, separable = _trace(model, x)
+    blocks: dict[str, dict[str, Cost]] = defaultdict(lambda: {"separable": Cost(0, 0), "standard": Cost(0, 0)})
+    flows: dict[str, dict[str, Cost]] = defaultdict(lambda: {"separable": Cost(0, 0), "standard": Cost(0, 0)})
+    for row in separable:
+        for table, key in ((blocks, row.block), (flows, row.flow)):
+            table[key]["separable"] += row.separable
+            table[key]["standard"] += row.standard
+    return CostReport(
+        model=name or model.config.arch,
+        input_size=(h, w),
+        layers=layers,
+        separable=separable,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters())
+        + sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked")),
+        blocks=dict(blocks),
+        flows=dict(flows),
+        conv=model.config.conv,
+    )
+
+
+def _trace(model: Xception, x: torch.Tensor) -> tuple[list[LayerRow], list[SeparableRow]]:
+    """One forward pass in eval mode, every counted layer and every separable conv recorded by a hook."""
     layers: list[LayerRow] = []
     separable: list[SeparableRow] = []
     block_of = {id(m): (block, block.split(".")[0]) for block, b in model.blocks() for m in b.modules()}
@@ -283,22 +306,4 @@ def model_cost(model: Xception, input_size: int | tuple[int, int] = 299, name: s
         for handle in handles:
             handle.remove()
         model.train(was_training)
-
-    blocks: dict[str, dict[str, Cost]] = defaultdict(lambda: {"separable": Cost(0, 0), "standard": Cost(0, 0)})
-    flows: dict[str, dict[str, Cost]] = defaultdict(lambda: {"separable": Cost(0, 0), "standard": Cost(0, 0)})
-    for row in separable:
-        for table, key in ((blocks, row.block), (flows, row.flow)):
-            table[key]["separable"] += row.separable
-            table[key]["standard"] += row.standard
-    return CostReport(
-        model=name or model.config.arch,
-        input_size=(h, w),
-        layers=layers,
-        separable=separable,
-        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters())
-        + sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked")),
-        blocks=dict(blocks),
-        flows=dict(flows),
-        conv=model.config.conv,
-    )
+    return layers, separable

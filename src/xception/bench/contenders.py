@@ -9,7 +9,7 @@ else from the entry.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .models import TIMM_MODEL, Models
 
 if TYPE_CHECKING:
@@ -200,6 +201,27 @@ def openvino(ctx: BuildContext) -> Contender:
                      memory_note="first inference of a separately compiled model")
 
 
+def edge(ctx: BuildContext, fmt: str, int8: bool) -> Contender:
+    """ExecuTorch (XNNPACK delegate) or LiteRT (interpreter) on our model, converted in memory as ``xception
+    export NAME.pte|.tflite`` converts it: one image per call, as on a phone, so a batch is that many calls;
+    int8 calibrated on the run's own batch (PT2E, static)."""
+    import time
+    from importlib.metadata import version
+
+    from ..edge import edge_runtime
+
+    x = ctx.x.float().cpu()
+    threads = ctx.cfg.threads or torch.get_num_threads()
+    start = time.perf_counter()
+    runtime = edge_runtime(ctx.model(), fmt, precision="int8" if int8 else "fp32", input_size=ctx.cfg.input_size,
+                           calibration=x if int8 else None, threads=threads)
+    package = "executorch" if fmt == "pte" else "ai-edge-litert"
+    details = {"export_s": round(time.perf_counter() - start, 2), package: version(package), "threads": threads,
+               "kernels": "XNNPACK (ExecuTorch)" if fmt == "pte" else "LiteRT interpreter (XNNPACK delegate)",
+               "input_shape": list(runtime.input_shape), "calls_per_batch": len(x)}
+    return Contender(lambda: runtime(x), x.shape[0], details=details, precision=torch.int8 if int8 else torch.float32)
+
+
 def train(ctx: BuildContext, compiled: bool) -> Contender:
     """One SGD step (forward, cross-entropy, backward, update); autocast + channels_last on CUDA."""
     cfg, device, batch = ctx.cfg, ctx.device, ctx.cfg.train_batch_size
@@ -238,6 +260,8 @@ def _model_name(ctx: BuildContext) -> str:
 
 ORT = ("onnxruntime", "onnx", "onnxscript")  # the runtime, then what the export needs
 OPENVINO = ("openvino", "onnx", "onnxscript")
+EXECUTORCH = ("executorch",)
+LITERT = ("litert_torch", "ai_edge_litert")
 CPU_ONLY = ("cpu",)
 CUDA_ONLY = ("cuda",)
 
@@ -267,6 +291,18 @@ CONTENDERS: tuple[ContenderSpec, ...] = (
                   precision="float32", packages=OPENVINO, devices=CPU_ONLY),
     ContenderSpec("ov-timm-bf16", "inference", "timm", openvino, "OpenVINO (CPU, bf16 hint) on timm's ONNX export",
                   precision="bfloat16", packages=OPENVINO, devices=CPU_ONLY),
+    ContenderSpec("executorch-xnnpack", "inference", "ours", partial(edge, fmt="pte", int8=False),
+                  "ExecuTorch on its XNNPACK delegate, our model (.pte), one image per call", precision="float32",
+                  packages=EXECUTORCH, devices=CPU_ONLY),
+    ContenderSpec("executorch-int8", "inference", "ours", partial(edge, fmt="pte", int8=True),
+                  "the same, int8 (PT2E, XNNPACKQuantizer)", precision="int8", packages=EXECUTORCH,
+                  devices=CPU_ONLY),
+    ContenderSpec("litert", "inference", "ours", partial(edge, fmt="tflite", int8=False),
+                  "LiteRT's interpreter on our model (.tflite, NHWC), one image per call", precision="float32",
+                  packages=LITERT, devices=CPU_ONLY),
+    ContenderSpec("litert-int8", "inference", "ours", partial(edge, fmt="tflite", int8=True),
+                  "the same, int8 (PT2E, LiteRT's PT2EQuantizer)", precision="int8", packages=LITERT,
+                  devices=CPU_ONLY),
     ContenderSpec("train-eager", "training", "ours", partial(train, compiled=False), "one SGD step of our model"),
     ContenderSpec("train-compiled", "training", "ours", partial(train, compiled=True), "the same, torch.compile'd"),
     ContenderSpec("train-timm", "training", "timm", partial(train, compiled=False), "one SGD step of timm's"),
@@ -277,3 +313,12 @@ SPECS: dict[str, ContenderSpec] = {spec.name: spec for spec in CONTENDERS}
 ALL_MODES: tuple[str, ...] = tuple(SPECS)
 INFERENCE_MODES: tuple[str, ...] = tuple(s.name for s in CONTENDERS if s.kind == "inference")
 TRAINING_MODES: tuple[str, ...] = tuple(s.name for s in CONTENDERS if s.kind == "training")
+
+
+def specs_for(modes: Sequence[str]) -> list[ContenderSpec]:
+    """The table's entries for ``modes``, in order; a :class:`ConfigError` naming the known modes for any other.
+    (The config names modes without importing the table, which builds from the config.)"""
+    unknown = [m for m in modes if m not in SPECS]
+    if unknown:
+        raise ConfigError(f"unknown mode(s) {unknown}; known: {', '.join(SPECS)}")
+    return [SPECS[m] for m in modes]

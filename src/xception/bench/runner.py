@@ -20,7 +20,7 @@ import torch
 
 from ..runtime import synchronize, time_call
 from .config import BenchConfig
-from .contenders import SPECS, BuildContext, Contender, ContenderSpec, Skip
+from .contenders import BuildContext, Contender, ContenderSpec, Skip, specs_for
 from .measure import GEMM_SIZE, gemm_flops_runner, peak_memory, time_in_turns
 from .models import Models, flops_per_image, relative_error
 from .report import environment, make_report
@@ -40,8 +40,9 @@ class Entry:
 def run_benchmark(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
     """Measure every mode of ``cfg`` (see the module doc) and return the report as a JSON-ready dict."""
     cfg = cfg.resolved()
+    specs = specs_for(cfg.modes)
     with _torch_threads(cfg.threads):
-        return _run(cfg, progress or (lambda _msg: None))
+        return _run(cfg, specs, progress or (lambda _msg: None))
 
 
 @contextlib.contextmanager
@@ -55,7 +56,7 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _run(cfg: BenchConfig, say: Say) -> dict[str, Any]:
+def _run(cfg: BenchConfig, specs: list[ContenderSpec], say: Say) -> dict[str, Any]:
     device = torch.device(cfg.device)
     keep = _keep_freed_memory(cfg, device)
     x = torch.randn(cfg.batch_size, 3, cfg.input_size, cfg.input_size,
@@ -63,9 +64,9 @@ def _run(cfg: BenchConfig, say: Say) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xception-bench-") as tmp:
         models = Models(cfg, Path(tmp))
         results, entries = [], []
-        for name in cfg.modes:
-            say(f"setting up {name}")
-            result, contender = set_up(SPECS[name], cfg, x, models)
+        for spec in specs:
+            say(f"setting up {spec.name}")
+            result, contender = set_up(spec, cfg, x, models)
             results.append(result)
             if result.status != "ok":
                 say(f"  {result.status}: {result.reason}")

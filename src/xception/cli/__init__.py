@@ -21,7 +21,7 @@ from ..errors import XceptionError, command_line
 
 COMMANDS: tuple[str, ...] = (
     "train", "evaluate", "predict", "summary", "weights", "convert", "export", "bench", "ablate", "explain", "serve",
-    "info",
+    "info", "quantize",
 )
 
 

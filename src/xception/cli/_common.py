@@ -90,8 +90,8 @@ def add_runtime_option(parser: argparse.ArgumentParser, auto: str) -> None:
     """``--runtime NAME``: what runs the model, ``auto`` by default. The name is checked when the model opens
     (xception.inference.RUNTIMES), so that ``--help`` needs no torch."""
     parser.add_argument("--runtime", default="auto", metavar="NAME",
-                        help="what runs the model: torch (the plain model), fast (xception.optimize), onnxruntime or "
-                        f"torch-export; {auto} (default)")
+                        help="what runs the model: torch (the plain model), fast (xception.optimize), onnxruntime, "
+                        f"torch-export, executorch (.pte) or litert (.tflite); {auto} (default)")
 
 
 def print_json(data: Any) -> None:

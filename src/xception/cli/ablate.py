@@ -62,7 +62,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..ablate import VARIANTS, SweepConfig, collect_results, run_sweep, write_report
-    from ..distributed import is_main_process
     from ..errors import ConfigError
     from ._common import print_json
     from ._output import setup_logging
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     outcome = run_sweep(config, report_dir=args.report_dir, progress=args.progress)
-    if not is_main_process():
+    if not outcome.is_main:
         return 130 if outcome.interrupted else 0
     summary = {"out": config.out, "report": outcome.report_files[0] if outcome.report_files else None,
                "interrupted": outcome.interrupted, "skipped": outcome.skipped, "resumed": outcome.resumed,

@@ -21,8 +21,8 @@ def register(subparsers: Any) -> None:
         "  xception convert finetuned.pth finetuned.safetensors --model xception65",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("src", help="weights file (Keras .h5, timm .pth/.safetensors, ours), URL or tag "
-                        "(see 'xception weights')")
+    parser.add_argument("src", help="weights file (Keras .h5, timm .pth/.safetensors, ours), URL, tag "
+                        "(see 'xception weights') or hf-hub:ORG/NAME")
     parser.add_argument("dst", help="output path, *.safetensors (written atomically)")
     parser.add_argument("--model", metavar="NAME", help="the model the weights are for: checked against the file, "
                         "and needed for bare state dicts saved from this library")

@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  xception evaluate --weights xception41-finetuned.pth --model xception41 --data data/flowers/val",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--weights", required=True, metavar="FILE", help="weights (e.g. a run's model.safetensors) or an "
-                   "exported model (ONNX, torch.export): told apart by content")
+    p.add_argument("--weights", required=True, metavar="FILE", help="weights (a run's model.safetensors, a URL, a tag, "
+                   "hf-hub:ORG/NAME) or an exported model (ONNX, torch.export): told apart by content")
     add_runtime_option(p, AUTO_HELP)
     p.add_argument("--model", metavar="NAME", help="the model the weights are for, e.g. xception41: needed for a "
                    "bare state dict (torch.save(model.state_dict())), checked against any other file")

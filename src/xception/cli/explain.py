@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--weights", required=True, metavar="W", help="weights file, URL or tag")
+    p.add_argument("--weights", required=True, metavar="W", help="weights file, URL, tag or hf-hub:ORG/NAME")
     p.add_argument("--model", metavar="NAME", help="the model the weights are for (a bare state dict needs it)")
     p.add_argument("--class", dest="target", metavar="C",
                    help="class to explain, by name or index (default: each image's predicted class)")

@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve", help="serve a model over HTTP: /predict, /explain, a web page, /metrics",
         description="Serve a model with FastAPI on uvicorn. POST /predict (an image as multipart field 'file' or "
         "the raw body) returns the top-k classes; POST /explain the Grad-CAM overlay (PNG, or JSON with "
-        "?format=json); GET / is a page to drop an image on; GET /healthz, /readyz, /metrics (Prometheus). "
+        "?format=json); GET / is a page to drop an image on; GET /healthz, /readyz, /model, /metrics (Prometheus); "
+        "GET /docs: the API and its schemas (no internet needed). The port is taken before the model loads. "
         "Concurrent requests are micro-batched. SIGTERM answers the requests in flight, then exits 0.",
         epilog="examples:\n  xception serve --weights xception.keras_in1k\n"
         "  xception serve --weights runs/demo/model.safetensors --max-batch 16 --max-wait-ms 10\n"
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(ONNX, torch.export): told apart by content")
     p.add_argument("--model", metavar="NAME", help="the model the weights are for (a bare state dict needs it)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000); one in use fails at once")
     add_runtime_option(p, "auto: weights on the fast path, an export on its own runtime")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="the former spelling: torch is --runtime fast, onnxruntime is --runtime onnxruntime")

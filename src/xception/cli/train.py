@@ -66,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="paper, modern, fashion-mnist, or a .toml file (default: fashion-mnist for "
                    "Fashion-MNIST, modern for folders)")
     p.add_argument("--model", help="registered model name (overrides the recipe's)")
-    p.add_argument("--weights", metavar="FILE", help="start from these weights (fine-tuning); the classifier is "
-                   "replaced when the class count differs")
+    p.add_argument("--weights", metavar="FILE", help="start from these weights (a file, URL, tag or "
+                   "hf-hub:ORG/NAME; fine-tuning); the classifier is replaced when the class count differs")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<recipe>-<date>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or from this .pt file)")
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping")
@@ -94,8 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..distributed import is_main_process
     from ..train import list_recipes, load_recipe
+    from ..train.folder import claim_for_resume
     from ..train.loop import Aborted
-    from ..train.run import claim_for_resume
     from ._output import setup_logging
 
     setup_logging()

@@ -14,9 +14,11 @@ def register(subparsers: Any) -> None:
         "weights",
         help="list the named pretrained weights (tags) and download them into the cache",
         description="List the tags create_model(weights=TAG) accepts, with their model, classes, reported "
-        "accuracy and whether the file is in the cache ($XCEPTION_CACHE, else $XDG_CACHE_HOME/xception). "
-        "With --download, fetch the given tags (checksum-verified, resumable).",
-        epilog="examples:\n  xception weights\n  xception weights xception.keras_in1k --download",
+        "accuracy and whether the file is in the cache ($XCEPTION_CACHE, else $XDG_CACHE_HOME/xception; for a "
+        "tag on the Hugging Face Hub, hf-hub:ORG/NAME, the Hub's cache). With --download, fetch the given tags "
+        "(checksum-verified, resumable; Hub files against the sha256 the Hub states, needs huggingface_hub).",
+        epilog="examples:\n  xception weights\n  xception weights xception.keras_in1k --download\n"
+        "  xception weights xception65.ra3_in1k --download",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("tags", nargs="*", metavar="TAG", help="tags to show (default: all)")
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for tag in tags:
         path = hub.fetch(tag, progress=not args.json) if args.download else tag.path()
-        rows.append({**tag.to_dict(), "path": str(path), "cached": path.exists()})
+        cached = path is not None and path.exists()
+        rows.append({**tag.to_dict(), "path": str(path) if path is not None else None, "cached": cached})
     if args.json:
         print_json(rows)
         return 0
@@ -43,5 +46,6 @@ def run(args: argparse.Namespace) -> int:
         accuracy = f"top-1 {top1}%" if top1 is not None else "features only" if not row["num_classes"] else ""
         state = "cached" if row["cached"] else "not downloaded"
         print(f"{row['name']:28} {row['model']:16} {row['num_classes']:>5} classes  {accuracy:14} {state}")
-        print(f"{'':28} {row['source']}\n{'':28} {row['url']}\n{'':28} → {row['path']}")
+        where = row["path"] or "the Hugging Face cache"
+        print(f"{'':28} {row['source']}\n{'':28} {row['url']}\n{'':28} → {where}")
     return 0

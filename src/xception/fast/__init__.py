@@ -186,13 +186,7 @@ def optimize(
     dtype = dtype if dtype is not None else inference_dtype(device)
     _check_request(kernels, device, dtype, cuda_graphs)
 
-    plain = copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32).cpu().eval()
-    folded = fold_xception(plain)
-    # Forced Triton reads the ReLU into the depthwise kernel; otherwise ReLUs close the conv before them,
-    # where cuDNN fuses them with the bias.
-    program = FusedXception(plain, prefer_relu_in=kernels == "triton").to(device=device, dtype=dtype)
-    if channels_last:
-        program = program.to(memory_format=torch.channels_last)
+    program, folded = _fused_program(model, kernels, device, dtype, channels_last)
     backend, use_triton, use_cudnn = _choose_kernels(program, kernels, device, dtype, compile, cuda_graphs)
     # Only the CPU allocator benefits; CUDA tensors come from PyTorch's caching allocator already.
     keep_memory = (keep_memory is None or keep_memory) and device.type == "cpu" and keep_freed_memory()
@@ -208,12 +202,30 @@ def optimize(
                         base_backend="cudnn" if use_cudnn else "torch")
     if batch_size is not None:
         size = input_size or (model.preprocessing.input_size if model.preprocessing is not None else 299)
-        start = time.perf_counter()
-        fast(torch.zeros(batch_size, model.config.in_chans, size, size, device=device))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        settings["warmup_seconds"] = round(time.perf_counter() - start, 2)
+        settings["warmup_seconds"] = _warm_up(fast, batch_size, model.config.in_chans, size, device)
     return fast
+
+
+def _fused_program(model: Xception, kernels: str, device: torch.device, dtype: torch.dtype,
+                   channels_last: bool) -> tuple[FusedXception, int]:
+    """A copy of ``model`` with its BatchNorms folded (and how many were), as one fused program."""
+    plain = copy.deepcopy(model).to(torch.float64 if dtype == torch.float64 else torch.float32).cpu().eval()
+    folded = fold_xception(plain)
+    # Forced Triton reads the ReLU into the depthwise kernel; otherwise ReLUs close the conv before them,
+    # where cuDNN fuses them with the bias.
+    program = FusedXception(plain, prefer_relu_in=kernels == "triton").to(device=device, dtype=dtype)
+    if channels_last:
+        program = program.to(memory_format=torch.channels_last)
+    return program, folded
+
+
+def _warm_up(fast: FastXception, batch_size: int, channels: int, size: int, device: torch.device) -> float:
+    """Run one batch now (compiling, choosing kernels, capturing graphs); the seconds it took."""
+    start = time.perf_counter()
+    fast(torch.zeros(batch_size, channels, size, size, device=device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return round(time.perf_counter() - start, 2)
 
 
 def _check_request(kernels: str, device: torch.device, dtype: torch.dtype, cuda_graphs: bool) -> None:

@@ -8,7 +8,8 @@
 
 :func:`sniff` tells formats apart by content (:mod:`.formats`); :data:`RUNTIMES` maps each runtime's name
 to its :class:`Runner` class (:mod:`.pytorch`: ``torch``, ``fast``; :mod:`.exported`: ``onnxruntime``,
-``torch-export``); :func:`open_model` picks one (:mod:`.registry` says how) and opens the file with it.
+``torch-export``; :mod:`.edge`: ``executorch``, ``litert``); :func:`open_model` picks one (:mod:`.registry`
+says how) and opens the file with it.
 """
 
 from .base import OpenRequest, Runner

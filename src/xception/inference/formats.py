@@ -3,7 +3,7 @@
 :func:`sniff` reads a file's first bytes (and, for a zip archive, the names of its members) and never its
 name: an ONNX export renamed ``model.bin`` is still an ONNX export. Weights go on to
 :func:`xception.weights.load.detect_format`, which tells the weights containers apart; exported models
-(ONNX protobufs, ``torch.export`` archives) are recognised here, before it.
+(ONNX protobufs, ``torch.export`` archives, ExecuTorch and LiteRT flatbuffers) are recognised here, before it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import WeightsError
+from ..quantize.fileformat import is_quantized
 from ..weights.load import SUPPORTED, detect_format
 
-Kind = Literal["onnx", "pt2", "hdf5", "keras", "torch", "safetensors", "reference"]
+Kind = Literal["onnx", "pt2", "int8", "pte", "tflite", "hdf5", "keras", "torch", "safetensors", "reference"]
 # "reference": not a local file (a tag, a URL, a folder); the weights layer resolves it.
 
-EXPORTS: dict[str, str] = {"onnx": "an ONNX export", "pt2": "a torch.export program"}
+# Files that run only as they are (not weights a model is built from).
+EXPORTS: dict[str, str] = {"onnx": "an ONNX export", "pt2": "a torch.export program",
+                           "int8": "an int8 model of 'xception quantize'", "pte": "an ExecuTorch program",
+                           "tflite": "a LiteRT (TFLite) model"}
 WEIGHTS: tuple[str, ...] = ("hdf5", "keras", "torch", "safetensors", "reference")
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -72,8 +76,19 @@ def is_program_archive(path: str | os.PathLike[str], head: bytes) -> bool:
         return False
 
 
+def edge_kind(head: bytes) -> Kind | None:
+    """A flatbuffer of an edge runtime, by its file identifier at bytes 4-8: ``"tflite"`` (``TFL3``) or
+    ``"pte"`` (an ExecuTorch program: ``ET`` and the schema version, ``ET12``)."""
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head[4:6] == b"ET" and head[6:8].isdigit():
+        return "pte"
+    return None
+
+
 def sniff(source: str | os.PathLike[str]) -> Kind:
     """The kind of model ``source`` is, from its content: ``"onnx"``, ``"pt2"`` (a torch.export program),
+    ``"pte"`` (an ExecuTorch program), ``"tflite"`` (a LiteRT model),
     a weights container (``"hdf5"``, ``"keras"``, ``"torch"``, ``"safetensors"``), or ``"reference"`` for
     what is not a local file (a tag, a URL, a folder: the weights layer resolves those). A file of none of
     these kinds is a :class:`~xception.errors.WeightsError` in one line."""
@@ -86,14 +101,19 @@ def sniff(source: str | os.PathLike[str]) -> Kind:
         raise WeightsError(f"{path} is empty; download or export it again")
     if head.startswith(ZIP_MAGIC) and is_program_archive(path, head):
         return "pt2"
-    if looks_like_onnx(head) and not _looks_like_safetensors(head, path.stat().st_size):
+    if (edge := edge_kind(head)) is not None:
+        return edge
+    is_safetensors = _looks_like_safetensors(head, path.stat().st_size)
+    if looks_like_onnx(head) and not is_safetensors:
         return "onnx"
+    if is_safetensors and is_quantized(path):
+        return "int8"
     try:
         return detect_format(path)
     except WeightsError:
         raise WeightsError(f"{path} is not a model this library reads (it starts with {head[:8]!r}): it reads "
-                           f"weights ({SUPPORTED}) and the ONNX and torch.export (.pt2) files 'xception export' "
-                           "writes") from None
+                           f"weights ({SUPPORTED}) and what 'xception export' writes: ONNX and torch.export (.pt2), "
+                           "ExecuTorch (.pte) and LiteRT (.tflite) files") from None
 
 
 def describe_kind(kind: str) -> str:

@@ -18,11 +18,16 @@ import torch
 from ..errors import ConfigError, hint
 from ..runtime import check_device, resolve_device
 from .base import OpenRequest, Runner
+from .edge import ExecuTorchRunner, LiteRTRunner
 from .exported import OnnxRunner, ProgramRunner
 from .formats import EXPORTS, Kind, describe_kind, sniff
+from .int8 import Int8Runner
 from .pytorch import FastRunner, TorchRunner
 
-RUNTIMES: dict[str, type[Runner]] = {cls.name: cls for cls in (TorchRunner, FastRunner, OnnxRunner, ProgramRunner)}
+RUNTIMES: dict[str, type[Runner]] = {
+    cls.name: cls for cls in (TorchRunner, FastRunner, OnnxRunner, ProgramRunner, Int8Runner, ExecuTorchRunner,
+                              LiteRTRunner)
+}
 RUNTIME_NAMES: tuple[str, ...] = ("auto", *RUNTIMES)
 
 

@@ -1,43 +1,16 @@
-"""Named models: an architecture table plus the defaults that make it behave like its source."""
+"""Named models: each a record of :mod:`xception.catalog` (its table and the defaults that make it behave
+like its source), built here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..catalog import CATALOG, VariantRecord, variant
 from .config import XceptionConfig
 from .xception import Xception
 
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A registered name: which table it builds, with which defaults, and what it is."""
-
-    arch: str
-    description: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-    def config(self, **overrides: Any) -> XceptionConfig:
-        return XceptionConfig.from_dict({"arch": self.arch, **self.defaults, **overrides})
-
-
-# TF 'same' padding and BN eps 1e-3 reproduce Keras; symmetric padding reproduces timm's ports.
-_TIMM = {"padding": "symmetric"}
-MODELS: dict[str, ModelEntry] = {
-    "xception": ModelEntry("xception", "the paper's model, as keras.applications.Xception computes it"),
-    "legacy_xception": ModelEntry(
-        "xception", "the paper's model as timm/Cadene compute it (symmetric padding, BN eps 1e-5)",
-        {**_TIMM, "bn_eps": 1e-5},
-    ),
-    "xception41": ModelEntry("xception41", "aligned Xception-41 (DeepLabv3+)", _TIMM),
-    "xception65": ModelEntry("xception65", "aligned Xception-65 (DeepLabv3+)", _TIMM),
-    "xception71": ModelEntry("xception71", "aligned Xception-71 (DeepLabv3+)", _TIMM),
-    "xception41p": ModelEntry(
-        "xception41p", "aligned Xception-41, pre-activation", {**_TIMM, "bn_eps": 1e-5}
-    ),
-    "xception65p": ModelEntry("xception65p", "aligned Xception-65, pre-activation", _TIMM),
-}
+# The registry is the catalog: one record per name, read here for its table and config defaults.
+MODELS: dict[str, VariantRecord] = CATALOG
 
 
 def list_models() -> list[str]:
@@ -45,15 +18,15 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
-def model_entry(name: str) -> ModelEntry:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    return MODELS[name]
+def model_entry(name: str) -> VariantRecord:
+    """The record of ``name`` (a :class:`~xception.errors.ConfigError` for an unknown name)."""
+    return variant(name)
 
 
 def model_config(name: str, **overrides: Any) -> XceptionConfig:
     """The validated config ``create_model(name, **overrides)`` would build."""
-    return model_entry(name).config(**overrides)
+    entry = model_entry(name)
+    return XceptionConfig.from_dict({"arch": entry.arch, **entry.config, **overrides})
 
 
 def build_model(

@@ -13,7 +13,7 @@ Module names follow Keras and the paper's Figure 5, so every layer can be found 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,21 @@ class FeatureInfo:
     num_chs: int
     reduction: int
     module: str
+
+
+def _shortcut(spec: ModuleSpec, config: XceptionConfig, in_chs: int, out_chs: int, stride: int,
+              norm: Callable[[int], nn.Module] | None) -> nn.Module | None:
+    """A module's shortcut: none, the identity, or a strided 1×1 conv (then ``norm``, where the family has one).
+
+    Whether it needs a conv depends on the nominal stride, so that a dilated network keeps exactly the
+    parameters (and the weights) of the undilated one.
+    """
+    if not (spec.skip and config.residual):
+        return None
+    if in_chs == out_chs and spec.stride == 1:
+        return nn.Identity()
+    conv = StridedPointwiseConv2d(in_chs, out_chs, stride)
+    return nn.Sequential(OrderedDict(conv=conv) if norm is None else OrderedDict(conv=conv, bn=norm(out_chs)))
 
 
 class XceptionModule(nn.Module):
@@ -93,17 +108,7 @@ class XceptionModule(nn.Module):
             main["pool"] = nn.MaxPool2d(3, stride, static)
         self.main = nn.Sequential(main)
 
-        # Whether the shortcut needs a conv depends on the nominal stride, so that a dilated network keeps
-        # exactly the parameters (and the weights) of the undilated one.
-        self.shortcut: nn.Module | None = None
-        if spec.skip and config.residual:
-            if in_chs != out_chs[-1] or spec.stride != 1:
-                conv = StridedPointwiseConv2d(in_chs, out_chs[-1], stride)
-                self.shortcut = nn.Sequential(
-                    OrderedDict(conv=conv) if preact else OrderedDict(conv=conv, bn=norm(out_chs[-1]))
-                )
-            else:
-                self.shortcut = nn.Identity()
+        self.shortcut = _shortcut(spec, config, in_chs, out_chs[-1], stride, None if preact else norm)
         self.act = nn.ReLU(inplace=True) if spec.end_with_relu else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,17 +6,16 @@
 
 Concurrent ``/predict`` requests are micro-batched (:mod:`.batcher`) into a runner of the inference layer
 (:mod:`.backends`: the fast path for weights, ONNX Runtime or torch.export for exports); ``/explain`` runs
-Grad-CAM on the plain model.
+Grad-CAM on the plain model. The app (:mod:`.app`) is a router of endpoints (:mod:`.routes`) with the
+service and the upload as dependencies (:mod:`.service`, :mod:`.uploads`), pydantic schemas
+(:mod:`.schemas`), one JSON form for refusals (:mod:`.handlers`), Prometheus metrics (:mod:`.metrics`) and
+``/docs`` served offline (:mod:`.docs`); :mod:`.server` binds the port, then runs uvicorn.
 Needs the ``serve`` extra: ``pip install 'xception[serve]'``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import signal
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ConfigError
@@ -26,7 +25,8 @@ __all__ = ["ServeOptions", "create_app", "serve"]
 
 def _require() -> None:
     # python-multipart installs as python_multipart (older releases: multipart); looked up, not imported.
-    needed = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",), "python-multipart": ("python_multipart", "multipart")}
+    needed = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",), "python-multipart": ("python_multipart", "multipart"),
+              "prometheus-client": ("prometheus_client",)}
     missing = [name for name, modules in needed.items() if not any(importlib.util.find_spec(m) for m in modules)]
     if missing:
         raise ConfigError(f"serving needs {', '.join(missing)}: pip install 'xception[serve]'")
@@ -48,39 +48,21 @@ def serve(
     runtime: str | None = None,
 ) -> int:
     """Serve ``weights`` (weights or an exported model) on ``host:port`` until SIGTERM or Ctrl-C; requests in
-    flight are answered first. ``backend`` and ``runtime`` as in :func:`create_app`. Returns 0 after a
-    graceful stop."""
+    flight are answered first. ``backend`` and ``runtime`` as in :func:`create_app`. The port is taken
+    before the model loads: one in use fails at once (:class:`~xception.errors.BusyError`). Returns 0 after
+    a graceful stop."""
     _require()
-    import uvicorn
+    from .server import bind_socket, run_server
 
-    from .app import ServeOptions, create_app
+    sock = bind_socket(host, port)
+    try:
+        from .app import ServeOptions, create_app
 
-    options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_bytes=max_bytes, timeout_s=timeout_s)
-    app = create_app(weights, backend_name=backend, device=device, options=options, model_name=model_name,
-                     model_options=model_options, runtime=runtime)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=int(timeout_s) + 5)
-    server = _graceful_server(config)
-    server.run()
-    return 0 if server.started else 1
-
-
-def _graceful_server(config: Any) -> Any:
-    """uvicorn's server, except that a SIGTERM or SIGINT ends the process with status 0 once the requests in
-    flight are answered (uvicorn itself re-raises the signal afterwards, which ends it with status 143)."""
-    import uvicorn
-
-    class GracefulServer(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    return GracefulServer(config)
+        options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_bytes=max_bytes,
+                               timeout_s=timeout_s)
+        app = create_app(weights, backend_name=backend, device=device, options=options, model_name=model_name,
+                         model_options=model_options, runtime=runtime)
+    except BaseException:
+        sock.close()
+        raise
+    return run_server(app, sock, log_level=log_level, timeout_s=timeout_s)

@@ -44,15 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import Batches
-from ..distributed import (
-    DistEnv,
-    all_reduce_sum,
-    barrier,
-    init_distributed,
-    launched_by_torchrun,
-    restarted_by_torchrun,
-    shutdown_distributed,
-)
+from ..distributed import DistEnv, all_reduce_sum, barrier, distributed, restarted_by_torchrun
 from ..errors import StorageError, XceptionError, hint
 from ..evaluate import Counts, count_batches  # validation counts exactly as evaluation does
 from ..fileio import atomic_write
@@ -145,15 +137,11 @@ def train(
         dist: this process's place in a data-parallel job (a :class:`DistEnv`). By default the process
             joins the job torchrun describes, if any, and leaves it at the end.
     """
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    joined = dist is None and launched_by_torchrun()
-    world = dist or init_distributed(resolve_device(recipe.device))
     if resume is None and out is not None and restarted_by_torchrun() and has_checkpoint(out):
         resume = out  # torchrun --max-restarts relaunched the job after a failure: continue from the checkpoint
     settings = RunSettings(data=_text(data), val=_text(val), data_dir=_text(data_dir), weights=_text(weights),
                            strict=strict)
-    run = None
-    try:
+    with distributed(resolve_device(recipe.device), dist) as world:
         try:
             run = open_run(recipe, settings, out=out, resume=resume, world=world)
         except RunFinished as finished:
@@ -161,17 +149,14 @@ def train(
             exported = finished.run_dir / EXPORT
             return TrainResult(finished.run_dir, exported, finished.epochs, finished.best,
                                elapsed_s=finished.elapsed_s, nothing_to_do=True)
-        stop = StopRequest()
-        with open_log(run) as run_log, stop.installed():
-            _say(world, _started_message(run))  # from here on, Ctrl-C stops cleanly with a checkpoint
-            done = fit(run, run_log, stop=stop, progress=progress)
-        return _stopped(run, stop) if done.interrupted else finish(run)
-    finally:
-        if run is not None:
+        try:
+            stop = StopRequest()
+            with open_log(run) as run_log, stop.installed():
+                _say(world, _started_message(run))  # from here on, Ctrl-C stops cleanly with a checkpoint
+                done = fit(run, run_log, stop=stop, progress=progress)
+            return _stopped(run, stop) if done.interrupted else finish(run)
+        finally:
             run.close()
-        torch.use_deterministic_algorithms(deterministic_before)
-        if joined:
-            shutdown_distributed()
 
 
 # -- the phases ------------------------------------------------------------------------------------------------

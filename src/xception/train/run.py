@@ -4,7 +4,7 @@
     >>> recipe, _ = resume_settings("runs/a")
     >>> run = open_run(recipe, resume="runs/a")          # continues where it stopped
 
-:func:`open_run` chooses and claims the run folder, then :func:`build_run` builds every piece (writing
+:func:`open_run` chooses and claims the run folder (:mod:`.folder`), then :func:`build_run` builds every piece (writing
 nothing) and, when resuming, :func:`restore` moves them to the checkpoint's point. The :class:`Run` it
 returns is what :mod:`xception.train.loop` trains: a :class:`~xception.train.checkpoint.TrainState`
 (exactly what a checkpoint holds) and what each session rebuilds: data loaders, device and number
@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +33,7 @@ from ..api import create_model
 from ..data import Batches, ShardSampler, SkipLog, Source, training_sources
 from ..data.loader import default_workers
 from ..distributed import DistEnv, ResumableSampler, broadcast_object, convert_sync_batchnorm
-from ..errors import ConfigError, DataError, NotAFolderError, XceptionError, hint
+from ..errors import ConfigError, DataError, XceptionError, hint
 from ..fileio import FolderLock, atomic_write, remove_stale_temps
 from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
@@ -47,10 +46,10 @@ from .checkpoint import (
     RunSettings,
     TrainState,
     find_resume_point,
-    has_checkpoint,
     load_checkpoint,
 )
 from .ema import ModelEma
+from .folder import choose_folder, claim_folder, is_finished
 from .recipe import Recipe, toml_value
 from .schedule import lr_at
 
@@ -68,9 +67,7 @@ class Compute:
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, world: DistEnv) -> Compute:
-        device = resolve_device(recipe.device)
-        if device.type == "cuda" and world.distributed:
-            device = torch.device("cuda", world.local_rank)
+        device = world.local_device(resolve_device(recipe.device))
         dtype = torch.float64 if recipe.precision == "float64" else torch.float32
         amp_dtype = _amp_dtype(recipe.amp, device) if dtype == torch.float32 else None
         # NHWC is faster for these depthwise-separable convs on GPUs and on CPUs (oneDNN) alike (benchmarks/NOTES.md).
@@ -179,14 +176,14 @@ def open_run(
     world = world or DistEnv()
     # An existing folder is claimed before anything in it is read; a new one once the run is known to be
     # usable (nothing is written before). Rank 0 alone claims it; every rank raises the error it met.
-    chosen = _on_main(world, lambda: _choose_folder(recipe, out, resume))
+    chosen = _on_main(world, lambda: choose_folder(recipe, out, resume))
     lock = chosen[1] if chosen else None
     # One folder for all ranks, and one decision: each rank takes part in the second claim's collective or none.
     run_dir, claimed = broadcast_object((chosen[0], lock is not None) if chosen else None)
     try:
         point = find_resume_point(resume) if resume is not None else None
         checkpoint = point.checkpoint if point is not None else None
-        if checkpoint is not None and broadcast_object(_finished(run_dir, checkpoint, recipe)):
+        if checkpoint is not None and broadcast_object(is_finished(run_dir, checkpoint, recipe)):
             raise RunFinished(run_dir, checkpoint)
         if checkpoint is not None:
             settings = RunSettings(**checkpoint["run"])
@@ -195,7 +192,7 @@ def open_run(
         if checkpoint is not None:
             restore(run, checkpoint)
         if not claimed:
-            lock = _on_main(world, lambda: _claim_folder(run_dir, fresh=checkpoint is None))
+            lock = _on_main(world, lambda: claim_folder(run_dir, fresh=checkpoint is None))
     except BaseException:
         if lock is not None:
             lock.release()
@@ -211,7 +208,8 @@ def open_run(
             _say(world, note)
         if run.peak_lr != recipe.lr:
             _say(world, f"lr {recipe.lr:g} for a batch of {recipe.lr_base_batch} → {run.peak_lr:g} for the global "
-                        f"batch of {run.global_batch} ({recipe.lr_rule()} scaling; set lr_base_batch = 0 to turn it off)")
+                        f"batch of {run.global_batch} ({recipe.lr_rule()} scaling; set lr_base_batch = 0 to turn it "
+                        "off)")
         remove_stale_temps(run_dir)  # what a killed session was writing: only this process writes here now
         _write_config(run)
     return run
@@ -270,16 +268,6 @@ def restore(run: Run, checkpoint: dict[str, Any]) -> None:
         group["lr"] = run.peak_lr * factor(scheduler.last_epoch)
 
 
-def claim_for_resume(path: str | os.PathLike[str]) -> FolderLock | None:
-    """This process's claim on the run folder ``path`` continues (``path`` itself, or a checkpoint's folder),
-    taken before anything in it is read: another training holding it is refused at once, not after its
-    checkpoint has been verified. None when ``path`` does not exist (reading it then says so)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    return _claim_folder(path if path.is_dir() else path.parent, fresh=False)
-
-
 def resume_settings(path: str | os.PathLike[str]) -> tuple[Recipe, RunSettings]:
     """The recipe and run settings stored in a run folder's checkpoint (to resume it, or inspect it)."""
     checkpoint = load_checkpoint(path)
@@ -297,56 +285,6 @@ def build_optimizer(recipe: Recipe, model: nn.Module, lr: float) -> torch.optim.
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(recipe.betas[0], recipe.betas[1]), eps=recipe.eps)
     return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=recipe.eps, momentum=recipe.momentum)
-
-
-# -- the folder ------------------------------------------------------------------------------------------------
-
-
-def _run_dir(recipe: Recipe, out: str | os.PathLike[str] | None, resume: str | os.PathLike[str] | None) -> Path:
-    if resume is not None:
-        path = Path(resume)
-        return path if path.is_dir() else path.parent
-    run_dir = Path(out) if out is not None else Path("runs") / f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotAFolderError(f"{run_dir} is an existing file, not a run folder; choose another "
-                              + hint("out=", "--out"))
-    return run_dir
-
-
-def _finished(run_dir: Path, checkpoint: dict[str, Any], recipe: Recipe) -> bool:
-    """Whether the run at ``checkpoint`` has nothing left to do: its epochs done and its end written (a run
-    stopped while writing its model or summary is finished by its resume)."""
-    done = checkpoint["epoch"] >= recipe.epochs and checkpoint["position"] == 0
-    return done and (run_dir / EXPORT).is_file() and (run_dir / artifacts.SUMMARY).is_file()
-
-
-def _check_fresh(run_dir: Path) -> None:
-    """Refuse to start a new run in a folder that holds one."""
-    if has_checkpoint(run_dir):
-        raise ConfigError(f"{run_dir} already holds a training run; continue it with "
-                          + hint(f"resume={str(run_dir)!r} or choose another out=",
-                                 f"--resume {run_dir} or choose another --out"))
-
-
-def _choose_folder(recipe: Recipe, out: str | os.PathLike[str] | None,
-                   resume: str | os.PathLike[str] | None) -> tuple[Path, FolderLock | None]:
-    """The run folder, claimed when it exists (None: it is new, and claimed once the run is built)."""
-    run_dir = _run_dir(recipe, out, resume)
-    return run_dir, _claim_folder(run_dir, fresh=resume is None) if run_dir.is_dir() else None
-
-
-def _claim_folder(run_dir: Path, *, fresh: bool) -> FolderLock:
-    """This process's claim on ``run_dir`` (created if need be); a fresh run is refused where a run is."""
-    advice = "wait for it to end" if not fresh else "wait for it to end, or " + hint("choose another out=",
-                                                                                    "choose another --out")
-    lock = FolderLock(run_dir, user="training", advice=advice)
-    if fresh:
-        try:
-            _check_fresh(run_dir)
-        except BaseException:
-            lock.release()
-            raise
-    return lock
 
 
 def _on_main(world: DistEnv, work: Callable[[], T]) -> T | None:

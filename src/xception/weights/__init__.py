@@ -1,5 +1,5 @@
 """Weights: formats in (Keras 3 .keras/.weights.h5, legacy Keras .h5, timm .pth/.safetensors, ours), our format
-out, named tags and downloads."""
+out, named tags and downloads, files on the Hugging Face Hub (``hf-hub:ORG/NAME``)."""
 
 from .hub import TAGS, WeightsTag, cache_dir, fetch, get_tag, list_weights
 from .imagenet import imagenet_class_names

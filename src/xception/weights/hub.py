@@ -1,8 +1,10 @@
 """Named pretrained weights, the download cache, and downloads that verify what they fetch.
 
 A tag (``"xception.keras_in1k"``) names one public file: its URL, its checksum and what the weights mean
-(model, preprocessing, classes, source, reported accuracy). :func:`fetch` returns the file's path in the
-cache, downloading it first if needed:
+(model, preprocessing, classes, source, reported accuracy). The tags are derived from the variant records
+(:mod:`xception.catalog`): one per published set of weights, ``<variant>.<tag>``. :func:`fetch` returns
+the file's path in the cache, downloading it first if needed. A tag on the Hugging Face Hub
+(``hf-hub:…``) is fetched by the Hub's client, into its cache (:mod:`.hfhub`); for the others:
 
 * the cache is ``$XCEPTION_CACHE`` if set, else ``$XDG_CACHE_HOME/xception`` (``~/.cache/xception``);
 * the download goes to ``NAME.part`` and is renamed into place only once its checksum is verified, so the
@@ -33,10 +35,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..errors import ConfigError, DownloadError, StorageError
+from ..catalog import CATALOG
+from ..errors import ChecksumError, ConfigError, DownloadError, StorageError
 from ..fileio import file_digest
 from ..locations import CACHE_ENV, cache_root
-from ..preprocessing import KERAS, TIMM_LEGACY, Preprocessing
+from ..preprocessing import Preprocessing
+from . import hfhub
 from .imagenet import imagenet_class_names
 
 try:
@@ -45,11 +49,6 @@ except ImportError:  # Windows
     fcntl = None
 
 CHUNK = 1 << 20
-_KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
-
-
-class ChecksumError(DownloadError, ValueError):
-    """A file's digest differs from the published one."""
 
 
 @dataclass(frozen=True)
@@ -57,18 +56,24 @@ class WeightsTag:
     """One published set of weights: where it lives, how to check it, and what it means.
 
     ``checksum`` is ``"md5:<hex>"`` or ``"sha256:<hex>"``; a sha256 may be a prefix (timm's and torch.hub's
-    file names carry the first hex digits of the file's sha256). ``metrics`` are accuracies reported by the
-    source, in percent, on the ImageNet validation set.
+    file names carry the first hex digits of the file's sha256). None for a file on the Hugging Face Hub
+    whose source publishes none: the Hub's own sha256 of the file is checked instead. ``metrics`` are
+    accuracies reported by the source, in percent, on the ImageNet validation set.
     """
 
     name: str
     model: str
     url: str
-    checksum: str
+    checksum: str | None
     num_classes: int
     preprocessing: Preprocessing
     source: str
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def on_hub(self) -> bool:
+        """Whether the file is on the Hugging Face Hub (``hf-hub:ORG/NAME``), fetched into the Hub's cache."""
+        return hfhub.is_hub_ref(self.url)
 
     @property
     def file_name(self) -> str:
@@ -78,8 +83,11 @@ class WeightsTag:
     def class_names(self) -> list[str] | None:
         return imagenet_class_names() if self.num_classes == 1000 else None
 
-    def path(self, cache: Path | None = None) -> Path:
-        """Where the file lives in the cache (it may not be there yet)."""
+    def path(self, cache: Path | None = None) -> Path | None:
+        """Where the file lives in the cache (it may not be there yet); for a file on the Hub, where it is in
+        the Hub's cache, or None while it is not there."""
+        if self.on_hub:
+            return hfhub.cached(self.url)
         return (cache or cache_dir()) / "weights" / self.file_name
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,29 +98,20 @@ class WeightsTag:
         }
 
 
-_KERAS_SOURCE = "keras.applications.Xception ImageNet weights (trained by F. Chollet)"
-TAGS: dict[str, WeightsTag] = {tag.name: tag for tag in (
-    WeightsTag(
-        "xception.keras_in1k", "xception", _KERAS_BASE + "xception_weights_tf_dim_ordering_tf_kernels.h5",
-        "md5:0a58e3b7378bc2990ea3b43d5981f1f6", 1000, KERAS, _KERAS_SOURCE,
-        {"top1": 79.0, "top5": 94.5, "reported_by": "Chollet 2017, Table 1"},
-    ),
-    WeightsTag(
-        "xception.keras_in1k_notop", "xception",
-        _KERAS_BASE + "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "md5:b0042744bf5b25fce3cb969f33bebb97", 0, KERAS, _KERAS_SOURCE + ", without the classifier",
-    ),
-    WeightsTag(
-        "legacy_xception.tf_in1k", "legacy_xception",
-        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-cadene/xception-43020ad28.pth",
-        "sha256:43020ad28", 1000, TIMM_LEGACY,
-        "timm legacy_xception.tf_in1k: Cadene's PyTorch port of the Keras weights",
-        {"top1": 79.06, "reported_by": "timm results table", "cadene_top1": 78.888, "cadene_top5": 94.292},
-    ),
-)}
+# One tag per published set of weights of each variant record.
+TAGS: dict[str, WeightsTag] = {f"{record.name}.{w.tag}": WeightsTag(
+    f"{record.name}.{w.tag}", record.name, w.url, w.checksum, w.num_classes, w.preprocessing, w.source,
+    dict(w.metrics),
+) for record in CATALOG.values() for w in record.weights}
+# What ``weights="imagenet"`` means for each model name: its record's first weights.
+DEFAULT_TAGS: dict[str, str] = {
+    record.name: f"{record.name}.{record.default_weights.tag}" for record in CATALOG.values() if record.default_weights
+}
 
-# What ``weights="imagenet"`` means for each model name.
-DEFAULT_TAGS: dict[str, str] = {"xception": "xception.keras_in1k", "legacy_xception": "legacy_xception.tf_in1k"}
+
+def tag_for_url(url: str) -> WeightsTag | None:
+    """The tag whose file ``url`` names (an ``hf-hub:`` reference of a known source gets its metadata)."""
+    return next((tag for tag in TAGS.values() if tag.url == url), None)
 
 
 def list_weights() -> list[str]:
@@ -353,14 +352,20 @@ def fetch(weights: str | WeightsTag, *, progress: bool = True, cache: Path | Non
     """The local path of a tag's or a URL's file, downloading and verifying it on first use.
 
     A URL must carry its checksum (``#sha256=<hex>`` or a hash prefix in the file name): network code
-    never trusts what it fetched without one.
+    never trusts what it fetched without one. A file on the Hugging Face Hub (a tag of one, or
+    ``hf-hub:ORG/NAME[/FILE][@REVISION]``) is checked against the sha256 the Hub states (:mod:`.hfhub`).
     """
     tag = weights if isinstance(weights, WeightsTag) else TAGS.get(weights)
+    url = tag.url if tag is not None else str(weights)
+    if hfhub.is_hub_ref(url):
+        return hfhub.fetch(url, progress=progress)
     cache = cache or cache_dir()
     if tag is not None:
-        url, checksum, dest = tag.url, tag.checksum, tag.path(cache)
+        if tag.checksum is None:
+            raise ConfigError(f"tag {tag.name} names {tag.url} without a checksum; only files on the Hugging Face "
+                              "Hub may (the Hub states their sha256)")
+        checksum, dest = tag.checksum, cache / "weights" / tag.file_name
     else:
-        url = str(weights)
         found = checksum_from_url(url)
         if found is None:
             raise ConfigError(

@@ -20,19 +20,19 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import ConfigError, MissingPathError, WeightsError, hint
 from ..fileio import sha256_file
 from ..models import Xception, model_config
 from ..preprocessing import Preprocessing
-from . import hub, keras3
+from . import hfhub, hub, keras3
 from .checkpoint import as_weights, run_folder_weights
 from .keras import read_keras
 from .mapping import STEM, LoadReport, MappedWeights, adapt_input_channels, fit_hint, load_into
 from .meta import WeightsMeta
-from .native import read_metadata, read_weights, save_weights
+from .native import INT8_META_KEY, read_metadata, read_weights, save_weights
 from .timm import map_timm_state, read_torch, unwrap
 
 Format = Literal["hdf5", "keras", "torch", "safetensors"]
@@ -91,6 +91,10 @@ def read_mapped_weights(path: str | os.PathLike[str], *, name: str | None = None
                 "xception", meta.model, tensors, config=meta.config, preprocessing=meta.preprocessing,
                 class_names=meta.class_names, metrics=meta.metrics, source=meta.source, sha256=meta.sha256,
             )
+        if _is_int8_model(path):
+            raise WeightsError(f"{path} is an int8 model of 'xception quantize', not float weights: predict, "
+                               "evaluate, serve and bench run it as it is; to change it, quantise the float "
+                               "weights again")
         try:
             state = load_file(str(path))
         except SafetensorError as err:
@@ -103,6 +107,14 @@ def read_mapped_weights(path: str | os.PathLike[str], *, name: str | None = None
     if STEM in state:
         return _our_state_dict(state, name, path)
     return map_timm_state(state, str(path))
+
+
+def _is_int8_model(path: str | os.PathLike[str]) -> bool:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return INT8_META_KEY in (f.metadata() or {})
+    except (SafetensorError, OSError):
+        return False
 
 
 def _load_torch(path: str | os.PathLike[str]) -> object:
@@ -138,10 +150,11 @@ def _for_channels(pre: Preprocessing | None, channels: int) -> Preprocessing | N
 def resolve(
     weights: str | os.PathLike[str] | hub.WeightsTag, *, name: str | None = None, progress: bool = True
 ) -> tuple[Path, hub.WeightsTag | None]:
-    """The local file behind ``weights`` (downloading a tag's or URL's file), and its tag if it has one.
+    """The local file behind ``weights`` (downloading a tag's, URL's or Hub file), and its tag if it has one.
 
     A path that exists wins (a folder: a training run's, see :func:`_run_folder_weights`); then URLs
-    (``http(s)://``); then tags; ``"imagenet"`` is the default tag of ``name`` (``xception`` → the Keras file).
+    (``http(s)://``) and Hugging Face Hub files (``hf-hub:ORG/NAME[/FILE][@REVISION]``; a known source gets
+    its tag); then tags; ``"imagenet"`` is the default tag of ``name`` (``xception`` → the Keras file).
     """
     if isinstance(weights, hub.WeightsTag):
         return hub.fetch(weights, progress=progress), weights
@@ -152,6 +165,8 @@ def resolve(
         return Path(text), None
     if text.startswith(("http://", "https://")):
         return hub.fetch(text, progress=progress), None
+    if hfhub.is_hub_ref(text):
+        return hub.fetch(text, progress=progress), hub.tag_for_url(text)
     if text == "imagenet":
         default = hub.DEFAULT_TAGS.get(name or "xception")
         if default is None:
@@ -161,7 +176,8 @@ def resolve(
         tag = hub.TAGS[text]
         return hub.fetch(tag, progress=progress), tag
     raise MissingPathError(
-        f"weights {text!r}: no such file, and not a URL or a known tag ({', '.join(hub.TAGS)}, imagenet)"
+        f"weights {text!r}: no such file, and not a URL or a known tag ({', '.join(hub.TAGS)}, imagenet); "
+        "a file on the Hugging Face Hub is hf-hub:ORG/NAME"
     )
 
 
@@ -198,7 +214,8 @@ def load_pretrained(
     progress: bool = True,
     **overrides: Any,
 ) -> Loaded:
-    """A model carrying ``weights`` (path, URL or tag), in eval mode, and the report of the load.
+    """A model carrying ``weights`` (path, URL, ``hf-hub:ORG/NAME`` or tag), in eval mode, and the report of
+    the load.
 
     A training checkpoint (``last.pt``, ``best.pt``) gives the model the run would export at that point (its
     EMA weights when it averages), with its config, class names and preprocessing; a run folder gives its

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError, WeightsError
-from ..models import XceptionConfig
+from ..models.config import XceptionConfig
 from ..preprocessing import Preprocessing
 
 FORMAT_VERSION = 1

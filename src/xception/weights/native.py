@@ -24,6 +24,7 @@ from ..preprocessing import Preprocessing
 from .meta import WeightsMeta
 
 META_KEY = "xception"
+INT8_META_KEY = "xception_int8"  # an int8 model of xception.quantize: runs as it is, never read as float weights
 
 
 def save_weights(

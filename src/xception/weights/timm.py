@@ -19,25 +19,31 @@ from functools import cache
 
 import torch
 
+from ..catalog import CATALOG
 from ..errors import WeightsError
-from ..preprocessing import TIMM_LEGACY, Preprocessing
+from ..models import ARCHITECTURES
+from ..preprocessing import Preprocessing
 from .imagenet import imagenet_class_names
 from .mapping import MappedWeights, has_shortcut_conv, modules_after_stem, rename, sepconvs, skeleton
 
-# (pre-activation, number of modules) → timm's name for the aligned variants.
-ALIGNED_VARIANTS = {
-    (False, 13): "xception41", (False, 21): "xception65", (False, 23): "xception71",
-    (True, 13): "xception41p", (True, 21): "xception65p",
+# The variants timm has, by timm's name (each record says its own), and what each computes like.
+TIMM_NAMES: dict[str, str] = {record.timm_name: name for name, record in CATALOG.items() if record.timm_name}
+
+
+def _module_count(arch: str) -> int:
+    table = ARCHITECTURES[arch]
+    return len(table.entry) + table.middle_repeats + len(table.exit)
+
+
+# (pre-activation, number of modules) → our name of an aligned variant: what timm's keys tell apart.
+ALIGNED_VARIANTS: dict[tuple[bool, int], str] = {
+    (ARCHITECTURES[CATALOG[name].arch].family == "preact", _module_count(CATALOG[name].arch)): name
+    for name in TIMM_NAMES.values() if ARCHITECTURES[CATALOG[name].arch].family != "paper"
 }
 
 # timm's evaluation settings for each variant's default weights (all scale pixels to [-1, 1]).
 PREPROCESSING: dict[str, Preprocessing] = {
-    "legacy_xception": TIMM_LEGACY,
-    "xception41": Preprocessing(crop_pct=0.903),  # tf_in1k
-    "xception65": Preprocessing(crop_pct=0.94),  # ra3_in1k
-    "xception71": Preprocessing(crop_pct=0.903),  # tf_in1k
-    "xception41p": Preprocessing(crop_pct=0.94),  # ra3_in1k
-    "xception65p": Preprocessing(crop_pct=0.94),  # ra3_in1k
+    name: preprocessing for name in TIMM_NAMES.values() if (preprocessing := CATALOG[name].preprocessing)
 }
 
 
@@ -83,7 +89,7 @@ def aligned_table(name: str) -> dict[str, str]:
     ``stack.convI`` with ``conv_dw``/``conv_pw``; aligned modules put ``bn_dw`` between the two and ``bn_pw``
     after, pre-activation modules open with ``norm`` (BN-ReLU) and put one at the start of conv2 and conv3.
     """
-    preact = name.endswith("p")
+    preact = ARCHITECTURES[CATALOG[name].arch].family == "preact"
     table = {
         "stem.0.conv": "entry_flow.block1.conv1",
         "stem.0.bn": "entry_flow.block1.conv1_bn",
@@ -150,7 +156,7 @@ def unwrap(data: object, path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 def identify(state: dict[str, torch.Tensor]) -> str | None:
     """Which timm variant a state dict belongs to, from its keys (None: not a timm Xception)."""
     if "block1.rep.0.conv1.weight" in state:
-        return "legacy_xception"
+        return TIMM_NAMES["legacy_xception"]
     if "stem.0.conv.weight" in state:
         modules = {int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
         preact = "blocks.0.norm.weight" in state
