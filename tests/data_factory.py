@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from xception.data import images as img
+from xception.preprocessing import Preprocessing
 from xception.train import Recipe, load_checkpoint
 
 CLASSES = ("diagonal", "horizontal", "vertical")
@@ -117,3 +118,45 @@ def signal_on_line(args: list[str], prefix: str, sig: int = signal.SIGINT) -> su
             break
     stdout, rest = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(args, proc.returncode, stdout, "".join(lines) + rest)
+
+
+GRAY_PRE = Preprocessing(input_size=32, crop_pct=1.0, interpolation="bilinear", mean=(0.5,), std=(0.5,), channels=1)
+
+
+def folder_tensors(folder: Path, pre: Preprocessing = GRAY_PRE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of a stripes folder as one preprocessed batch, and its labels."""
+    from xception.data import FolderSource
+    from xception.data.folder import scan_folder
+
+    scan = scan_folder(folder, list(CLASSES))
+    batches = list(FolderSource(scan.samples, scan.classes, str(folder)).batches(pre, train=False, batch_size=256,
+                                                                                 workers=0))
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+def stripes_sets(root: Path) -> dict[str, Path]:
+    """Three stripes folders drawn apart: training, calibration and held-out images."""
+    return {name: stripes_folder(root / name, per_class=n, seed=seed)
+            for name, n, seed in (("train", 16, 0), ("calibration", 8, 1), ("held", 20, 2))}
+
+
+def tiny_trained_weights(train: Path, path: Path) -> Path:
+    """A tiny gray model trained for a few seconds on ``train``, saved with its class names and preprocessing."""
+    import torch.nn.functional as F
+
+    import xception
+
+    torch.manual_seed(0)
+    model = xception.create_model("xception", num_classes=3, in_chans=1, stem="small", width=0.125,
+                                  middle_repeats=1)
+    x, y = folder_tensors(train)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(60):
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(step))[:24]
+        loss = F.cross_entropy(model(x[pick]), y[pick])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    xception.save_weights(model.eval(), path, class_names=list(CLASSES), preprocessing=GRAY_PRE)
+    return path

@@ -9,13 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import xception
-from data_factory import CLASSES, stripes_folder
+from data_factory import CLASSES, GRAY_PRE, folder_tensors, stripes_sets, tiny_trained_weights
 from xception.cli import main
-from xception.data import FolderSource
-from xception.data.folder import scan_folder
 from xception.edge import FP32_TOLERANCE, export_edge, load
 from xception.edge import api as edge_api
 from xception.edge import pte as edge_pte
@@ -29,7 +26,7 @@ pytest.importorskip("executorch", reason="pip install 'xception[edge]' (make tes
 pytest.importorskip("litert_torch", reason="pip install 'xception[edge]' (make test installs it)")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PRE = Preprocessing(input_size=32, crop_pct=1.0, interpolation="bilinear", mean=(0.5,), std=(0.5,), channels=1)
+PRE = GRAY_PRE
 # The tiny model below keeps every one of its 60 held-out predictions under int8 on both runtimes, its logits
 # within 0.6 % of the largest (measured): a wrong scale, zero point or layout anywhere moves logits by tens of
 # percent and changes many predictions. An image is 1.7 points: the bar lets two change.
@@ -37,38 +34,17 @@ MIN_AGREEMENT = 96.0
 MAX_INT8_LOGIT_DIFF = 0.05
 
 
-def _images(folder) -> tuple[torch.Tensor, torch.Tensor]:
-    scan = scan_folder(folder, list(CLASSES))
-    batches = list(FolderSource(scan.samples, scan.classes, str(folder)).batches(PRE, train=False, batch_size=256,
-                                                                                 workers=0))
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+_images = folder_tensors
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("edge-data")
-    return {name: stripes_folder(root / name, per_class=n, seed=seed)
-            for name, n, seed in (("train", 16, 0), ("calibration", 8, 1), ("held", 20, 2))}
+    return stripes_sets(tmp_path_factory.mktemp("edge-data"))
 
 
 @pytest.fixture(scope="module")
 def weights(data, tmp_path_factory):
-    """A tiny model trained for a few seconds on the stripes, saved with its class names and preprocessing."""
-    torch.manual_seed(0)
-    model = xception.create_model("xception", num_classes=3, in_chans=1, stem="small", width=0.125,
-                                  middle_repeats=1)
-    x, y = _images(data["train"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(60):
-        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(step))[:24]
-        loss = F.cross_entropy(model(x[pick]), y[pick])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    path = tmp_path_factory.mktemp("edge-weights") / "tiny.safetensors"
-    xception.save_weights(model.eval(), path, class_names=list(CLASSES), preprocessing=PRE)
-    return path
+    return tiny_trained_weights(data["train"], tmp_path_factory.mktemp("edge-weights") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

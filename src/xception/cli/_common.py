@@ -113,3 +113,19 @@ def print_results(results: Sequence[Any], as_json: bool) -> bool:
         if not result.ok:
             print(result.format(), file=sys.stderr)
     return all(r.ok for r in results)
+
+
+def add_calibration_options(p: Any, *, required: bool = False, int8: str = "") -> None:
+    """The options that choose calibration and held-out images, as ``xception quantize`` and the int8 edge
+    exports read them (``int8``: a prefix for their help, where the options apply to int8 only)."""
+    p.add_argument("--calibration", required=required, metavar="DIR", help=f"{int8}calibration images: a folder "
+                   "(any layout, labels unused) or 'fashion-mnist' (its training split)")
+    p.add_argument("--held-out", metavar="DIR", help=f"{int8}labelled images the result is checked on: a folder of "
+                   "class sub-folders or 'fashion-mnist-test' (default: Fashion-MNIST's test split for "
+                   "fashion-mnist, else a fifth of a labelled calibration folder)")
+    p.add_argument("--images", type=int, default=512, metavar="N", help="calibration images, at most (default 512)")
+    p.add_argument("--held-out-images", type=int, default=1000, metavar="N", help="held-out images, at most "
+                   "(default 1000; 0: all)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images read at a time (default 64)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")

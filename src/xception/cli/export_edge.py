@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import print_json
+from ._common import add_calibration_options, print_json
 
 EDGE_SUFFIXES = {".pte": "pte", ".tflite": "tflite"}
 
@@ -26,19 +26,9 @@ def add_edge_options(p: argparse.ArgumentParser) -> None:
                    "weights int8 per channel, activations int8; LiteRT int8 files take int8 input")
     g.add_argument("--layout", choices=("nhwc", "nchw"), help="LiteRT input layout: nhwc (default: N×H×W×C, what "
                    "TFLite users feed) or nchw (as PyTorch); ExecuTorch takes nchw")
-    g.add_argument("--calibration", metavar="DIR", help="int8: calibration images, a folder (any layout, labels "
-                   "unused) or 'fashion-mnist' (its training split)")
-    g.add_argument("--held-out", metavar="DIR", help="int8: labelled images the file is checked on, a folder of "
-                   "class sub-folders or 'fashion-mnist-test' (default: Fashion-MNIST's test split for "
-                   "fashion-mnist, else a fifth of a labelled calibration folder)")
-    g.add_argument("--images", type=int, default=512, metavar="N", help="calibration images, at most (default 512)")
-    g.add_argument("--held-out-images", type=int, default=1000, metavar="N", help="held-out images, at most "
-                   "(default 1000; 0: all)")
-    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="images read at a time (default 64)")
+    add_calibration_options(g, int8="int8: ")
     g.add_argument("--workers", type=int, default=None, metavar="N", help="image decoding processes (default: "
                    "automatic; LiteRT exports read in this process, as its converter's threads do not survive a fork)")
-    g.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST IDX files")
-    g.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
 
 
 def run_edge(args: argparse.Namespace, model: Any) -> int:

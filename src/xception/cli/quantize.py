@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import add_calibration_options
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -26,25 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--weights", required=True, metavar="FILE", help="float weights (any format the library reads, "
                    "a URL or a tag)")
-    p.add_argument("--calibration", required=True, metavar="DIR", help="calibration images: a folder (any layout, "
-                   "labels unused) or 'fashion-mnist' (its training split)")
-    p.add_argument("--held-out", metavar="DIR", help="labelled images the method is chosen on: a folder of class "
-                   "sub-folders or 'fashion-mnist-test' (default: Fashion-MNIST's test split for fashion-mnist, "
-                   "else a fifth of a labelled calibration folder)")
-    p.add_argument("--images", type=int, default=512, metavar="N", help="calibration images, at most (default 512)")
-    p.add_argument("--held-out-images", type=int, default=1000, metavar="N", help="held-out images, at most "
-                   "(default 1000; 0: all)")
+    add_calibration_options(p, required=True)
     p.add_argument("--out", required=True, metavar="FILE", help="the int8 file to write, *.safetensors")
     p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors", help="onnx: also write a "
                    "QDQ ONNX model beside --out (same name, .onnx) and check it on ONNX Runtime")
     p.add_argument("--methods", metavar="M,M", help="calibration methods to try (default: minmax, "
                    "percentile-99.99, percentile-99.9, mse, entropy)")
     p.add_argument("--report", metavar="FILE", help="the JSON report (default: OUT with .report.json)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="image decoding processes (default: "
                    "automatic)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=run)
 
