@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -42,53 +42,51 @@ def _precision(model: Any, default: str) -> str:
         return default
 
 
-class ExecuTorchRunner(Runner):
+class _EdgeRunner(Runner):
+    """A file of an edge runtime (``native_kind``), loaded by :func:`xception.edge.load`, run on the CPU."""
+
+    from_weights = False
+    kernels: ClassVar[str]
+
+    def __init__(self, *, file: Any, **facts: Any) -> None:
+        super().__init__(**facts)
+        self.file = file  # xception.edge.pte.PteModel or xception.edge.tflite.TfliteModel
+
+    @classmethod
+    def open(cls, request: OpenRequest) -> _EdgeRunner:
+        from ..edge import load
+
+        file = load(cls.native_kind, request.source)
+        return cls(file=file, **_facts(file, request.source))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.file(batch)
+
+    def details(self) -> dict[str, Any]:
+        return {"precision": _precision(self.file, getattr(self.file, "precision", "float32")),
+                "kernels": self.kernels, **self.input_details()}
+
+    def input_details(self) -> dict[str, Any]:
+        return {}
+
+
+class ExecuTorchRunner(_EdgeRunner):
     """An ExecuTorch program on ``executorch.runtime`` (its XNNPACK delegate), on the CPU."""
 
     name = "executorch"
     native_kind = "pte"
-    from_weights = False
+    kernels = "XNNPACK (ExecuTorch)"
 
-    def __init__(self, *, program: Any, **facts: Any) -> None:
-        super().__init__(**facts)
-        self.program = program  # xception.edge.pte.PteModel
-
-    @classmethod
-    def open(cls, request: OpenRequest) -> ExecuTorchRunner:
-        from ..edge import load
-
-        program = load("pte", request.source)
-        return cls(program=program, **_facts(program, request.source))
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.program(batch)
-
-    def details(self) -> dict[str, Any]:
-        return {"precision": _precision(self.program, "float32"), "kernels": "XNNPACK (ExecuTorch)",
-                "input": list(self.program.input_shape)}
+    def input_details(self) -> dict[str, Any]:
+        return {"input": list(self.file.input_shape)}
 
 
-class LiteRTRunner(Runner):
+class LiteRTRunner(_EdgeRunner):
     """A LiteRT model on ``ai_edge_litert``'s interpreter (its XNNPACK delegate), on the CPU."""
 
     name = "litert"
     native_kind = "tflite"
-    from_weights = False
+    kernels = "LiteRT interpreter (XNNPACK)"
 
-    def __init__(self, *, interpreter: Any, **facts: Any) -> None:
-        super().__init__(**facts)
-        self.interpreter = interpreter  # xception.edge.tflite.TfliteModel
-
-    @classmethod
-    def open(cls, request: OpenRequest) -> LiteRTRunner:
-        from ..edge import load
-
-        interpreter = load("tflite", request.source)
-        return cls(interpreter=interpreter, **_facts(interpreter, request.source))
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.interpreter(batch)
-
-    def details(self) -> dict[str, Any]:
-        return {"precision": _precision(self.interpreter, self.interpreter.precision),
-                "kernels": "LiteRT interpreter (XNNPACK)", "layout": self.interpreter.layout}
+    def input_details(self) -> dict[str, Any]:
+        return {"layout": self.file.layout}
