@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import WeightsError
-from ..quantize.fileformat import is_quantized
 from ..weights.load import SUPPORTED, detect_format
+from ..weights.native import is_int8_file
 
 Kind = Literal["onnx", "pt2", "int8", "pte", "tflite", "hdf5", "keras", "torch", "safetensors", "reference"]
 # "reference": not a local file (a tag, a URL, a folder); the weights layer resolves it.
@@ -106,7 +106,7 @@ def sniff(source: str | os.PathLike[str]) -> Kind:
     is_safetensors = _looks_like_safetensors(head, path.stat().st_size)
     if looks_like_onnx(head) and not is_safetensors:
         return "onnx"
-    if is_safetensors and is_quantized(path):
+    if is_safetensors and is_int8_file(path):
         return "int8"
     try:
         return detect_format(path)

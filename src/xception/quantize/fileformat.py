@@ -34,7 +34,7 @@ from ..errors import ConfigError, IsAFolderError, MissingPathError, WeightsError
 from ..fileio import atomic_write
 from ..models import Xception, XceptionConfig
 from ..preprocessing import Preprocessing
-from ..weights.native import INT8_META_KEY
+from ..weights.native import INT8_META_KEY, is_int8_file
 from .reference import QuantizedXception, float_program
 
 META_KEY = INT8_META_KEY
@@ -116,10 +116,7 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def is_quantized(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is an int8 file of this library (read from its content, not its name)."""
-    try:
-        return Path(path).is_file() and read_header(path) is not None
-    except WeightsError:
-        return True  # ours, damaged: loading it says so
+    return Path(path).is_file() and is_int8_file(path)
 
 
 def load_quantized(path: str | os.PathLike[str]) -> QuantizedXception:

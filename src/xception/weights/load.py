@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import ConfigError, MissingPathError, WeightsError, hint
@@ -32,7 +32,7 @@ from .checkpoint import as_weights, run_folder_weights
 from .keras import read_keras
 from .mapping import STEM, LoadReport, MappedWeights, adapt_input_channels, fit_hint, load_into
 from .meta import WeightsMeta
-from .native import INT8_META_KEY, read_metadata, read_weights, save_weights
+from .native import is_int8_file, read_metadata, read_weights, save_weights
 from .timm import map_timm_state, read_torch, unwrap
 
 Format = Literal["hdf5", "keras", "torch", "safetensors"]
@@ -91,7 +91,7 @@ def read_mapped_weights(path: str | os.PathLike[str], *, name: str | None = None
                 "xception", meta.model, tensors, config=meta.config, preprocessing=meta.preprocessing,
                 class_names=meta.class_names, metrics=meta.metrics, source=meta.source, sha256=meta.sha256,
             )
-        if _is_int8_model(path):
+        if is_int8_file(path):
             raise WeightsError(f"{path} is an int8 model of 'xception quantize', not float weights: predict, "
                                "evaluate, serve and bench run it as it is; to change it, quantise the float "
                                "weights again")
@@ -107,14 +107,6 @@ def read_mapped_weights(path: str | os.PathLike[str], *, name: str | None = None
     if STEM in state:
         return _our_state_dict(state, name, path)
     return map_timm_state(state, str(path))
-
-
-def _is_int8_model(path: str | os.PathLike[str]) -> bool:
-    try:
-        with safe_open(str(path), "pt") as f:
-            return INT8_META_KEY in (f.metadata() or {})
-    except (SafetensorError, OSError):
-        return False
 
 
 def _load_torch(path: str | os.PathLike[str]) -> object:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError, WeightsError
@@ -25,6 +25,16 @@ from .meta import WeightsMeta
 
 META_KEY = "xception"
 INT8_META_KEY = "xception_int8"  # an int8 model of xception.quantize: runs as it is, never read as float weights
+
+
+def is_int8_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an int8 model of :mod:`xception.quantize` (a safetensors file whose header carries
+    the int8 key), from its header alone; a damaged one counts, so that loading it says what is wrong."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return INT8_META_KEY in (f.metadata() or {})
+    except (SafetensorError, OSError):
+        return False
 
 
 def save_weights(
