@@ -1,4 +1,6 @@
-"""The int8 runtime: a model written by ``xception quantize``, run by the integer reference of the scheme.
+"""The int8 runtime: a model written by ``xception quantize``, on the compiled int8 kernels where this CPU
+runs them (:mod:`xception.quantize.native`), else on the integer reference of the scheme. Both give the same
+codes and logits, bit for bit: the kernels only compute them faster.
 
 The file holds the quantised network itself (int8 weights, int32 biases, scales and zero points), so it runs
 only as it is: quantising weights needs calibration images, which opening a file does not have.
@@ -23,7 +25,8 @@ class Int8Runner(Runner):
 
     def __init__(self, *, qmodel: torch.nn.Module, **facts: Any) -> None:
         super().__init__(**facts)
-        self.qmodel = qmodel
+        self.qmodel = qmodel  # the reference network, as read from the file
+        self.network, self.kernels = _on_kernels(qmodel)
 
     @classmethod
     def open(cls, request: OpenRequest) -> Int8Runner:
@@ -37,9 +40,21 @@ class Int8Runner(Runner):
                    device=torch.device("cpu"))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.qmodel(batch)
+        return self.network(batch)
 
     def details(self) -> dict[str, Any]:
         calibration = self.qmodel.info.get("calibration", {}) if isinstance(self.qmodel.info, dict) else {}
         return {"precision": "int8 (uint8 activations, int8 weights, int32 accumulators)",
-                "kernels": "pytorch integer reference", "calibration": calibration.get("method")}
+                "kernels": self.kernels, "calibration": calibration.get("method")}
+
+
+def _on_kernels(qmodel: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The network to run and what runs it: the compiled int8 kernels when they cover it, else the reference."""
+    from ..quantize import native
+
+    if not native.available():
+        return qmodel, "pytorch integer reference (no compiled int8 kernels for this CPU)"
+    try:
+        return native.NativeQuantizedXception(qmodel), f"native int8 ({native.isa()})"
+    except ValueError as err:
+        return qmodel, f"pytorch integer reference ({err})"

@@ -300,6 +300,11 @@ class QHead(nn.Module):
         self.multiplier = (pooled.scale * self.weight_scale.double()).float()
         self._pending = None
 
+    @property
+    def pool_params(self) -> QParams:
+        """The pooled codes' scale and zero point: the pool's own (average) or its input's (max)."""
+        return _params(self, "pool" if self.pool_type == "avg" else "input")
+
     def pooled(self, x: QTensor) -> QTensor:
         """(N, C, 1, 1) uint8 codes of the global pool."""
         if self.pool_type == "max":

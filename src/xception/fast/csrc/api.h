@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #define XC_API __attribute__((visibility("default")))
 #if defined(__x86_64__) || defined(__i386__)
@@ -16,6 +17,7 @@ enum xc_kind {
     XC_POINTWISE = 0,  // 1×1 conv, stride 1: A is the input itself
     XC_SEPARABLE = 1,  // depthwise k×k (+ bias, + ReLU) then 1×1: A is the depthwise output, never stored
     XC_PATCHES = 2,    // k×k conv (or a strided 1×1 conv): A is the input's k×k patches
+    XC_DEPTHWISE = 3,  // int8 only: a depthwise k×k conv on its own (no pointwise conv after it), no GEMM
 };
 
 // One convolution over float32 NHWC tensors. Output: n × oh × ow × cout, written in full.
@@ -45,6 +47,31 @@ struct xc_pool {
     int bf16;
 };
 
+// One int8 convolution over uint8 NHWC codes, in the arithmetic of xception/quantize/scheme.py (the integer
+// parts exact, the float epilogue bit for bit). Output: n × oh × ow × cout codes (or float32 logits).
+struct xc_qconv {
+    int kind;                      // as xc_conv
+    int n, h, w, c;
+    int oh, ow;
+    int kernel, stride, dilation;
+    int pad_top, pad_left;         // padding reads in_zero: a real zero
+    int in_zero;                   // zero point of the input codes
+    int relu_in;                   // max(q, in_zero) as the input is read
+    const float* dw_weight;        // XC_SEPARABLE: (kernel², c) tap-major int8 values, as floats
+    const int32_t* dw_bias;        // XC_SEPARABLE: (c padded to 64) int32
+    const float* dw_mult;          // XC_SEPARABLE: (c padded to 64) requantisation multipliers
+    int mid_zero, mid_lo;          // XC_SEPARABLE: the depthwise output's zero point and lowest code
+    int k_dim, cout;
+    const void* packed;            // B, packed by xc_qpack_weights
+    const int32_t* bias;           // (cout padded to 64): bias − z·Σ_k w, z the GEMM input's zero point
+    const float* mult;             // (cout padded to 64)
+    const uint8_t* residual;       // n × oh × ow × cout codes added in the epilogue, or null
+    int res_zero;
+    float res_mult;
+    int out_zero, out_lo;          // the output's zero point and lowest code (out_zero after a ReLU, else 0)
+    int out_float;                 // write float32 f32(acc)·M (the classifier's logits) instead of codes
+};
+
 XC_API int xc_isa(void);                       // 0: none usable, 1: AVX2 + FMA, 2: AVX-512
 XC_API int xc_select_isa(int isa);             // force a lower one (tests); returns the one in use
 XC_API int xc_tile_cols(void);                 // NR: B is packed in panels this wide
@@ -55,6 +82,13 @@ XC_API void xc_pack_weights(const float* weight, int k_dim, int cout, float* pac
 XC_API int xc_set_threads(int threads);        // returns the number in use
 XC_API int xc_conv_forward(const struct xc_conv* op, const float* input, float* output);  // 0 on success
 XC_API int xc_pool_forward(const struct xc_pool* op, const void* input, void* output);
+
+XC_API int xc_qisa(void);                      // the int8 kernels in use: 0 none, 1 AVX2 (int16 pairs, vpmaddwd)
+XC_API size_t xc_qpacked_bytes(int k_dim, int cout);
+// weight: cout × k_dim int8, row-major, columns in the order the prologue produces A's
+XC_API void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, void* packed);
+XC_API int xc_qconv_forward(const struct xc_qconv* op, const uint8_t* input, void* output);  // 0 on success
+XC_API int xc_qpool_forward(const struct xc_pool* op, const uint8_t* input, uint8_t* output);  // no residual
 }
 
 // What each instruction-set build provides (kernels_avx2.cpp, kernels_avx512.cpp).
@@ -70,3 +104,18 @@ XC_API int xc_pool_forward(const struct xc_pool* op, const void* input, void* ou
     }
 XC_DECLARE_ISA(xc_avx2)
 XC_DECLARE_ISA(xc_avx512)
+
+// What each int8 kernel build provides (qkernels_avx2.cpp).
+#define XC_DECLARE_QISA(ns)                                                                                  \
+    namespace ns {                                                                                           \
+    size_t packed_bytes(int k_dim, int cout);                                                                \
+    void pack(const int8_t* weight, int k_dim, int cout, void* packed);                                      \
+    int nr();                                                                                                \
+    int mr();                                                                                                \
+    int block_rows(const xc_qconv* op);                                                                      \
+    size_t abuf_bytes(const xc_qconv* op, int rows);                                                         \
+    void conv_task(const xc_qconv* op, const uint8_t* in, void* out, long m0, int rows, int n0, int n1,     \
+                   void* abuf);                                                                              \
+    void pool_rows(const xc_pool* op, const uint8_t* in, uint8_t* out, long row0, long row1);                \
+    }
+XC_DECLARE_QISA(xc_q_avx2)

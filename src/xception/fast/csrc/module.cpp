@@ -174,6 +174,49 @@ void conv_task_of(int, const xc_conv*, const float*, float*, long, int, int, int
 void pool_rows_of(int, const xc_pool*, const void*, void*, long, long) {}
 #endif
 
+// How a convolution's GEMM is split into tasks: blocks of `rows` output pixels and, when there are too few
+// blocks to keep every thread busy, `n_split` parts of the output channels (whole panels of nr).
+struct Plan {
+    long m, m_blocks;
+    int rows, n_split, cols_per, cout;
+};
+
+Plan plan_tasks(long m, int rows, int mr, int nr, int cout) {
+    const int threads = pool().size();
+    // Enough blocks to keep every thread busy: smaller pixel blocks first, then split the channels.
+    const long want = 2L * threads;
+    if ((m + rows - 1) / rows < want) rows = int(std::max<long>(mr, (m / want + mr - 1) / mr * mr));
+    const long m_blocks = (m + rows - 1) / rows;
+    const int panels = (cout + nr - 1) / nr;
+    const int n_split = m_blocks >= want || threads == 1 ? 1 : int(std::min<long>(panels, (want + m_blocks - 1) / m_blocks));
+    return {m, m_blocks, rows, n_split, (panels + n_split - 1) / n_split * nr, cout};
+}
+
+// Run task(m0, rows, n0, n1, abuf) for every part of the plan, each with its thread's scratch of a_floats.
+template <typename Task>
+int run_plan(const Plan& p, size_t a_floats, const Task& task) {
+    try {
+        pool().run(int(p.m_blocks * p.n_split), [&](int i, int thread) {
+            const long m0 = (i / p.n_split) * p.rows;
+            const int part = i % p.n_split;
+            const int n0 = part * p.cols_per, n1 = std::min(p.cout, (part + 1) * p.cols_per);
+            if (n0 >= n1) return;
+            float* abuf = a_floats ? pool().scratch(thread, a_floats) : nullptr;
+            task(m0, int(std::min<long>(p.rows, p.m - m0)), n0, n1, abuf);
+        });
+    } catch (const std::bad_alloc&) {
+        return 2;
+    }
+    return 0;
+}
+
+// Run task(row0, row1) over `rows` rows in about four parts per thread.
+template <typename Task>
+void run_rows(long rows, const Task& task) {
+    const long per = std::max<long>(1, rows / (4L * pool().size()));
+    pool().run(int((rows + per - 1) / per), [&](int i, int) { task(i * per, std::min(rows, i * per + per)); });
+}
+
 }  // namespace
 
 extern "C" {
@@ -220,46 +263,51 @@ int xc_set_threads(int threads) {
 int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
     if (!g_isa) return 1;
     const int isa = g_isa;
-    const long m = long(op->n) * op->oh * op->ow;
-    const int threads = pool().size(), mr = mr_of(isa), nr = nr_of(isa);
-    int rows = block_rows_of(isa, op);
-    // Enough blocks to keep every thread busy: smaller pixel blocks first, then split the channels.
-    const long want = 2L * threads;
-    if ((m + rows - 1) / rows < want) rows = int(std::max<long>(mr, (m / want + mr - 1) / mr * mr));
-    const long m_blocks = (m + rows - 1) / rows;
-    const int panels = (op->cout + nr - 1) / nr;
-    const int n_split = m_blocks >= want || threads == 1 ? 1 : int(std::min<long>(panels, (want + m_blocks - 1) / m_blocks));
-    const int panels_per = (panels + n_split - 1) / n_split;
+    const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, block_rows_of(isa, op), mr_of(isa), nr_of(isa), op->cout);
     const bool needs_a = op->kind != XC_POINTWISE || op->relu_in;
-    const size_t a_floats = needs_a ? size_t(rows) * op->k_dim : 0;
-    try {
-        pool().run(int(m_blocks * n_split), [&](int task, int thread) {
-            const long mb = task / n_split;
-            const int part = task % n_split;
-            const long m0 = mb * rows;
-            const int r = int(std::min<long>(rows, m - m0));
-            const int n0 = part * panels_per * nr, n1 = std::min(op->cout, (part + 1) * panels_per * nr);
-            if (n0 >= n1) return;
-            float* abuf = a_floats ? pool().scratch(thread, a_floats) : nullptr;
-            conv_task_of(isa, op, input, output, m0, r, n0, n1, abuf);
-        });
-    } catch (const std::bad_alloc&) {
-        return 2;
-    }
+    const size_t a_floats = needs_a ? size_t(plan.rows) * op->k_dim : 0;
+    return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf) {
+        conv_task_of(isa, op, input, output, m0, rows, n0, n1, abuf);
+    });
+}
+
+int xc_qisa(void) { return g_isa ? 1 : 0; }  // AVX-512 CPUs run the AVX2 int8 kernels too
+
+#if XC_X86
+size_t xc_qpacked_bytes(int k_dim, int cout) { return xc_qisa() ? xc_q_avx2::packed_bytes(k_dim, cout) : 0; }
+
+void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, void* packed) {
+    if (xc_qisa()) xc_q_avx2::pack(weight, k_dim, cout, packed);
+}
+
+int xc_qconv_forward(const xc_qconv* op, const uint8_t* input, void* output) {
+    if (!xc_qisa()) return 1;
+    namespace q = xc_q_avx2;
+    // A depthwise conv on its own computes all channels of a pixel at once: its tasks split pixels only.
+    const int cols = op->kind == XC_DEPTHWISE ? q::nr() : op->cout;
+    const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, q::block_rows(op), q::mr(), q::nr(), cols);
+    const size_t a_floats = (q::abuf_bytes(op, plan.rows) + sizeof(float) - 1) / sizeof(float);
+    return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf) {
+        q::conv_task(op, input, output, m0, rows, n0, n1, abuf);
+    });
+}
+
+int xc_qpool_forward(const xc_pool* op, const uint8_t* input, uint8_t* output) {
+    if (!xc_qisa()) return 1;
+    run_rows(long(op->n) * op->oh, [&](long r0, long r1) { xc_q_avx2::pool_rows(op, input, output, r0, r1); });
     return 0;
 }
+#else
+size_t xc_qpacked_bytes(int, int) { return 0; }
+void xc_qpack_weights(const int8_t*, int, int, void*) {}
+int xc_qconv_forward(const xc_qconv*, const uint8_t*, void*) { return 1; }
+int xc_qpool_forward(const xc_pool*, const uint8_t*, uint8_t*) { return 1; }
+#endif
 
 int xc_pool_forward(const xc_pool* op, const void* input, void* output) {
     if (!g_isa) return 1;
     const int isa = g_isa;
-    const long rows = long(op->n) * op->oh;
-    const int threads = pool().size();
-    const long per = std::max<long>(1, rows / (4L * threads));
-    const long tasks = (rows + per - 1) / per;
-    pool().run(int(tasks), [&](int task, int) {
-        const long r0 = task * per, r1 = std::min(rows, r0 + per);
-        pool_rows_of(isa, op, input, output, r0, r1);
-    });
+    run_rows(long(op->n) * op->oh, [&](long r0, long r1) { pool_rows_of(isa, op, input, output, r0, r1); });
     return 0;
 }
 

@@ -1,0 +1,312 @@
+// The int8 kernels of the fast path, written once for any instruction set: xception/quantize/scheme.py's
+// arithmetic on uint8 NHWC codes, integer parts exact, the float epilogue bit for bit.
+//
+// Included by each int8 build (qkernels_avx2.cpp, ...) after it has defined, on top of its vector
+// operations (simd_*.h):
+//   AType, KG     the GEMM's A elements and how many consecutive k its dot instruction takes at once
+//                 (int16 pairs for vpmaddwd; uint8 quads for VNNI's vpdpbusd)
+//   BType         the packed weights' elements (int16 pairs, or int8 quads)
+//   QMR, QNR      the register tile: QMR rows × QNR columns of int32 accumulators
+//   qdot<R>       acc[R × QNR] = A[R × groups·KG] · B-panel[groups·KG × QNR], int32, exact
+//
+// The structure is the float kernels': one GEMM per convolution, C[M×N] = A[M×K]·B[K×N] over NHWC rows,
+// with a prologue that makes a block of A's rows in a buffer that stays in L2 and an epilogue that
+// finishes a tile of C:
+//   * prologue: the input codes (a 1×1 conv), k×k patches padded with the input's zero point (a plain
+//     conv), or a depthwise k×k conv computed on the fly and requantised to codes (a separable conv: the
+//     pointwise GEMM's inputs are 8-bit, as in the reference, but they never go to memory);
+//   * epilogue: bias, requantisation with the residual add and the ReLU in its clamp, codes written once
+//     (or, for the classifier, float32 logits).
+// The input's zero point is folded into the bias (acc = Σ q·w + (bias − z·Σw)), so A holds the codes as
+// they are, which is what the dot instructions multiply (u8 × s8 → s32).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "api.h"
+
+namespace {
+
+inline int padded_depth(int k_dim) { return (k_dim + KG - 1) / KG * KG; }
+
+inline void store_codes(std::int16_t* p, VI x, int n) { vi_store_i16_n(p, x, n); }
+inline void store_codes(std::uint8_t* p, VI x, int n) { vi_store_u8_n(p, x, n); }
+
+// The scheme's requantisation of int32 lanes: f32(acc)·M (+ the residual's f32(q − z)·R), clamped to the
+// codes' range, rounded half to even, plus the zero point. Clamping before rounding is the same as after:
+// the bounds are integers.
+struct Requant {
+    V lo, hi;
+    VI zero;
+    Requant(int zero_point, int lowest) : lo(vset1(float(lowest - zero_point))), hi(vset1(float(255 - zero_point))),
+                                          zero(vi_set1(zero_point)) {}
+    VI codes(V v) const { return vi_add(v_round_to_int(vmin(vmax(v, lo), hi)), zero); }
+};
+
+// ---- prologues: the rows of A --------------------------------------------------------------------------
+
+struct QGeometry {
+    int h, w, c, oh, ow, k, stride, dilation, pad_top, pad_left;
+};
+
+inline QGeometry geometry(const xc_qconv* op) {
+    return {op->h, op->w, op->c, op->oh, op->ow, op->kernel, op->stride, op->dilation, op->pad_top, op->pad_left};
+}
+
+// (n, oy, ox) of output pixel m.
+inline void locate(const QGeometry& g, long m, long& n, int& oy, int& ox) {
+    const long plane = long(g.oh) * g.ow;
+    n = m / plane;
+    oy = int((m % plane) / g.ow);
+    ox = int(m % g.ow);
+}
+
+// The depthwise k×k step for output pixels [m0, m0 + rows) into A's rows, as codes of the depthwise output.
+// Computed in float32, exactly: every product (q − z)·w is an integer of at most 255·127 in magnitude and
+// every partial sum of k² ≤ 49 of them stays below 2^24, so each float operation is exact; the bias is then
+// added in int32, and the rest is the scheme's epilogue.
+// T: AType (A's rows, for the GEMM) or uint8_t (the output itself, for a depthwise conv on its own).
+template <typename T>
+void q_depthwise_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, T* __restrict a,
+                      long lda) {
+    const QGeometry g = geometry(op);
+    const int c = g.c, kk = g.k;
+    const VI zin = vi_set1(op->in_zero);
+    const Requant rq(op->mid_zero, op->mid_lo);
+    const std::uint8_t* residual = op->kind == XC_DEPTHWISE ? op->residual : nullptr;
+    const VI rzero = vi_set1(op->res_zero);
+    const V rmult = vset1(op->res_mult);
+    for (int r = 0; r < rows; ++r) {
+        long n;
+        int oy, ox;
+        locate(g, m0 + r, n, oy, ox);
+        const std::uint8_t* img = in + n * long(g.h) * g.w * c;
+        const int iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
+        long taps[49];  // the window's pixels inside the image (padding is a real zero: it adds nothing)
+        int wt_index[49];
+        int count = 0;
+        for (int dy = 0; dy < kk; ++dy) {
+            const int iy = iy0 + dy * g.dilation;
+            if (iy < 0 || iy >= g.h) continue;
+            for (int dx = 0; dx < kk; ++dx) {
+                const int ix = ix0 + dx * g.dilation;
+                if (ix < 0 || ix >= g.w) continue;
+                taps[count] = (long(iy) * g.w + ix) * c;
+                wt_index[count++] = dy * kk + dx;
+            }
+        }
+        T* dst = a + long(r) * lda;
+        for (int ch = 0; ch < c; ch += LANES) {
+            const int left = c - ch;
+            V acc = vzero();
+            for (int t = 0; t < count; ++t) {
+                V x = vi_to_float(vi_sub(vi_load_u8_n(img + taps[t] + ch, left), zin));
+                if (op->relu_in) x = vmax(x, vzero());
+                const float* wt = op->dw_weight + long(wt_index[t]) * c + ch;
+                acc = vfma(x, left >= LANES ? vloadu(wt) : vload_n(wt, left), acc);
+            }
+            const VI sum = vi_add(v_trunc_to_int(acc), vi_loadu(op->dw_bias + ch));
+            V v = vmul(vi_to_float(sum), vloadu(op->dw_mult + ch));
+            if (residual) {  // a depthwise conv on its own that closes a module (T is the output's uint8)
+                const VI res = vi_sub(vi_load_u8_n(residual + (m0 + r) * long(c) + ch, left), rzero);
+                v = vadd(v, vmul(vi_to_float(res), rmult));
+            }
+            store_codes(dst + ch, rq.codes(v), left);
+        }
+        std::fill(dst + c, dst + lda, T(0));
+    }
+}
+
+// k×k patches of output pixels [m0, m0 + rows): row r holds the window in (dy, dx, channel) order, the
+// input's zero point outside the image. Only the stem's convs take this path: a scalar loop is enough.
+void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, AType* __restrict a,
+                  long lda) {
+    const QGeometry g = geometry(op);
+    const int c = g.c, kk = g.k, z = op->in_zero;
+    for (int r = 0; r < rows; ++r) {
+        long n;
+        int oy, ox;
+        locate(g, m0 + r, n, oy, ox);
+        const std::uint8_t* img = in + n * long(g.h) * g.w * c;
+        AType* dst = a + long(r) * lda;
+        for (int dy = 0; dy < kk; ++dy) {
+            const int iy = oy * g.stride - g.pad_top + dy * g.dilation;
+            for (int dx = 0; dx < kk; ++dx) {
+                const int ix = ox * g.stride - g.pad_left + dx * g.dilation;
+                AType* out = dst + (dy * kk + dx) * c;
+                if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+                    std::fill(out, out + c, AType(z));
+                    continue;
+                }
+                const std::uint8_t* src = img + (long(iy) * g.w + ix) * c;
+                for (int ch = 0; ch < c; ++ch) out[ch] = AType(op->relu_in ? std::max<int>(src[ch], z) : src[ch]);
+            }
+        }
+        std::fill(dst + op->k_dim, dst + lda, AType(0));
+    }
+}
+
+// The input's own rows (a 1×1 conv): widened to AType, with the input ReLU; none of it when A can be the
+// input itself.
+const AType* q_pointwise_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows,
+                              AType* __restrict a, long lda) {
+    const int c = op->c;
+    if constexpr (std::is_same_v<AType, std::uint8_t>) {
+        if (!op->relu_in && lda == c) return reinterpret_cast<const AType*>(in + m0 * c);  // the identity here
+    }
+    const VI zin = vi_set1(op->in_zero);
+    for (int r = 0; r < rows; ++r) {
+        const std::uint8_t* src = in + (m0 + r) * long(c);
+        AType* dst = a + long(r) * lda;
+        for (int ch = 0; ch < c; ch += LANES) {
+            VI q = vi_load_u8_n(src + ch, c - ch);
+            if (op->relu_in) q = vi_max(q, zin);
+            store_codes(dst + ch, q, c - ch);
+        }
+        std::fill(dst + c, dst + lda, AType(0));
+    }
+    return a;
+}
+
+// ---- the epilogue ----------------------------------------------------------------------------------------
+
+// Rows [m, m + rows) and columns [n, n + n_valid) of the output from their int32 tile acc[rows × QNR].
+void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows, long m, int n, int n_valid,
+                void* out) {
+    const Requant rq(op->out_zero, op->out_lo);
+    const VI rzero = vi_set1(op->res_zero);
+    const V rmult = vset1(op->res_mult);
+    for (int r = 0; r < rows; ++r) {
+        const long row = (m + r) * long(op->cout) + n;
+        for (int v = 0; v < n_valid; v += LANES) {
+            const int count = std::min(LANES, n_valid - v);
+            const VI sum = vi_add(vi_loadu(acc + r * QNR + v), vi_loadu(op->bias + n + v));
+            V x = vmul(vi_to_float(sum), vloadu(op->mult + n + v));
+            if (op->out_float) {
+                float* dst = static_cast<float*>(out) + row + v;
+                if (count >= LANES) vstoreu(dst, x); else vstore_n(dst, x, count);
+                continue;
+            }
+            if (op->residual) {
+                const VI q = vi_sub(vi_load_u8_n(op->residual + row + v, count), rzero);
+                x = vadd(x, vmul(vi_to_float(q), rmult));
+            }
+            vi_store_u8_n(static_cast<std::uint8_t*>(out) + row + v, rq.codes(x), count);
+        }
+    }
+}
+
+// ---- one convolution -------------------------------------------------------------------------------------
+
+template <int R>
+void qdot_rows(int rows, int groups, const AType* a, long lda, const BType* b, std::int32_t* acc) {
+    if constexpr (R == 0) {
+        (void)rows; (void)groups; (void)a; (void)lda; (void)b; (void)acc;
+    } else {
+        if (rows == R) qdot<R>(groups, a, lda, b, acc);
+        else qdot_rows<R - 1>(rows, groups, a, lda, b, acc);
+    }
+}
+
+void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0, int rows, int n0, int n1,
+                 AType* abuf) {
+    if (op->kind == XC_DEPTHWISE) {  // the depthwise step is the whole conv: its codes are the output
+        q_depthwise_rows(op, in, m0, rows, static_cast<std::uint8_t*>(out) + m0 * op->c, op->c);
+        return;
+    }
+    const long lda = padded_depth(op->k_dim);
+    const AType* a = abuf;
+    switch (op->kind) {
+    case XC_POINTWISE: a = q_pointwise_rows(op, in, m0, rows, abuf, lda); break;
+    case XC_SEPARABLE: q_depthwise_rows(op, in, m0, rows, abuf, lda); break;
+    default: q_patch_rows(op, in, m0, rows, abuf, lda); break;
+    }
+    const int groups = int(lda / KG);
+    const BType* packed = static_cast<const BType*>(op->packed);
+    alignas(64) std::int32_t acc[QMR * QNR];
+    // QMR rows of A stay in L1 while the panels of B stream past them from L2.
+    for (int i = 0; i < rows; i += QMR) {
+        const int r = std::min(QMR, rows - i);
+        for (int n = n0; n < n1; n += QNR) {
+            qdot_rows<QMR>(r, groups, a + i * lda, lda, packed + long(n / QNR) * lda * QNR, acc);
+            q_epilogue(op, acc, r, m0 + i, n, std::min(QNR, op->cout - n), out);
+        }
+    }
+}
+
+// k×k max-pool on codes (exact: the map from code to value is increasing), no residual.
+void q_maxpool_rows(const xc_pool* op, const std::uint8_t* __restrict in, std::uint8_t* __restrict out, long row0,
+                    long row1) {
+    const int c = op->c, k = std::min(op->kernel, 7);
+    for (long row = row0; row < row1; ++row) {
+        const long n = row / op->oh;
+        const int oy = int(row % op->oh);
+        const std::uint8_t* img = in + n * long(op->h) * op->w * c;
+        for (int ox = 0; ox < op->ow; ++ox) {
+            long offs[49];
+            int taps = 0;
+            for (int dy = 0; dy < k; ++dy) {
+                const int iy = oy * op->stride - op->pad_top + dy;
+                if (iy < 0 || iy >= op->h) continue;
+                for (int dx = 0; dx < k; ++dx) {
+                    const int ix = ox * op->stride - op->pad_left + dx;
+                    if (ix >= 0 && ix < op->w) offs[taps++] = (long(iy) * op->w + ix) * c;
+                }
+            }
+            std::uint8_t* dst = out + (row * op->ow + ox) * c;
+            for (int ch = 0; ch < c; ch += LANES) {
+                VI m = vi_set1(0);
+                for (int t = 0; t < taps; ++t) m = vi_max(m, vi_load_u8_n(img + offs[t] + ch, c - ch));
+                vi_store_u8_n(dst + ch, m, c - ch);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+// ---- what the dispatcher calls ----------------------------------------------------------------------------
+
+namespace QISA_NS {
+
+size_t packed_bytes(int k_dim, int cout) {
+    return size_t(padded_depth(k_dim)) * size_t((cout + QNR - 1) / QNR * QNR) * sizeof(BType);
+}
+
+// Panels of QNR columns, each `groups` steps of QNR columns × KG consecutive k: what one step of the
+// register tile reads is contiguous. Zero past k_dim and past cout.
+void pack(const std::int8_t* weight, int k_dim, int cout, void* packed) {
+    const int depth = padded_depth(k_dim), panels = (cout + QNR - 1) / QNR;
+    BType* out = static_cast<BType*>(packed);
+    for (int p = 0; p < panels; ++p)
+        for (int g = 0; g < depth / KG; ++g)
+            for (int j = 0; j < QNR; ++j)
+                for (int e = 0; e < KG; ++e) {
+                    const int col = p * QNR + j, k = g * KG + e;
+                    *out++ = BType(col < cout && k < k_dim ? weight[long(col) * k_dim + k] : 0);
+                }
+}
+
+int nr() { return QNR; }
+int mr() { return QMR; }
+
+// Rows of A per block: the block of A and the rows of C it feeds stay in L2 (~256 KB of them).
+int block_rows(const xc_qconv* op) {
+    const long per_row = long(sizeof(AType)) * padded_depth(op->k_dim) + op->cout;
+    const long rows = (256L * 1024) / std::max(per_row, 1L);
+    return int(std::max<long>(QMR, std::min<long>(rows, 1024) / QMR * QMR));
+}
+
+size_t abuf_bytes(const xc_qconv* op, int rows) { return size_t(rows) * padded_depth(op->k_dim) * sizeof(AType); }
+
+void conv_task(const xc_qconv* op, const std::uint8_t* in, void* out, long m0, int rows, int n0, int n1, void* abuf) {
+    q_run_block(op, in, out, m0, rows, n0, n1, static_cast<AType*>(abuf));
+}
+
+void pool_rows(const xc_pool* op, const std::uint8_t* in, std::uint8_t* out, long row0, long row1) {
+    q_maxpool_rows(op, in, out, row0, row1);
+}
+
+}  // namespace QISA_NS

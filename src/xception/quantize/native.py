@@ -1,0 +1,286 @@
+"""The int8 network on the fast path's compiled int8 kernels (``fast/csrc/qkernels*.{h,cpp}``).
+
+The same steps as :class:`~.reference.QuantizedXception`, computed the same way (the integer parts exactly,
+the float epilogue bit for bit: the tests compare every output code), on uint8 NHWC tensors:
+
+* a depthwise conv and the pointwise conv after it are **one kernel call**: the depthwise step, requantised to
+  codes as the reference does, is the pointwise GEMM's prologue and never goes to memory;
+* every other conv is one GEMM over its k×k patches (or its input rows, for a 1×1 conv); the epilogue adds
+  the bias and the residual, applies the ReLU in its clamp and writes uint8 codes;
+* max-pools run on codes; the global average pool and the input's quantisation are PyTorch's (one pass each,
+  with the reference's own functions); the classifier is the GEMM again, its epilogue writing float32 logits.
+
+The input's zero point is folded into each GEMM's bias (``bias − z·Σw``), so the kernels multiply the codes
+as they are (u8 × s8 → s32, what the CPU's dot instructions take).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..fast import native
+from .reference import QBlock, QConv, QHead, QMaxPool, QReLU, QuantizedXception
+from .scheme import QParams, QTensor, pool_multiplier, requantize
+
+POINTWISE, SEPARABLE, PATCHES = native.POINTWISE, native.SEPARABLE, native.PATCHES
+DEPTHWISE = 3  # int8 only: a depthwise conv on its own
+QISAS = {0: "none", 1: "avx2 (int16 pairs, vpmaddwd)"}
+PAD = 64  # per-channel tables are read in whole vectors: padded to a multiple of this
+
+
+class _QConvOp(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int) for name in (
+        "kind", "n", "h", "w", "c", "oh", "ow", "kernel", "stride", "dilation", "pad_top", "pad_left", "in_zero",
+        "relu_in",
+    )] + [
+        ("dw_weight", ctypes.c_void_p), ("dw_bias", ctypes.c_void_p), ("dw_mult", ctypes.c_void_p),
+        ("mid_zero", ctypes.c_int), ("mid_lo", ctypes.c_int), ("k_dim", ctypes.c_int), ("cout", ctypes.c_int),
+        ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("mult", ctypes.c_void_p),
+        ("residual", ctypes.c_void_p), ("res_zero", ctypes.c_int), ("res_mult", ctypes.c_float),
+        ("out_zero", ctypes.c_int), ("out_lo", ctypes.c_int), ("out_float", ctypes.c_int),
+    ]
+
+
+def _library() -> ctypes.CDLL | None:
+    lib = native._library()
+    if lib is None or not hasattr(lib, "xc_qconv_forward"):
+        return None
+    lib.xc_qpacked_bytes.restype = ctypes.c_size_t
+    lib.xc_qpacked_bytes.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.xc_qpack_weights.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.xc_qconv_forward.argtypes = [ctypes.POINTER(_QConvOp), ctypes.c_void_p, ctypes.c_void_p]
+    lib.xc_qpool_forward.argtypes = [ctypes.POINTER(native._Pool), ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def isa() -> str:
+    """The int8 kernels this CPU runs: ``"avx2 (int16 pairs, vpmaddwd)"``, or ``"none"``."""
+    lib = _library()
+    return QISAS.get(lib.xc_qisa(), "none") if lib is not None else "none"
+
+
+def available() -> bool:
+    return isa() != "none"
+
+
+def _padded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    out = torch.zeros((len(values) + PAD - 1) // PAD * PAD, dtype=dtype)
+    out[: len(values)] = values.to(dtype)
+    return out
+
+
+def _lowest(zero_point: int, relu: bool) -> int:
+    return zero_point if relu else 0
+
+
+class NativeQConv(nn.Module):
+    """One GEMM of the int8 network: a 1×1 or k×k conv, a depthwise conv joined to the pointwise conv after it
+    (:meth:`of`), or the classifier (:meth:`classifier`). ``forward(x, add)`` takes and returns codes as
+    :class:`QTensor` with NHWC (N, H, W, C) tensors."""
+
+    def __init__(self, name: str, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 multiplier: torch.Tensor | None, *, gemm_in_zero: int, window: QConv | None, output: QParams | None,
+                 relu_out: bool = False, residual_multiplier: float = 0.0, dw: QConv | None = None,
+                 mid_relu: bool = False) -> None:
+        super().__init__()
+        self.name, self.window, self.output, self.relu_out = name, window, output, relu_out
+        self.residual_multiplier = residual_multiplier
+        if weight is None:
+            self.kind = DEPTHWISE
+        elif dw is not None:
+            self.kind = SEPARABLE
+        elif window is None or (window.kernel_size == (1, 1) and window.stride == (1, 1)):
+            self.kind = POINTWISE
+        else:
+            self.kind = PATCHES
+        self.in_zero = int(window.input_zero_point.item()) if window is not None else gemm_in_zero
+        self.dw_weight = self.dw_bias = self.dw_mult = None
+        self.mid_zero = self.mid_lo = 0
+        if dw is not None:
+            kk = dw.kernel_size[0] * dw.kernel_size[1]
+            self.dw_weight = dw.weight.float().reshape(len(dw.weight), kk).t().contiguous()
+            self.dw_bias, self.dw_mult = _padded(dw.bias, torch.int32), _padded(dw.multiplier, torch.float32)
+            # A ReLU on the depthwise output (or on the pointwise conv's input): the clamp's lower end.
+            self.mid_zero, self.mid_lo = gemm_in_zero, _lowest(gemm_in_zero, mid_relu)
+        if weight is None or bias is None or multiplier is None:  # a depthwise conv on its own: no GEMM
+            assert dw is not None
+            self.cout, self.k_dim = len(dw.weight), 0
+            self.packed = self.bias = self.mult = None
+            return
+        self.cout = len(weight)
+        matrix = weight.permute(0, 2, 3, 1).reshape(self.cout, -1).contiguous()  # (dy, dx, channel) columns
+        self.k_dim = matrix.shape[1]
+        lib = _library()
+        self.packed = torch.empty(lib.xc_qpacked_bytes(self.k_dim, self.cout), dtype=torch.uint8)
+        lib.xc_qpack_weights(matrix.data_ptr(), self.k_dim, self.cout, self.packed.data_ptr())
+        folded = bias.long() - gemm_in_zero * matrix.long().sum(1)  # acc = Σ q·w + (bias − z·Σw)
+        if int(folded.abs().max()) >= 2**31:
+            raise ValueError(f"{name}: the folded bias does not fit int32")
+        self.bias, self.mult = _padded(folded, torch.int32), _padded(multiplier, torch.float32)
+
+    @classmethod
+    def of(cls, conv: QConv, dw: QConv | None = None) -> NativeQConv:
+        """``conv``, or ``dw`` then ``conv``: its input zero point is then the depthwise output's."""
+        residual = float(conv.residual_multiplier.item()) if conv.adds_residual else 0.0
+        return cls(conv.name, conv.weight, conv.bias, conv.multiplier, gemm_in_zero=int(conv.input_zero_point.item()),
+                   window=dw or conv, output=conv.output_params, relu_out=conv.relu_out,
+                   residual_multiplier=residual, dw=dw, mid_relu=dw is not None and (dw.relu_out or conv.relu_in))
+
+    @classmethod
+    def depthwise(cls, dw: QConv) -> NativeQConv:
+        """A depthwise conv with no pointwise conv after it (``separable_order="pointwise_first"``)."""
+        residual = float(dw.residual_multiplier.item()) if dw.adds_residual else 0.0
+        return cls(dw.name, None, None, None, gemm_in_zero=int(dw.output_zero_point.item()), window=dw,
+                   output=dw.output_params, residual_multiplier=residual, dw=dw, mid_relu=dw.relu_out)
+
+    @classmethod
+    def classifier(cls, head: QHead) -> NativeQConv:
+        """The classifier as a 1×1 GEMM over the pooled codes whose epilogue writes float32 logits."""
+        return cls(head.name, head.weight[:, :, None, None], head.bias, head.multiplier,
+                   gemm_in_zero=head.pool_params.zero_point, window=None, output=None)
+
+    @staticmethod
+    def supports(conv: QConv, dw: QConv | None = None) -> bool:
+        window = dw or conv
+        k, s, d = window.kernel_size, window.stride, window.dilation
+        square = k[0] == k[1] <= 7 and s[0] == s[1] and d[0] == d[1]
+        if dw is None:
+            return square and (conv.kind != "depthwise" or len(conv.weight) == conv.groups)
+        return (square and dw.kind == "depthwise" and conv.kind == "pointwise" and conv.stride == (1, 1)
+                and conv.weight.shape[1] == len(dw.weight))
+
+    def _geometry(self, h: int, w: int) -> tuple[int, int, int, int, int, int, int]:
+        """kernel, stride, dilation, top, left padding and output size for an h × w input."""
+        if self.window is None:
+            return 1, 1, 1, 0, 0, h, w
+        top, bottom, left, right = self.window.pads(h, w)
+        k, s, d = self.window.kernel_size[0], self.window.stride[0], self.window.dilation[0]
+        span = d * (k - 1) + 1
+        return k, s, d, top, left, (h + top + bottom - span) // s + 1, (w + left + right - span) // s + 1
+
+    def forward(self, x: QTensor, add: QTensor | None = None) -> QTensor | torch.Tensor:
+        n, h, w, c = x.q.shape
+        k, s, d, top, left, oh, ow = self._geometry(h, w)
+        logits = self.output is None
+        out = torch.empty((n, oh, ow, self.cout), dtype=torch.float32 if logits else torch.uint8)
+        out_zero = 0 if self.output is None else self.output.zero_point
+        if add is not None and add.q.shape != out.shape:
+            raise ValueError(f"{self.name}: residual of shape {tuple(add.q.shape)} for an output of {tuple(out.shape)}")
+        relu_in = bool(self.window is not None and self.window.relu_in)
+        op = _QConvOp(self.kind, n, h, w, c, oh, ow, k, s, d, top, left, self.in_zero, int(relu_in),
+                      native._ptr(self.dw_weight), native._ptr(self.dw_bias), native._ptr(self.dw_mult),
+                      self.mid_zero, self.mid_lo, self.k_dim, self.cout, native._ptr(self.packed),
+                      native._ptr(self.bias), native._ptr(self.mult), native._ptr(None if add is None else add.q),
+                      0 if add is None else add.zero_point, self.residual_multiplier, out_zero,
+                      _lowest(out_zero, self.relu_out), int(logits))
+        _call(lambda lib: lib.xc_qconv_forward(ctypes.byref(op), x.q.data_ptr(), out.data_ptr()))
+        return out if self.output is None else QTensor(out, *self.output)
+
+
+class NativeQMaxPool(nn.Module):
+    def __init__(self, pool: QMaxPool) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: QTensor) -> QTensor:
+        n, h, w, c = x.q.shape
+        top, bottom, left, right = self.pool.pads(h, w)
+        if self.pool.padding:
+            top = bottom = left = right = self.pool.padding
+        k, s = self.pool.kernel, self.pool.stride
+        oh, ow = (h + top + bottom - k) // s + 1, (w + left + right - k) // s + 1
+        out = torch.empty((n, oh, ow, c), dtype=torch.uint8)
+        op = native._Pool(n, h, w, c, oh, ow, k, s, top, left, None, 0)
+        _call(lambda lib: lib.xc_qpool_forward(ctypes.byref(op), x.q.data_ptr(), out.data_ptr()))
+        return QTensor(out, x.scale, x.zero_point)
+
+
+def _call(fn: Callable[[ctypes.CDLL], int]) -> None:
+    lib = _library()
+    with native._lock:
+        native._set_threads(lib)
+        status = fn(lib)
+    if status:
+        raise MemoryError("the int8 CPU kernels could not run (no scratch memory, or no kernels for this CPU)")
+
+
+def _native_steps(steps: list[nn.Module]) -> list[nn.Module]:
+    """The kernels' steps for a chain of integer steps: each depthwise conv joined to the pointwise conv after it."""
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(steps):
+        step, after = steps[i], steps[i + 1] if i + 1 < len(steps) else None
+        if isinstance(step, QConv) and step.kind == "depthwise" and isinstance(after, QConv) and \
+                NativeQConv.supports(after, step):
+            out.append(NativeQConv.of(after, step))
+            i += 2
+            continue
+        if isinstance(step, QConv):
+            if not NativeQConv.supports(step):
+                raise ValueError(f"{step.name}: a conv the int8 kernels do not cover")
+            out.append(NativeQConv.depthwise(step) if step.kind == "depthwise" else NativeQConv.of(step))
+        elif isinstance(step, QMaxPool):
+            out.append(NativeQMaxPool(step))
+        elif isinstance(step, QReLU):  # max(q, z): the same on NHWC codes
+            out.append(step)
+        else:
+            raise ValueError(f"no int8 kernel for {type(step).__name__}")
+        i += 1
+    return out
+
+
+class NativeQBlock(QBlock):
+    """A residual module on the kernels: the reference's own data flow (:meth:`QBlock.forward`) over their steps."""
+
+    def __init__(self, block: QBlock) -> None:
+        nn.Module.__init__(self)
+        self.main = nn.ModuleList(_native_steps(list(block.main)))
+        self.shortcut = NativeQConv.of(block.shortcut) if block.shortcut is not None else None
+        self.identity, self.act = block.identity, block.act
+
+
+class NativeQuantizedXception(nn.Module):
+    """``model(images)``: float batch in, float32 logits out, equal to the reference's
+    (:class:`~.reference.QuantizedXception`) on the int8 kernels. Built from it; raises ``ValueError`` for a
+    network with a step the kernels do not cover."""
+
+    def __init__(self, reference: QuantizedXception) -> None:
+        super().__init__()
+        if not available():
+            raise ValueError("the int8 CPU kernels are not available here")
+        self.reference = reference
+        self.stem = nn.ModuleList(_native_steps(list(reference.stem)))
+        self.blocks = nn.ModuleList(NativeQBlock(b) for b in reference.blocks)
+        self.head = NativeQConv.classifier(reference.head)
+
+    def forward_features(self, x: torch.Tensor) -> QTensor:
+        self.reference.check_input(x)
+        q = self.reference.quantize_input(x.detach().cpu())
+        h = QTensor(q.q.permute(0, 2, 3, 1).contiguous(), q.scale, q.zero_point)
+        for step in self.stem:
+            h = step(h)
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.forward_features(x)
+            pooled = _global_pool(self.reference.head, h)
+            logits = self.head(pooled)
+        return logits.reshape(len(logits), -1)
+
+
+def _global_pool(head: QHead, x: QTensor) -> QTensor:
+    """The head's global pool on NHWC codes, as (N, 1, 1, C) codes (the reference's own arithmetic)."""
+    if head.pool_type == "max":
+        return QTensor(x.q.amax((1, 2), keepdim=True), x.scale, x.zero_point)
+    _, h, w, _ = x.q.shape
+    out = head.pool_params
+    acc = (x.q.to(torch.int32) - x.zero_point).sum((1, 2), dtype=torch.int32)
+    q = requantize(acc, pool_multiplier(x.scale, h * w, out.scale), out.zero_point)
+    return QTensor(q[:, None, None, :].contiguous(), *out)

@@ -1,0 +1,136 @@
+"""The compiled int8 kernels against the integer reference: every output code and every logit, bit for bit.
+
+The reference (:class:`xception.quantize.QuantizedXception`) computes the scheme with PyTorch's integer tensors
+and is itself checked against hand-computed integers (test_quantize.py). The kernels compute the same steps
+differently (the depthwise step in float32, the zero point folded into the bias, NHWC tiles, a fused
+separable conv), so any slip in a tail, a border, a stride, a residual or a rounding changes codes here.
+"""
+
+import copy
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import xception
+from xception.quantize import native, quantize
+from xception.quantize.scheme import QTensor
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not native.available(), reason="no compiled int8 kernels for this CPU")]
+
+# Each covers steps the others do not: fused separable convs with an identity residual in the pointwise
+# epilogue and a strided 1×1 shortcut adding the residual (the paper's); dilated depthwise convs and static
+# pads (output stride 8); a depthwise conv on its own closing a module, ReLUs between the steps, a max global
+# pool (pointwise first); plain 3×3 convs everywhere (standard); strided depthwise convs and ReLUs after the
+# depthwise step (aligned Xception 41). Width 0.25: channel counts such as 182 that fill no whole vector.
+VARIANTS = [
+    ("xception", {}),
+    ("xception", {"output_stride": 8, "padding": "symmetric"}),
+    ("xception", {"separable_order": "pointwise_first", "global_pool": "max", "activation": "relu"}),
+    ("xception", {"conv": "standard"}),
+    ("xception41", {}),
+]
+
+
+def quantized(name: str, options: dict, size: int = 71, classes: int = 10):
+    """A small random model with real BatchNorm statistics, quantised on random images (a fresh copy each call)."""
+    reference, x = _quantized(name, json.dumps(options, sort_keys=True), size, classes)
+    return copy.deepcopy(reference), x
+
+
+@functools.cache
+def _quantized(name: str, options: str, size: int, classes: int):
+    torch.manual_seed(0)
+    model = xception.create_model(name, num_classes=classes, width=0.25, middle_repeats=1, **json.loads(options))
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(4, 3, size, size))
+    x = torch.randn(6, 3, size, size)
+    result = quantize(model.eval(), x, held_out=(x, torch.randint(0, classes, (6,))), methods=["minmax"])
+    return result.model, x
+
+
+def agree(reference, x: torch.Tensor) -> tuple[bool, bool]:
+    """Whether the kernels' final feature codes and logits equal the reference's exactly."""
+    kernels = native.NativeQuantizedXception(reference)
+    with torch.no_grad():
+        codes = reference.forward_features(reference.quantize_input(x))
+        ours = kernels.forward_features(x)
+        same_codes = ours.zero_point == codes.zero_point and torch.equal(ours.q.permute(0, 3, 1, 2), codes.q)
+        return same_codes, torch.equal(kernels(x), reference(x))
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_every_code_and_logit_equals_the_references(name, options):
+    reference, x = quantized(name, options)
+    assert agree(reference, x) == (True, True)
+
+
+@pytest.mark.parametrize("size", [73, 90])
+def test_odd_sizes_and_two_threads_change_nothing(size, monkeypatch):
+    reference, x = quantized("xception", {}, size=size)
+    torch.set_num_threads(2)  # the one_thread fixture restores it
+    assert agree(reference, x[:3]) == (True, True)
+
+
+def test_each_step_matches_the_reference_step_by_step():
+    """Module by module, so that a failure names the first step that differs."""
+    reference, x = quantized("xception", {})
+    kernels = native.NativeQuantizedXception(reference)
+    with torch.no_grad():
+        a = reference.quantize_input(x)
+        b = QTensor(a.q.permute(0, 2, 3, 1).contiguous(), a.scale, a.zero_point)
+        for step in reference.stem:
+            a = step(a)
+        for step in kernels.stem:
+            b = step(b)
+        assert torch.equal(b.q.permute(0, 3, 1, 2), a.q), "stem"
+        for i, (ref_block, block) in enumerate(zip(reference.blocks, kernels.blocks, strict=True)):
+            a, b = ref_block(a), block(b)
+            assert (b.scale, b.zero_point) == (a.scale, a.zero_point)
+            assert torch.equal(b.q.permute(0, 3, 1, 2), a.q), f"block {i}"
+
+
+def test_the_comparison_fails_when_one_multiplier_is_off():
+    """The comparisons above can fail: one pointwise conv's multipliers changed in the reference after the
+    kernels took theirs (by 1 part in 1000) moves codes, and so logits."""
+    reference, x = quantized("xception", {})
+    kernels = native.NativeQuantizedXception(reference)
+    conv = reference.blocks[1].main[1]
+    conv.multiplier = conv.multiplier * 1.001
+    with torch.no_grad():
+        assert not torch.equal(kernels(x), reference(x))
+
+
+def test_the_int8_runtime_runs_the_kernels_and_says_so(tmp_path):
+    from xception.inference import open_model
+    from xception.quantize import save_quantized
+
+    reference, x = quantized("xception", {})
+    path = save_quantized(reference, tmp_path / "model.int8.safetensors")
+    runner = open_model(path)
+    assert runner.describe()["kernels"].startswith("native int8")
+    assert torch.equal(runner.run(x), reference(x))
+
+
+def test_a_forced_instruction_set_gives_the_same_codes():
+    """``XCEPTION_CPU_ISA`` chooses the kernels the process uses: each variant this CPU runs, bit for bit."""
+    script = (
+        "import json, torch, sys; sys.path.insert(0, 'tests'); "
+        "from test_quantize_native import quantized, agree; from xception.quantize import native; "
+        "r, x = quantized('xception', {}, size=73); "
+        "print(json.dumps({'isa': native.isa(), 'agree': agree(r, x[:2])}))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for isa in ("avx2", "avx512"):
+        env = {**os.environ, "XCEPTION_CPU_ISA": isa, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                             check=True)
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+        assert found["agree"] == [True, True], (isa, found)
