@@ -37,14 +37,14 @@ VARIANTS = [
 ]
 
 
-def quantized(name: str, options: dict, size: int = 71, classes: int = 10):
+def quantized(name: str, options: dict, size: int = 71, classes: int = 10, weight_bits: int = 8):
     """A small random model with real BatchNorm statistics, quantised on random images (a fresh copy each call)."""
-    reference, x = _quantized(name, json.dumps(options, sort_keys=True), size, classes)
+    reference, x = _quantized(name, json.dumps(options, sort_keys=True), size, classes, weight_bits)
     return copy.deepcopy(reference), x
 
 
 @functools.cache
-def _quantized(name: str, options: str, size: int, classes: int):
+def _quantized(name: str, options: str, size: int, classes: int, weight_bits: int):
     torch.manual_seed(0)
     model = xception.create_model(name, num_classes=classes, width=0.25, middle_repeats=1, **json.loads(options))
     model.train()
@@ -52,7 +52,8 @@ def _quantized(name: str, options: str, size: int, classes: int):
         for _ in range(2):
             model(torch.randn(4, 3, size, size))
     x = torch.randn(6, 3, size, size)
-    result = quantize(model.eval(), x, held_out=(x, torch.randint(0, classes, (6,))), methods=["minmax"])
+    result = quantize(model.eval(), x, held_out=(x, torch.randint(0, classes, (6,))), methods=["minmax"],
+                      weight_bits=weight_bits)
     return result.model, x
 
 
@@ -70,6 +71,25 @@ def agree(reference, x: torch.Tensor) -> tuple[bool, bool]:
 def test_every_code_and_logit_equals_the_references(name, options):
     reference, x = quantized(name, options)
     assert agree(reference, x) == (True, True)
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS[:2] + VARIANTS[3:])
+def test_seven_bit_weights_run_on_the_byte_quad_kernels_and_equal_the_references(name, options):
+    reference, x = quantized(name, options, weight_bits=7)
+    assert all(int(c.weight.abs().max()) <= 63 for c in reference.convs())
+    kernels = native.NativeQuantizedXception(reference)
+    gemms = [m for m in kernels.modules() if isinstance(m, native.NativeQConv) and m.kind != native.DEPTHWISE]
+    assert {m.kernels for m in gemms} == {native.QUADS}
+    assert agree(reference, x) == (True, True)
+
+
+def test_which_weights_the_byte_quads_take_exactly():
+    """vpmaddubsw sums two u8·s8 products in int16: exact while |w[k]| + |w[k+1]| ≤ 128 (255·128 < 2^15)."""
+    fits = native.fits_byte_quads
+    assert fits(torch.tensor([[64, -64, 127, 1]], dtype=torch.int8))
+    assert not fits(torch.tensor([[65, -64, 0, 0]], dtype=torch.int8))
+    assert fits(torch.tensor([[0, 0, 127]], dtype=torch.int8))  # an odd depth: the last k pairs with padding
+    assert not fits(torch.tensor([[0, 127, 127]], dtype=torch.int8).flip(1))
 
 
 @pytest.mark.parametrize("size", [73, 90])

@@ -26,7 +26,9 @@ class Int8Runner(Runner):
     def __init__(self, *, qmodel: torch.nn.Module, **facts: Any) -> None:
         super().__init__(**facts)
         self.qmodel = qmodel  # the reference network, as read from the file
-        self.network, self.kernels = _on_kernels(qmodel)
+        from ..quantize.native import on_kernels
+
+        self.network, self.kernels = on_kernels(qmodel)
 
     @classmethod
     def open(cls, request: OpenRequest) -> Int8Runner:
@@ -34,7 +36,7 @@ class Int8Runner(Runner):
 
         q = load_quantized(request.source)
         preprocessing = q.preprocessing or Preprocessing.centred(q.config.in_chans)
-        # The integer reference runs on the CPU (PyTorch has no integer convolutions on CUDA).
+        # Both the kernels and the integer reference run on the CPU (PyTorch has no integer convolutions on CUDA).
         return cls(qmodel=q, source=request.source, model_name=q.model_name, class_names=q.class_names,
                    num_classes=q.num_classes, config=q.config, preprocessing=preprocessing,
                    device=torch.device("cpu"))
@@ -47,14 +49,3 @@ class Int8Runner(Runner):
         return {"precision": "int8 (uint8 activations, int8 weights, int32 accumulators)",
                 "kernels": self.kernels, "calibration": calibration.get("method")}
 
-
-def _on_kernels(qmodel: torch.nn.Module) -> tuple[torch.nn.Module, str]:
-    """The network to run and what runs it: the compiled int8 kernels when they cover it, else the reference."""
-    from ..quantize import native
-
-    if not native.available():
-        return qmodel, "pytorch integer reference (no compiled int8 kernels for this CPU)"
-    try:
-        return native.NativeQuantizedXception(qmodel), f"native int8 ({native.isa()})"
-    except ValueError as err:
-        return qmodel, f"pytorch integer reference ({err})"

@@ -28,7 +28,9 @@ from .scheme import QParams, QTensor, pool_multiplier, requantize
 
 POINTWISE, SEPARABLE, PATCHES = native.POINTWISE, native.SEPARABLE, native.PATCHES
 DEPTHWISE = 3  # int8 only: a depthwise conv on its own
-QISAS = {0: "none", 1: "avx2 (int16 pairs, vpmaddwd)"}
+QISAS = {0: "none", 1: "avx2"}
+PAIRS, QUADS = 0, 1  # the GEMM kernels: int16 pairs (vpmaddwd, any weights), byte quads (vpmaddubsw, 7-bit)
+KERNEL_NAMES = {PAIRS: "int16 pairs, vpmaddwd", QUADS: "byte quads, vpmaddubsw"}
 PAD = 64  # per-channel tables are read in whole vectors: padded to a multiple of this
 
 
@@ -41,7 +43,7 @@ class _QConvOp(ctypes.Structure):
         ("mid_zero", ctypes.c_int), ("mid_lo", ctypes.c_int), ("k_dim", ctypes.c_int), ("cout", ctypes.c_int),
         ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("mult", ctypes.c_void_p),
         ("residual", ctypes.c_void_p), ("res_zero", ctypes.c_int), ("res_mult", ctypes.c_float),
-        ("out_zero", ctypes.c_int), ("out_lo", ctypes.c_int), ("out_float", ctypes.c_int),
+        ("out_zero", ctypes.c_int), ("out_lo", ctypes.c_int), ("out_float", ctypes.c_int), ("kernels", ctypes.c_int),
     ]
 
 
@@ -50,15 +52,15 @@ def _library() -> ctypes.CDLL | None:
     if lib is None or not hasattr(lib, "xc_qconv_forward"):
         return None
     lib.xc_qpacked_bytes.restype = ctypes.c_size_t
-    lib.xc_qpacked_bytes.argtypes = [ctypes.c_int, ctypes.c_int]
-    lib.xc_qpack_weights.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.xc_qpacked_bytes.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.xc_qpack_weights.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.xc_qconv_forward.argtypes = [ctypes.POINTER(_QConvOp), ctypes.c_void_p, ctypes.c_void_p]
     lib.xc_qpool_forward.argtypes = [ctypes.POINTER(native._Pool), ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
 def isa() -> str:
-    """The int8 kernels this CPU runs: ``"avx2 (int16 pairs, vpmaddwd)"``, or ``"none"``."""
+    """The instruction set of the int8 kernels this CPU runs: ``"avx2"``, or ``"none"``."""
     lib = _library()
     return QISAS.get(lib.xc_qisa(), "none") if lib is not None else "none"
 
@@ -75,6 +77,15 @@ def _padded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _lowest(zero_point: int, relu: bool) -> int:
     return zero_point if relu else 0
+
+
+def fits_byte_quads(matrix: torch.Tensor) -> bool:
+    """Whether vpmaddubsw's int16 pair sums are exact for these (cout, k) weights: |w[k]| + |w[k+1]| ≤ 128 for
+    every even k (so 255·128 < 2^15 bounds each), as for any weights within [−64, 64]."""
+    w = matrix.abs().int()
+    if w.shape[1] % 2:
+        w = torch.nn.functional.pad(w, (0, 1))
+    return bool((w[:, 0::2] + w[:, 1::2]).max() <= 128)
 
 
 class NativeQConv(nn.Module):
@@ -108,15 +119,16 @@ class NativeQConv(nn.Module):
             self.mid_zero, self.mid_lo = gemm_in_zero, _lowest(gemm_in_zero, mid_relu)
         if weight is None or bias is None or multiplier is None:  # a depthwise conv on its own: no GEMM
             assert dw is not None
-            self.cout, self.k_dim = len(dw.weight), 0
+            self.cout, self.k_dim, self.kernels = len(dw.weight), 0, PAIRS
             self.packed = self.bias = self.mult = None
             return
         self.cout = len(weight)
         matrix = weight.permute(0, 2, 3, 1).reshape(self.cout, -1).contiguous()  # (dy, dx, channel) columns
         self.k_dim = matrix.shape[1]
+        self.kernels = QUADS if fits_byte_quads(matrix) else PAIRS
         lib = _library()
-        self.packed = torch.empty(lib.xc_qpacked_bytes(self.k_dim, self.cout), dtype=torch.uint8)
-        lib.xc_qpack_weights(matrix.data_ptr(), self.k_dim, self.cout, self.packed.data_ptr())
+        self.packed = torch.empty(lib.xc_qpacked_bytes(self.k_dim, self.cout, self.kernels), dtype=torch.uint8)
+        lib.xc_qpack_weights(matrix.data_ptr(), self.k_dim, self.cout, self.kernels, self.packed.data_ptr())
         folded = bias.long() - gemm_in_zero * matrix.long().sum(1)  # acc = Σ q·w + (bias − z·Σw)
         if int(folded.abs().max()) >= 2**31:
             raise ValueError(f"{name}: the folded bias does not fit int32")
@@ -176,7 +188,7 @@ class NativeQConv(nn.Module):
                       self.mid_zero, self.mid_lo, self.k_dim, self.cout, native._ptr(self.packed),
                       native._ptr(self.bias), native._ptr(self.mult), native._ptr(None if add is None else add.q),
                       0 if add is None else add.zero_point, self.residual_multiplier, out_zero,
-                      _lowest(out_zero, self.relu_out), int(logits))
+                      _lowest(out_zero, self.relu_out), int(logits), self.kernels)
         _call(lambda lib: lib.xc_qconv_forward(ctypes.byref(op), x.q.data_ptr(), out.data_ptr()))
         return out if self.output is None else QTensor(out, *self.output)
 
@@ -257,6 +269,15 @@ class NativeQuantizedXception(nn.Module):
         self.blocks = nn.ModuleList(NativeQBlock(b) for b in reference.blocks)
         self.head = NativeQConv.classifier(reference.head)
 
+    def kernels(self) -> str:
+        """What runs the GEMMs, e.g. ``"avx2: byte quads, vpmaddubsw (37 layers), int16 pairs, vpmaddwd (1)"``."""
+        counts: dict[int, int] = {}
+        for m in self.modules():
+            if isinstance(m, NativeQConv) and m.kind != DEPTHWISE:
+                counts[m.kernels] = counts.get(m.kernels, 0) + 1
+        return f"{isa()}: " + ", ".join(f"{KERNEL_NAMES[k]} ({n} layers)" for k, n in sorted(counts.items(),
+                                                                                         key=lambda kv: -kv[1]))
+
     def forward_features(self, x: torch.Tensor) -> QTensor:
         self.reference.check_input(x)
         q = self.reference.quantize_input(x.detach().cpu())
@@ -284,3 +305,16 @@ def _global_pool(head: QHead, x: QTensor) -> QTensor:
     acc = (x.q.to(torch.int32) - x.zero_point).sum((1, 2), dtype=torch.int32)
     q = requantize(acc, pool_multiplier(x.scale, h * w, out.scale), out.zero_point)
     return QTensor(q[:, None, None, :].contiguous(), *out)
+
+
+def on_kernels(reference: QuantizedXception) -> tuple[nn.Module, str]:
+    """The network to run (the compiled kernels where they cover it, else the reference: the same logits bit for
+    bit) and what runs it, in words."""
+    if not available():
+        return reference, "pytorch integer reference (no compiled int8 kernels for this CPU)"
+    try:
+        network = NativeQuantizedXception(reference)
+    except ValueError as err:
+        return reference, f"pytorch integer reference ({err})"
+    return network, f"native int8 ({network.kernels()})"
+

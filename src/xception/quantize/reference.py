@@ -135,14 +135,15 @@ class QConv(nn.Module):
             self.register_buffer("residual_multiplier", torch.zeros(1))
         self._pending: tuple[torch.Tensor, torch.Tensor | None, QParams] | None = None
 
-    def prepare(self, conv: FusedConv, output: QParams) -> None:
+    def prepare(self, conv: FusedConv, output: QParams, weight_bits: int = 8) -> None:
         """Quantise from ``conv``'s float weights on the next call, once the input's scale is known."""
         self._pending = (conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), output)
+        self._weight_bits = weight_bits
 
     def _quantize(self, x: QParams, residual: QParams | None) -> None:
         assert self._pending is not None
         weight, bias, out = self._pending
-        self.weight, self.weight_scale = quantize_weight(weight)
+        self.weight, self.weight_scale = quantize_weight(weight, self._weight_bits)
         self.bias = quantize_bias(bias, x.scale, self.weight_scale)
         check_accumulator(self.weight, self.bias, self.name)
         self.multiplier = multiplier(x.scale, self.weight_scale, out.scale)
@@ -284,8 +285,9 @@ class QHead(nn.Module):
         _register_params(self, "input", *(["pool"] if self.pool_type == "avg" else []))
         self._pending: tuple[nn.Linear, QParams | None] | None = None
 
-    def prepare(self, fc: nn.Linear, pool: QParams | None) -> None:
+    def prepare(self, fc: nn.Linear, pool: QParams | None, weight_bits: int = 8) -> None:
         self._pending = (fc, pool)
+        self._weight_bits = weight_bits
 
     def _quantize(self, x: QParams) -> None:
         assert self._pending is not None
@@ -294,7 +296,7 @@ class QHead(nn.Module):
         if pool is not None:
             _set_params(self, "pool", pool)
         pooled = pool if pool is not None else x
-        self.weight, self.weight_scale = quantize_weight(fc.weight)
+        self.weight, self.weight_scale = quantize_weight(fc.weight, self._weight_bits)
         self.bias = quantize_bias(fc.bias, pooled.scale, self.weight_scale)
         check_accumulator(self.weight, self.bias, self.name)
         self.multiplier = (pooled.scale * self.weight_scale.double()).float()
@@ -343,16 +345,16 @@ class QuantizedXception(nn.Module):
         self.info: dict[str, object] = {}  # calibration and measured agreement
 
     @classmethod
-    def build(cls, program: FusedXception, names: list[str], ranges: Mapping[str, tuple[float, float]]
-              ) -> QuantizedXception:
+    def build(cls, program: FusedXception, names: list[str], ranges: Mapping[str, tuple[float, float]],
+              weight_bits: int = 8) -> QuantizedXception:
         """Quantise ``program`` with activation ranges (lo, hi) per point: ``"input"``, each conv's output (by
-        layer name) and, with average pooling, ``"head.pool"``."""
+        layer name) and, with average pooling, ``"head.pool"``; weights to ``weight_bits`` (8 or 7)."""
         model = cls(program, names)
         _set_params(model, "input", qparams_for_range(*ranges[INPUT]))
         for qconv, conv in zip(model.convs(), program.convs(), strict=True):
-            qconv.prepare(conv, qparams_for_range(*ranges[qconv.name]))
+            qconv.prepare(conv, qparams_for_range(*ranges[qconv.name]), weight_bits)
         pool = qparams_for_range(*ranges["head.pool"]) if model.head.pool_type == "avg" else None
-        model.head.prepare(program.head.fc, pool)
+        model.head.prepare(program.head.fc, pool, weight_bits)
         size = model.config.min_input_size
         with torch.no_grad():  # one pass in data-flow order: each step quantises itself from what reaches it
             model(torch.zeros(1, model.config.in_chans, size, size))

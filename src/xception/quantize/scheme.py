@@ -1,7 +1,8 @@
 """The int8 scheme as integer arithmetic: what every kernel of a quantised Xception computes, step by step.
 
 Tensors between steps are uint8 with one scale ``s`` and zero point ``z`` each (real value ``s·(q − z)``);
-weights are int8, symmetric per output channel in [−127, 127] (real value ``s_w[c]·w``); biases are int32 in
+weights are int8, symmetric per output channel in [−127, 127] (real value ``s_w[c]·w``; [−63, 63] with 7-bit
+weights, which AVX2 CPUs multiply exactly twice as wide, see ``fast/csrc/qkernels_avx2_s7.cpp``); biases are int32 in
 the accumulator's scale ``s_in·s_w[c]``. One step (a conv, or the classifier) is::
 
     acc[c] = bias[c] + Σ_k (q_in[k] − z_in) · w[c, k]                                  int32, exact
@@ -32,6 +33,7 @@ from ..errors import ConfigError
 
 QMIN, QMAX = 0, 255  # activations: uint8
 WMAX = 127  # weights: int8 in [−127, 127] (symmetric: −128 unused, so that −w is always representable)
+WEIGHT_BITS = (8, 7)  # 7: [−63, 63]
 INT32_MAX = 2**31 - 1
 
 
@@ -77,13 +79,17 @@ def qparams_for_range(lo: float, hi: float) -> QParams:
     return QParams(scale, int(zero_point))
 
 
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 weight and float32 scale per output channel (dim 0), symmetric: ``scale[c] = max|w[c]| / 127``."""
+def quantize_weight(weight: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weight and float32 scale per output channel (dim 0), symmetric: ``scale[c] = max|w[c]| / 127``
+    (``/ 63`` with 7 bits)."""
+    if bits not in WEIGHT_BITS:
+        raise ConfigError(f"weights are quantised to 8 or 7 bits, not {bits}")
+    wmax = 2 ** (bits - 1) - 1
     w = weight.detach().double()
     amax = w.reshape(len(w), -1).abs().amax(1)
-    scale = torch.where(amax > 0, amax / WMAX, torch.ones_like(amax)).float()
+    scale = torch.where(amax > 0, amax / wmax, torch.ones_like(amax)).float()
     shape = (-1,) + (1,) * (w.dim() - 1)
-    q = torch.round(w / scale.double().view(shape)).clamp(-WMAX, WMAX)
+    q = torch.round(w / scale.double().view(shape)).clamp(-wmax, wmax)
     return q.to(torch.int8), scale
 
 

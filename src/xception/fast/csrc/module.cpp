@@ -274,21 +274,27 @@ int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
 int xc_qisa(void) { return g_isa ? 1 : 0; }  // AVX-512 CPUs run the AVX2 int8 kernels too
 
 #if XC_X86
-size_t xc_qpacked_bytes(int k_dim, int cout) { return xc_qisa() ? xc_q_avx2::packed_bytes(k_dim, cout) : 0; }
+// The int8 kernels' entry points, by how B is packed.
+#define XC_QDISPATCH(kernels, call) ((kernels) == XC_Q_QUADS ? xc_q_avx2_s7::call : xc_q_avx2::call)
 
-void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, void* packed) {
-    if (xc_qisa()) xc_q_avx2::pack(weight, k_dim, cout, packed);
+size_t xc_qpacked_bytes(int k_dim, int cout, int kernels) {
+    return xc_qisa() ? XC_QDISPATCH(kernels, packed_bytes(k_dim, cout)) : 0;
+}
+
+void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, int kernels, void* packed) {
+    if (xc_qisa()) XC_QDISPATCH(kernels, pack(weight, k_dim, cout, packed));
 }
 
 int xc_qconv_forward(const xc_qconv* op, const uint8_t* input, void* output) {
     if (!xc_qisa()) return 1;
-    namespace q = xc_q_avx2;
+    const int k = op->kernels;
     // A depthwise conv on its own computes all channels of a pixel at once: its tasks split pixels only.
-    const int cols = op->kind == XC_DEPTHWISE ? q::nr() : op->cout;
-    const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, q::block_rows(op), q::mr(), q::nr(), cols);
-    const size_t a_floats = (q::abuf_bytes(op, plan.rows) + sizeof(float) - 1) / sizeof(float);
+    const int nr = XC_QDISPATCH(k, nr()), cols = op->kind == XC_DEPTHWISE ? nr : op->cout;
+    const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, XC_QDISPATCH(k, block_rows(op)), XC_QDISPATCH(k, mr()),
+                                 nr, cols);
+    const size_t a_floats = (XC_QDISPATCH(k, abuf_bytes(op, plan.rows)) + sizeof(float) - 1) / sizeof(float);
     return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf) {
-        q::conv_task(op, input, output, m0, rows, n0, n1, abuf);
+        XC_QDISPATCH(k, conv_task(op, input, output, m0, rows, n0, n1, abuf));
     });
 }
 
@@ -298,8 +304,8 @@ int xc_qpool_forward(const xc_pool* op, const uint8_t* input, uint8_t* output) {
     return 0;
 }
 #else
-size_t xc_qpacked_bytes(int, int) { return 0; }
-void xc_qpack_weights(const int8_t*, int, int, void*) {}
+size_t xc_qpacked_bytes(int, int, int) { return 0; }
+void xc_qpack_weights(const int8_t*, int, int, int, void*) {}
 int xc_qconv_forward(const xc_qconv*, const uint8_t*, void*) { return 1; }
 int xc_qpool_forward(const xc_pool*, const uint8_t*, uint8_t*) { return 1; }
 #endif

@@ -65,58 +65,113 @@ inline void locate(const QGeometry& g, long m, long& n, int& oy, int& ox) {
 
 // The depthwise k×k step for output pixels [m0, m0 + rows) into A's rows, as codes of the depthwise output.
 // Computed in float32, exactly: every product (q − z)·w is an integer of at most 255·127 in magnitude and
-// every partial sum of k² ≤ 49 of them stays below 2^24, so each float operation is exact; the bias is then
-// added in int32, and the rest is the scheme's epilogue.
+// every partial sum of k² ≤ 49 of them stays below 2^24, so each float operation is exact (in any order);
+// the bias is then added in int32, and the rest is the scheme's epilogue.
 // T: AType (A's rows, for the GEMM) or uint8_t (the output itself, for a depthwise conv on its own).
 template <typename T>
-void q_depthwise_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, T* __restrict a,
-                      long lda) {
-    const QGeometry g = geometry(op);
-    const int c = g.c, kk = g.k;
-    const VI zin = vi_set1(op->in_zero);
-    const Requant rq(op->mid_zero, op->mid_lo);
-    const std::uint8_t* residual = op->kind == XC_DEPTHWISE ? op->residual : nullptr;
-    const VI rzero = vi_set1(op->res_zero);
-    const V rmult = vset1(op->res_mult);
-    for (int r = 0; r < rows; ++r) {
-        long n;
-        int oy, ox;
-        locate(g, m0 + r, n, oy, ox);
-        const std::uint8_t* img = in + n * long(g.h) * g.w * c;
-        const int iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
-        long taps[49];  // the window's pixels inside the image (padding is a real zero: it adds nothing)
-        int wt_index[49];
+struct QDepthwise {
+    static constexpr int GROUP = 4;  // 3×3, stride 1: outputs that share their input vectors (converted once)
+    const xc_qconv* op;
+    QGeometry g;
+    const std::uint8_t* in;
+    long m0;
+    T* a;
+    long lda;
+    VI zin = vi_set1(op->in_zero);
+    Requant rq{op->mid_zero, op->mid_lo};
+    const std::uint8_t* residual = op->kind == XC_DEPTHWISE ? op->residual : nullptr;  // closes a module
+    VI rzero = vi_set1(op->res_zero);
+    V rmult = vset1(op->res_mult);
+
+    V input(const std::uint8_t* p, int left) const {
+        const V x = vi_to_float(vi_sub(vi_load_u8_n(p, left), zin));
+        return op->relu_in ? vmax(x, vzero()) : x;
+    }
+    V weight(int tap, int ch, int left) const {
+        const float* w = op->dw_weight + long(tap) * g.c + ch;
+        return left >= LANES ? vloadu(w) : vload_n(w, left);
+    }
+    void finish(int r, int ch, int left, V acc) const {
+        const VI sum = vi_add(v_trunc_to_int(acc), vi_loadu(op->dw_bias + ch));
+        V v = vmul(vi_to_float(sum), vloadu(op->dw_mult + ch));
+        if (residual) {
+            const VI res = vi_sub(vi_load_u8_n(residual + (m0 + r) * long(g.c) + ch, left), rzero);
+            v = vadd(v, vmul(vi_to_float(res), rmult));
+        }
+        store_codes(a + long(r) * lda + ch, rq.codes(v), left);
+    }
+
+    // One output pixel, any window: the taps inside the image (padding is a real zero: it adds nothing).
+    void pixel(int r, const std::uint8_t* img, int oy, int ox) const {
+        const int kk = g.k, iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
+        long taps[49];
+        int tap_index[49];
         int count = 0;
         for (int dy = 0; dy < kk; ++dy) {
             const int iy = iy0 + dy * g.dilation;
-            if (iy < 0 || iy >= g.h) continue;
-            for (int dx = 0; dx < kk; ++dx) {
+            for (int dx = 0; dx < kk && iy >= 0 && iy < g.h; ++dx) {
                 const int ix = ix0 + dx * g.dilation;
                 if (ix < 0 || ix >= g.w) continue;
-                taps[count] = (long(iy) * g.w + ix) * c;
-                wt_index[count++] = dy * kk + dx;
+                taps[count] = (long(iy) * g.w + ix) * g.c;
+                tap_index[count++] = dy * kk + dx;
             }
         }
-        T* dst = a + long(r) * lda;
-        for (int ch = 0; ch < c; ch += LANES) {
-            const int left = c - ch;
+        for (int ch = 0; ch < g.c; ch += LANES) {
+            const int left = g.c - ch;
             V acc = vzero();
-            for (int t = 0; t < count; ++t) {
-                V x = vi_to_float(vi_sub(vi_load_u8_n(img + taps[t] + ch, left), zin));
-                if (op->relu_in) x = vmax(x, vzero());
-                const float* wt = op->dw_weight + long(wt_index[t]) * c + ch;
-                acc = vfma(x, left >= LANES ? vloadu(wt) : vload_n(wt, left), acc);
-            }
-            const VI sum = vi_add(v_trunc_to_int(acc), vi_loadu(op->dw_bias + ch));
-            V v = vmul(vi_to_float(sum), vloadu(op->dw_mult + ch));
-            if (residual) {  // a depthwise conv on its own that closes a module (T is the output's uint8)
-                const VI res = vi_sub(vi_load_u8_n(residual + (m0 + r) * long(c) + ch, left), rzero);
-                v = vadd(v, vmul(vi_to_float(res), rmult));
-            }
-            store_codes(dst + ch, rq.codes(v), left);
+            for (int t = 0; t < count; ++t) acc = vfma(input(img + taps[t] + ch, left), weight(tap_index[t], ch, left), acc);
+            finish(r, ch, left, acc);
         }
-        std::fill(dst + c, dst + lda, T(0));
     }
+
+    // GROUP neighbouring output pixels of a 3×3, stride-1 conv whose windows lie inside the image: each input
+    // vector is read and converted once for the three taps of its row that use it.
+    void group(int r, const std::uint8_t* img, int oy, int ox) const {
+        const std::uint8_t* top = img + (long(oy - g.pad_top) * g.w + (ox - g.pad_left)) * g.c;
+        for (int ch = 0; ch < g.c; ch += LANES) {
+            const int left = g.c - ch;
+            V acc[GROUP];
+            for (int p = 0; p < GROUP; ++p) acc[p] = vzero();
+#pragma GCC unroll 3
+            for (int dy = 0; dy < 3; ++dy) {
+                const std::uint8_t* src = top + long(dy) * g.w * g.c + ch;
+                V x[GROUP + 2];
+#pragma GCC unroll 6
+                for (int j = 0; j < GROUP + 2; ++j) x[j] = input(src + long(j) * g.c, left);
+#pragma GCC unroll 3
+                for (int dx = 0; dx < 3; ++dx) {
+                    const V w = weight(dy * 3 + dx, ch, left);
+#pragma GCC unroll 4
+                    for (int p = 0; p < GROUP; ++p) acc[p] = vfma(x[p + dx], w, acc[p]);
+                }
+            }
+            for (int p = 0; p < GROUP; ++p) finish(r + p, ch, left, acc[p]);
+        }
+    }
+
+    bool groupable(int rows_left, int oy, int ox) const {
+        const int iy = oy - g.pad_top, ix = ox - g.pad_left;
+        return g.k == 3 && g.stride == 1 && g.dilation == 1 && rows_left >= GROUP && ox + GROUP <= g.ow &&
+               iy >= 0 && iy + 3 <= g.h && ix >= 0 && ix + GROUP + 2 <= g.w;
+    }
+
+    void run(int rows) const {
+        for (int r = 0; r < rows;) {
+            long n;
+            int oy, ox;
+            locate(g, m0 + r, n, oy, ox);
+            const std::uint8_t* img = in + n * long(g.h) * g.w * g.c;
+            const int done = groupable(rows - r, oy, ox) ? GROUP : 1;
+            if (done == GROUP) group(r, img, oy, ox); else pixel(r, img, oy, ox);
+            for (int p = r; p < r + done; ++p) std::fill(a + long(p) * lda + g.c, a + long(p + 1) * lda, T(0));
+            r += done;
+        }
+    }
+};
+
+template <typename T>
+void q_depthwise_rows(const xc_qconv* op, const std::uint8_t* in, long m0, int rows, T* a, long lda) {
+    QDepthwise<T>{op, geometry(op), in, m0, a, lda}.run(rows);
 }
 
 // k×k patches of output pixels [m0, m0 + rows): row r holds the window in (dy, dx, channel) order, the
@@ -226,10 +281,19 @@ void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0,
     const int groups = int(lda / KG);
     const BType* packed = static_cast<const BType*>(op->packed);
     alignas(64) std::int32_t acc[QMR * QNR];
-    // QMR rows of A stay in L1 while the panels of B stream past them from L2.
+#ifndef XC_QORDER
+#define XC_QORDER 1
+#endif
+#if XC_QORDER == 1
+    // A panel of B (depth × QNR) stays in L1 while the block's rows of A stream past it from L2: A is
+    // QNR/QMR times smaller per multiply-add than B would be the other way round.
+    for (int n = n0; n < n1; n += QNR) {
+        for (int i = 0; i < rows; i += QMR) {
+#else
     for (int i = 0; i < rows; i += QMR) {
-        const int r = std::min(QMR, rows - i);
         for (int n = n0; n < n1; n += QNR) {
+#endif
+            const int r = std::min(QMR, rows - i);
             qdot_rows<QMR>(r, groups, a + i * lda, lda, packed + long(n / QNR) * lda * QNR, acc);
             q_epilogue(op, acc, r, m0 + i, n, std::min(QNR, op->cout - n), out);
         }
