@@ -59,8 +59,9 @@ def images(files):
 
 def test_every_runtime_gives_the_plain_models_logits_from_its_own_file(files):
     # The runtimes of files made by other means are checked where those files are made: int8 in
-    # test_quantize.py, ExecuTorch and LiteRT in test_edge.py.
-    assert set(RUNTIMES) - {"int8", "executorch", "litert"} == set(TOLERANCE)
+    # test_quantize.py, ExecuTorch and LiteRT in test_edge.py; OpenVINO in a process of its own
+    # (test_inference_openvino.py), since its threads do not survive a later fork of this one.
+    assert set(RUNTIMES) - {"int8", "executorch", "litert", "openvino"} == set(TOLERANCE)
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = files["model"](x)

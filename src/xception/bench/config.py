@@ -52,6 +52,8 @@ class BenchConfig:
     measure_memory: bool = True
     check_outputs: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
+    calibration_images: int = 16  # the int8 contenders' calibration images (the same for all of them)
+    weight_bits: int = 8  # the int8 contenders' weights: 8 or 7 bits (xception.quantize(weight_bits=...))
 
     def resolved(self) -> BenchConfig:
         """A checked copy with every default filled in for the device: what a run actually uses."""
@@ -65,6 +67,10 @@ class BenchConfig:
             raise ConfigError(f"need repeats ≥ 1 and warmup ≥ 0, got {self.repeats} and {self.warmup}")
         if self.input_size < 1:
             raise ConfigError(f"input_size must be ≥ 1, got {self.input_size}")
+        if self.weight_bits not in (8, 7):
+            raise ConfigError(f"weight_bits must be 8 or 7, got {self.weight_bits}")
+        if self.calibration_images < 1:
+            raise ConfigError(f"calibration_images must be ≥ 1, got {self.calibration_images}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be ≥ 1, got {self.threads}")
         return replace(self, device=str(device), batch_size=batch, train_batch_size=train_batch,

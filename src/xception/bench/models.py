@@ -3,16 +3,21 @@
 Every contender copies one of two networks, ``"ours"`` (the config's model) or ``"timm"`` (timm's
 ``legacy_xception``), built once with seeded weights and BatchNorm statistics calibrated on random images
 (so that folding them is not trivial). An inference contender's output is compared with the float32
-eager output of its network: ``max_rel_err`` = max |Δ| / max |reference|. The ONNX export that the
-ONNX Runtime and OpenVINO contenders load is made here too, once per network, by
-:func:`xception.export.onnx_proto`.
+eager output of its network: ``max_rel_err`` = max |Δ| / max |reference|.
+
+The files the contenders open through the inference layer are made here too, each once: our network's
+weights (:meth:`Models.weights_file`), either network's ONNX export (:func:`xception.export.onnx_proto`, with
+the ``xception`` metadata), and the int8 files of our network (:meth:`Models.int8_files`), quantised from
+the run's calibration images (:meth:`Models.calibration_images`), which every int8 contender calibrates on.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +25,29 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from ..preprocessing import Preprocessing
+    from ..quantize import QuantizeResult
     from .config import BenchConfig
 
 TIMM_MODEL = "legacy_xception"
 NETWORKS = ("ours", "timm")
+CALIBRATION_SEED = 2  # the timed batch is seed 0 and the BatchNorm statistics' images seed 1: none overlap
+INT8_METHOD = "minmax"  # the whole observed range, as NNCF's and PT2E's observers take it by default
+
+
+@dataclass(frozen=True)
+class Int8Files:
+    """Our network quantised by :func:`xception.quantize`: the int8 file, its QDQ ONNX model, the result."""
+
+    int8: Path
+    qdq: Path
+    seconds: float
+    result: QuantizeResult
+
+    def details(self) -> dict[str, Any]:
+        report = self.result.report
+        return {"quantize_s": round(self.seconds, 2),
+                "calibration": {"method": report.method, "images": report.calibration["images"]}}
 
 
 def build_ours(cfg: BenchConfig) -> nn.Module:
@@ -87,6 +111,8 @@ class Models:
         self._built: dict[str, nn.Module] = {}
         self._reference: dict[str, torch.Tensor] = {}
         self._onnx: dict[str, tuple[Path, float]] = {}
+        self._weights: Path | None = None
+        self._int8: Int8Files | None = None
 
     def get(self, which: str) -> nn.Module:
         """A fresh copy of ``"ours"`` or ``"timm"``."""
@@ -108,18 +134,66 @@ class Models:
             del model
         return self._reference[which]
 
+    def preprocessing(self) -> Preprocessing:
+        """What the files say the inputs are: [-1, 1] scaling at the run's image size (the inputs are random)."""
+        from ..preprocessing import Preprocessing
+
+        return Preprocessing.centred(3, self.cfg.input_size)
+
+    def weights_file(self) -> Path:
+        """Our network's weights, in our safetensors format (its config and preprocessing inside), made once."""
+        if self._weights is None:
+            from ..weights import save_weights
+
+            path = self.workdir / "ours.safetensors"
+            save_weights(self.get("ours"), path, model_name=self.cfg.model, preprocessing=self.preprocessing())
+            self._weights = path
+        return self._weights
+
     def onnx_file(self, which: str) -> tuple[Path, float]:
-        """(``which`` exported to ONNX, float32, dynamic batch; seconds the export took), made once."""
+        """(``which`` exported to ONNX, float32, dynamic batch, with the ``xception`` metadata; seconds the
+        export took), made once."""
         if which not in self._onnx:
             import onnx
 
-            from ..export import onnx_proto
+            from ..export import METADATA_KEY, metadata_json, onnx_proto
 
             size = self.cfg.input_size
             start = time.perf_counter()
+            if which == "ours":  # the model the weights file gives: its metadata is the file's
+                from ..api import create_model
+
+                model = create_model(weights=self.weights_file())
+                metadata = metadata_json(model)
+            else:
+                model, metadata = self.get(which), json.dumps({"preprocessing": self.preprocessing().to_dict()})
             # torch.export wants an example batch of at least 2 for a dynamic batch dimension.
-            proto = onnx_proto(self.get(which).float().cpu().eval(), torch.zeros(2, 3, size, size))
+            proto = onnx_proto(model.float().cpu().eval(), torch.zeros(2, 3, size, size))
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = METADATA_KEY, metadata
             path = self.workdir / f"{which}.onnx"
             onnx.save(proto, str(path))
             self._onnx[which] = path, time.perf_counter() - start
         return self._onnx[which]
+
+    def calibration_images(self) -> torch.Tensor:
+        """The images every int8 contender is calibrated on: ``cfg.calibration_images`` random images of the
+        run's size, the same every run (never the timed batch)."""
+        n, size = self.cfg.calibration_images, self.cfg.input_size
+        return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(CALIBRATION_SEED))
+
+    def int8_files(self) -> Int8Files:
+        """Our network's weights quantised by :func:`xception.quantize` on the calibration images (their float32
+        top-1 stands in for the labels its held-out check needs): the int8 file and the QDQ ONNX model, once."""
+        if self._int8 is None:
+            from ..quantize import quantize
+
+            images = self.calibration_images()
+            with torch.inference_mode():
+                labels = self.get("ours")(images).argmax(1)
+            out, onnx = self.workdir / "ours.int8.safetensors", self.workdir / "ours.int8.onnx"
+            start = time.perf_counter()
+            result = quantize(self.weights_file(), images, held_out=(images, labels), images=len(images),
+                              methods=[INT8_METHOD], out=out, onnx=onnx, weight_bits=self.cfg.weight_bits)
+            self._int8 = Int8Files(out, onnx, time.perf_counter() - start, result)
+        return self._int8

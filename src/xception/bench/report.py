@@ -2,7 +2,8 @@
 ``xception bench`` prints, and writing the JSON to a file.
 
 Ratios are only taken between contenders of the same precision: a bfloat16 contender is compared with
-bfloat16 ones (``ov-timm-bf16``), never with a float32 one as if they computed the same thing.
+bfloat16 ones (``ov-timm-bf16``), an int8 one with int8 ones (``ort-int8``, ``ov-int8``), never with a float32
+one as if they computed the same thing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import platform
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,16 +30,16 @@ if TYPE_CHECKING:
 SCHEMA = "xception-bench/1"
 # What each kind of contender is compared with (when it ran, at the same precision).
 BASELINES = {
-    "inference": ("timm", "timm-compiled", "ort-timm", "ov-timm", "ov-timm-bf16", "eager"),
+    "inference": ("timm", "timm-compiled", "ort-timm", "ov-timm", "ov-timm-bf16", "ort-int8", "ov-int8", "eager"),
     "training": ("train-timm", "train-timm-compiled", "train-eager"),
 }
 # Table columns: (header, ratio keys for an inference row, for a training row); a cell shows the first
-# key its row has. Only one of ov-timm / ov-timm-bf16 can match a row's precision.
+# key its row has. Only one of ov-timm / ov-timm-bf16 / ov-int8 (ort-timm / ort-int8) can match a row's precision.
 RATIO_COLUMNS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("vs timm", ("vs_timm",), ("vs_train_timm",)),
     ("vs timm-c", ("vs_timm_compiled",), ("vs_train_timm_compiled",)),
-    ("vs ort-timm", ("vs_ort_timm",), ()),
-    ("vs ov-timm", ("vs_ov_timm", "vs_ov_timm_bf16"), ()),
+    ("vs ort-timm", ("vs_ort_timm", "vs_ort_int8"), ()),
+    ("vs ov-timm", ("vs_ov_timm", "vs_ov_timm_bf16", "vs_ov_int8"), ()),
     ("of GEMM", ("of_gemm",), ()),
 )
 PACKAGES = ("timm", "onnxruntime", "openvino", "triton")
@@ -55,6 +57,10 @@ def environment(device: torch.device) -> dict[str, Any]:
             env[package] = __import__(package).__version__
         except Exception:
             env[package] = None
+    try:  # read from its metadata: importing NNCF takes seconds
+        env["nncf"] = metadata.version("nncf")
+    except metadata.PackageNotFoundError:
+        env["nncf"] = None
     if device.type == "cuda":
         env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())
@@ -80,6 +86,7 @@ def make_report(cfg: BenchConfig, results: list[Result], env: dict[str, Any], *,
             "modes": list(cfg.modes or ()), "repeats": cfg.repeats, "warmup": cfg.warmup,
             "threads": torch.get_num_threads(), "keep_memory": keep_memory, "flops_per_image": flops,
             "same_network_as_timm": cfg.same_network_as_timm, "check_outputs": cfg.check_outputs,
+            "calibration_images": cfg.calibration_images, "weight_bits": cfg.weight_bits,
         },
         "environment": env,
         "results": [r.to_dict() for r in results],
@@ -140,7 +147,8 @@ def format_report(report: dict[str, Any]) -> str:
     reduced = [r["name"] for r in shown if r.get("precision", "float32") != "float32"]
     if reduced:
         lines.append(f"reduced precision: {', '.join(reduced)}; ratios are only taken between rows of the same "
-                     "precision ('vs ov-timm' of a bfloat16 row: against ov-timm-bf16)")
+                     "precision ('vs ov-timm' of a bfloat16 row: against ov-timm-bf16; 'vs ort-timm' and "
+                     "'vs ov-timm' of an int8 row: against ort-int8 and ov-int8)")
     if not s.get("same_network_as_timm", True) and any(r.get("network") == "timm" for r in shown):
         lines.append(f"note: {s['model']} with {s['model_options']} is not timm's {TIMM_MODEL}: "
                      "ratios against timm compare different networks")

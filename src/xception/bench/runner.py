@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from ..runtime import synchronize, time_call
+from .base import BuildContext, Contender, Skip
 from .config import BenchConfig
-from .contenders import BuildContext, Contender, ContenderSpec, Skip, specs_for
+from .contenders import ContenderSpec, specs_for
 from .measure import GEMM_SIZE, gemm_flops_runner, peak_memory, time_in_turns
 from .models import Models, flops_per_image, relative_error
 from .report import environment, make_report

@@ -40,12 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "that machine noise hits them alike; figures are medians, latency percentiles are per batch, warm-up\n"
         "is excluded. A 2048² matmul (float32 on CPU, bfloat16 on GPU) runs in the same turns as an anchor;\n"
         "every output is checked against the float32 eager model (max err). Ratios are only taken between\n"
-        "contenders of the same precision.",
+        "contenders of the same precision. Our model's contenders open its files (weights, ONNX, int8)\n"
+        "through the inference layer; the int8 ones are all calibrated on the same images.",
         epilog=f"{MODES_PLACEHOLDER}\n\n"
         "examples:\n"
         "  xception bench                                        # CPU, batch 8, 299 px\n"
         "  xception bench --modes eager,fast,compiled,fast-compiled,timm,ort-timm,ort-ours --repeats 15\n"
         "  xception bench --modes fast,ort-timm,ov-timm,fast-bf16,ov-timm-bf16 --threads 2\n"
+        "  xception bench --modes fast,fast-int8,ort-int8,ov-int8 --calibration-images 32   # int8 vs int8\n"
         "  xception bench --device cuda --json --out gpu.json    # GPU, batch 256\n"
         "  xception bench --device cuda --modes train-eager,train-timm   # training batch 128\n"
         "  xception bench --model xception41 --input-size 224 --set model.width=0.5\n",
@@ -68,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave glibc's allocator alone (by default freed memory is kept for reuse on CPU, "
                    "for every contender alike; see xception.fast.memory)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--calibration-images", type=int, default=16, metavar="N",
+                   help="random images every int8 contender is calibrated on, the same for all (default: 16)")
+    p.add_argument("--weight-bits", type=int, choices=(8, 7), default=8,
+                   help="the int8 contenders' weights: 8 (default) or 7 bits (see xception quantize --help)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON instead of the table")
     p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
     add_model_options(p)
@@ -83,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         modes=[m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None,
         repeats=args.repeats, warmup=args.warmup, dtype=args.dtype, threads=args.threads,
         keep_memory=not args.no_keep_memory, measure_memory=not args.no_memory,
-        model_options=dict(args.options),
+        model_options=dict(args.options), calibration_images=args.calibration_images,
+        weight_bits=args.weight_bits,
     ).validate()
 
     def progress(message: str) -> None:

@@ -13,7 +13,7 @@ model.pte`` runs them as they are (:mod:`xception.inference.edge`). :mod:`.pte` 
 toolchain and runtime; :mod:`.api` the export. Needs ``pip install 'xception[edge]'``.
 """
 
-from .api import edge_runtime, export_edge, load
+from .api import edge_bytes, export_edge, load
 from .common import EDGE_FORMATS, FP32_TOLERANCE, LAYOUTS, PRECISIONS, EdgeExportResult, Int8Check
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
     "PRECISIONS",
     "EdgeExportResult",
     "Int8Check",
-    "edge_runtime",
+    "edge_bytes",
     "export_edge",
     "load",
 ]

@@ -87,11 +87,11 @@ def load(fmt: str, content: bytes | str | os.PathLike[str], *, threads: int | No
     return tflite.load_tflite(content, threads=threads)
 
 
-def edge_runtime(model: Xception, fmt: str, *, precision: str = "fp32", layout: str | None = None,
-                 input_size: int | None = None, calibration: torch.Tensor | None = None,
-                 threads: int | None = None) -> pte.PteModel | tflite.TfliteModel:
-    """``model`` converted in memory and loaded on ``fmt``'s runtime, unchecked (the benchmark checks it):
-    int8 calibrated on the preprocessed ``calibration`` batch."""
+def edge_bytes(model: Xception, fmt: str, *, precision: str = "fp32", layout: str | None = None,
+               input_size: int | None = None, calibration: torch.Tensor | None = None) -> bytes:
+    """``model`` converted in memory to a ``fmt`` file's bytes, unchecked (the benchmark writes them, opens the
+    file through :mod:`xception.inference` and checks its output): int8 calibrated on the preprocessed
+    ``calibration`` batch."""
     layout = layout or ("nhwc" if fmt == "tflite" else "nchw")
     check_options(fmt, precision, layout)
     require(fmt)
@@ -99,8 +99,7 @@ def edge_runtime(model: Xception, fmt: str, *, precision: str = "fp32", layout: 
         raise ConfigError("int8 needs calibration images")
     x, pre = _input(model.eval(), input_size, warn=False)
     text = metadata_text(model, pre, fmt=fmt, precision=precision, layout=layout, shape=_file_shape(x, layout))
-    content = convert(model, fmt, x, text, layout=layout, calibration=[calibration] if precision == "int8" else None)
-    return load(fmt, content, threads=threads)
+    return convert(model, fmt, x, text, layout=layout, calibration=[calibration] if precision == "int8" else None)
 
 
 def _file_shape(x: torch.Tensor, layout: str) -> tuple[int, ...]:

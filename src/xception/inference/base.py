@@ -8,7 +8,8 @@ network when there is one: Grad-CAM needs its gradients, which no other runtime 
 
 A new runtime is one subclass and one entry in :data:`xception.inference.RUNTIMES`: ``name``, the file
 kind it runs as it is (``native_kind``, e.g. ``"onnx"``), whether it can also start from weights
-(``from_weights``), and ``open``.
+(``from_weights``), the options it takes (``option_names``: threads, precision, …) and ``open``. A benchmark
+(``xception bench``) opens its contenders the same way, so a runtime added here can be measured there.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class OpenRequest:
 
     ``source``: the path, tag or URL as given; ``kind``: what :func:`~xception.inference.sniff` found;
     ``model_name`` and ``model_options``: for weights (a bare state dict needs the name);
-    ``workdir``: where a runtime that exports weights first writes the file (default: a temporary folder).
+    ``workdir``: where a runtime that exports weights first writes the file (default: a temporary folder);
+    ``options``: the runtime's own settings (threads, precision, …), of the names its ``option_names`` lists.
     """
 
     source: str
@@ -41,6 +43,7 @@ class OpenRequest:
     model_name: str | None = None
     model_options: Mapping[str, Any] = field(default_factory=dict)
     workdir: str | os.PathLike[str] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Runner(ABC):
@@ -49,6 +52,7 @@ class Runner(ABC):
     name: ClassVar[str]  # the runtime, as RUNTIMES and --runtime name it
     native_kind: ClassVar[str | None] = None  # the exported file it runs as it is, if any
     from_weights: ClassVar[bool] = True  # it can start from weights (exporting them first if it must)
+    option_names: ClassVar[tuple[str, ...]] = ()  # the runtime options ``open`` reads from ``request.options``
 
     def __init__(self, *, source: str, model_name: str, class_names: Sequence[str] | None, num_classes: int,
                  preprocessing: Preprocessing, device: torch.device, model: Xception | None = None,

@@ -2,8 +2,9 @@
 ``.tflite`` on ``ai_edge_litert``'s interpreter), as ``xception export`` writes them.
 
 Each runs its own file as it is, on the CPU, with the class names and preprocessing the file carries
-(:mod:`xception.edge`), one traced batch (one image) at a time. Neither starts from weights: exporting
-takes a minute and picks a precision, so export the weights first (``xception export NAME.pte``).
+(:mod:`xception.edge`), one traced batch (one image) at a time; option ``threads``: the runtime's threads.
+Neither starts from weights: exporting takes a minute and picks a precision, so export the weights first
+(``xception export NAME.pte``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class _EdgeRunner(Runner):
     """A file of an edge runtime (``native_kind``), loaded by :func:`xception.edge.load`, run on the CPU."""
 
     from_weights = False
+    option_names = ("threads",)
     kernels: ClassVar[str]
 
     def __init__(self, *, file: Any, **facts: Any) -> None:
@@ -56,7 +58,7 @@ class _EdgeRunner(Runner):
     def open(cls, request: OpenRequest) -> _EdgeRunner:
         from ..edge import load
 
-        file = load(cls.native_kind, request.source)
+        file = load(cls.native_kind, request.source, threads=request.options.get("threads"))
         return cls(file=file, **_facts(file, request.source))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import WeightsError
+from ..models import Xception
 from ..preprocessing import Preprocessing
 from .base import OpenRequest, Runner
 from .pytorch import classifier_facts, load_classifier
@@ -30,7 +31,7 @@ _ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
                "tensor(double)": "float64"}
 
 
-def _preprocessing(pre: Preprocessing | None, channels: int, source: str) -> Preprocessing:
+def preprocessing_or_default(pre: Preprocessing | None, channels: int, source: str) -> Preprocessing:
     """The export's preprocessing; Keras's 299 px, [-1, 1] scaling (said in the log) when it carries none."""
     if pre is not None:
         return pre
@@ -38,11 +39,27 @@ def _preprocessing(pre: Preprocessing | None, channels: int, source: str) -> Pre
     return Preprocessing.centred(channels)
 
 
+def export_weights(request: OpenRequest, runtime: str) -> tuple[Xception, dict[str, Any], Path]:
+    """The weights of ``request`` as a plain model, what a runner says about it, and its ONNX export (fixed
+    at the preprocessing's image size, checked against PyTorch) in ``request.workdir`` or a temporary folder."""
+    from ..export import export_model
+
+    model = load_classifier(request)
+    facts = classifier_facts(model)
+    folder = Path(request.workdir) if request.workdir is not None else Path(tempfile.mkdtemp(prefix="xception-"))
+    path = folder / "model.onnx"
+    log.info("exporting the model to %s for %s", path, runtime)
+    export_model(model, path, input_size=facts["preprocessing"].input_size, dynamic_spatial=False)
+    return model, facts, path
+
+
 class OnnxRunner(Runner):
-    """ONNX Runtime on an ONNX file: CPU, or its CUDA provider for a CUDA device when it has one."""
+    """ONNX Runtime on an ONNX file: CPU, or its CUDA provider for a CUDA device when it has one. Options:
+    ``threads`` (intra-op threads) and ``arena`` (False: no CPU memory arena, so that freed memory is returned)."""
 
     name = "onnxruntime"
     native_kind = "onnx"
+    option_names = ("threads", "arena")
 
     def __init__(self, *, onnx: Any, **facts: Any) -> None:
         super().__init__(**facts)
@@ -50,23 +67,18 @@ class OnnxRunner(Runner):
 
     @classmethod
     def open(cls, request: OpenRequest) -> OnnxRunner:
-        from ..export import export_model, load_onnx
+        from ..export import load_onnx
 
         # ONNX Runtime copies host inputs to its device itself: inputs stay on the CPU.
         cpu = torch.device("cpu")
         if request.kind == "onnx":
-            onnx = load_onnx(request.source, device=request.device)
+            onnx = load_onnx(request.source, device=request.device, **dict(request.options))
             name = onnx.config.arch if onnx.config is not None else Path(request.source).stem
             return cls(onnx=onnx, source=request.source, model_name=name, device=cpu, config=onnx.config,
                        class_names=onnx.class_names, num_classes=onnx.num_classes,
-                       preprocessing=_preprocessing(onnx.preprocessing, onnx.in_chans, request.source))
-        model = load_classifier(request)
-        facts = classifier_facts(model)
-        folder = Path(request.workdir) if request.workdir is not None else Path(tempfile.mkdtemp(prefix="xception-"))
-        path = folder / "model.onnx"
-        log.info("exporting the model to %s for ONNX Runtime", path)
-        export_model(model, path, input_size=facts["preprocessing"].input_size, dynamic_spatial=False)
-        onnx = load_onnx(path, device=request.device)
+                       preprocessing=preprocessing_or_default(onnx.preprocessing, onnx.in_chans, request.source))
+        model, facts, path = export_weights(request, "ONNX Runtime")
+        onnx = load_onnx(path, device=request.device, **dict(request.options))
         return cls(onnx=onnx, source=request.source, device=cpu, model=model.to(request.device), **facts)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -74,8 +86,12 @@ class OnnxRunner(Runner):
 
     def details(self) -> dict[str, Any]:
         inputs = self.onnx.session.get_inputs()
-        return {"precision": _ONNX_TYPES.get(inputs[0].type, inputs[0].type), "provider": self.onnx.provider,
-                "onnx": str(self.onnx.path)}
+        precision = _ONNX_TYPES.get(inputs[0].type, inputs[0].type)
+        if "quantization" in self.onnx.metadata:  # a QDQ model of ``xception quantize``: float in and out
+            precision = "int8 (QDQ: uint8 activations, int8 weights)"
+        provider = self.onnx.provider
+        return {"precision": precision, "provider": provider, "onnx": str(self.onnx.path),
+                "kernels": "MLAS" if provider == "CPUExecutionProvider" else provider}
 
 
 def _program_io(program: torch.export.ExportedProgram) -> tuple[int, int]:
@@ -90,7 +106,7 @@ def _program_io(program: torch.export.ExportedProgram) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
+def quiet_logger(logger: str) -> Iterator[None]:
     """``logger``'s records dropped for the duration (the error is reported once, in one line, by the caller)."""
     target = logging.getLogger(logger)
     before, target.disabled = target.disabled, True
@@ -112,7 +128,7 @@ def load_program(path: str, device: torch.device) -> tuple[torch.export.Exported
             damaged = archive.testzip()
         if damaged is not None:
             raise ValueError(f"its record {damaged} fails its checksum")
-        with open(path, "rb") as f, _quiet("torch.export"):  # a file: given a path, it wants a .pt2 name
+        with open(path, "rb") as f, quiet_logger("torch.export"):  # a file: given a path, it wants a .pt2 name
             program = torch.export.load(f, extra_files=extra)
     except Exception as err:  # zipfile and torch raise many types for a damaged archive
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
@@ -146,7 +162,7 @@ class ProgramRunner(Runner):
             in_chans, num_classes = _program_io(program)
             config = read["config"]
             name = config.arch if config is not None else Path(request.source).stem
-            pre = _preprocessing(read["preprocessing"], in_chans, request.source)
+            pre = preprocessing_or_default(read["preprocessing"], in_chans, request.source)
             return cls(program=program, source=request.source, model_name=name, device=request.device,
                        config=config, class_names=read["meta"].get("class_names"), num_classes=num_classes,
                        preprocessing=pre)

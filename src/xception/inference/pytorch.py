@@ -35,6 +35,11 @@ def classifier_facts(model: Xception) -> dict[str, Any]:
             "preprocessing": inference_preprocessing(model), "config": model.config}
 
 
+def torch_kernels(device: torch.device) -> str:
+    """What PyTorch's eager convolutions run on: oneDNN on a CPU, cuDNN on CUDA."""
+    return f"PyTorch ops ({'cuDNN' if device.type == 'cuda' else 'oneDNN'})"
+
+
 def _dtype_name(module: torch.nn.Module) -> str:
     param = next(module.parameters(), None)
     return str(param.dtype if param is not None else torch.float32).removeprefix("torch.")
@@ -56,13 +61,16 @@ class TorchRunner(Runner):
 
     def details(self) -> dict[str, Any]:
         assert self.model is not None
-        return {"precision": _dtype_name(self.model), "kernels": "pytorch"}
+        return {"precision": _dtype_name(self.model), "kernels": torch_kernels(self.device)}
 
 
 class FastRunner(Runner):
-    """:func:`xception.optimize`: folded BatchNorm and fused kernels; float32 on a CPU, bfloat16 on CUDA."""
+    """:func:`xception.optimize`: folded BatchNorm and fused kernels; float32 on a CPU, bfloat16 on CUDA.
+    Its options are :func:`~xception.optimize`'s keyword arguments (``dtype``, ``compile``, ``batch_size``, …)."""
 
     name = "fast"
+    option_names = ("dtype", "channels_last", "compile", "cuda_graphs", "batch_size", "input_size", "kernels",
+                    "keep_memory")
 
     def __init__(self, *, fast: torch.nn.Module, **facts: Any) -> None:
         super().__init__(**facts)
@@ -77,7 +85,7 @@ class FastRunner(Runner):
         # copied; the fast copy needs none of it.
         meta, model.weights_meta = model.weights_meta, None
         try:
-            fast = optimize(model, device=request.device)
+            fast = optimize(model, device=request.device, **dict(request.options))
         finally:
             model.weights_meta = meta
         return cls(fast=fast, source=request.source, device=request.device, model=model, **classifier_facts(model))

@@ -4,7 +4,8 @@ How the runtime is chosen (``runtime="auto"``): an exported file runs on its own
 ``onnxruntime``, a torch.export program → ``torch-export``); weights run on ``fast`` on a CPU (float32,
 the plain model's logits up to rounding, faster) and on ``torch`` elsewhere (``fast`` computes in bfloat16
 on GPUs, which moves a few predictions; callers that want it there, such as the server, ask for it).
-A runtime given by name must fit the file; one that does not is refused in one line saying what would.
+A runtime given by name must fit the file (an ONNX file also runs on ``openvino``); one that does not is
+refused in one line saying what would.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from .edge import ExecuTorchRunner, LiteRTRunner
 from .exported import OnnxRunner, ProgramRunner
 from .formats import EXPORTS, Kind, describe_kind, sniff
 from .int8 import Int8Runner
+from .openvino import OpenVINORunner
 from .pytorch import FastRunner, TorchRunner
 
 RUNTIMES: dict[str, type[Runner]] = {
     cls.name: cls for cls in (TorchRunner, FastRunner, OnnxRunner, ProgramRunner, Int8Runner, ExecuTorchRunner,
-                              LiteRTRunner)
+                              LiteRTRunner, OpenVINORunner)
 }
 RUNTIME_NAMES: tuple[str, ...] = ("auto", *RUNTIMES)
 
@@ -47,10 +49,12 @@ def choose_runtime(kind: Kind, runtime: str = "auto", device: torch.device | Non
         own = native_runtime(kind)
         if own is None:
             raise ConfigError(f"{source} is {describe_kind(kind)}, and no runtime here runs it")
-        if runtime not in ("auto", own):
+        if runtime == "auto":
+            return own
+        if RUNTIMES[runtime].native_kind != kind:
             raise ConfigError(f"{source} is {describe_kind(kind)}: it runs on {own}, not {runtime}; give the "
                               f"weights it was exported from to run it on {runtime}")
-        return own
+        return runtime
     if runtime == "auto":
         if weights_runtime not in (None, "auto"):
             return weights_runtime
@@ -70,6 +74,14 @@ def _refuse_options(source: str, kind: Kind, model_options: Mapping[str, Any]) -
                           "apply to weights; export the weights again with them")
 
 
+def _check_options(runtime: str, options: Mapping[str, Any]) -> None:
+    names = RUNTIMES[runtime].option_names
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        takes = f"it takes {', '.join(names)}" if names else "it takes none"
+        raise ConfigError(f"the {runtime} runtime has no option {', '.join(map(repr, unknown))}: {takes}")
+
+
 def _check_name(runner: Runner, kind: Kind, model_name: str | None) -> None:
     """A model name given with an export must be the one its metadata records."""
     config = runner.config
@@ -82,6 +94,7 @@ def open_model(
     source: str | os.PathLike[str], *, runtime: str = "auto", device: str | torch.device = "auto",
     model_name: str | None = None, model_options: Mapping[str, Any] | None = None,
     weights_runtime: str | None = None, workdir: str | os.PathLike[str] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Runner:
     """Open ``source`` (weights: a file of any format the weights layer reads, a URL or a tag; or an
     exported model: ONNX, a torch.export ``.pt2``) on ``runtime`` (a name of :data:`RUNTIMES`, or
@@ -89,15 +102,18 @@ def open_model(
 
     ``model_name`` and ``model_options`` apply to weights (a bare state dict needs the name); an export
     takes no options. ``weights_runtime`` replaces auto's choice for weights (the server asks for
-    ``"fast"``). ``workdir``: where a runtime that exports weights first writes its file."""
+    ``"fast"``). ``workdir``: where a runtime that exports weights first writes its file. ``options``: the
+    chosen runtime's own settings (its ``option_names``: threads, precision, …); others are refused."""
     dev = resolve_device(device) if isinstance(device, str) else check_device(device)
     text = os.fspath(source)
     kind = sniff(text)
     chosen = choose_runtime(kind, runtime, dev, weights_runtime=weights_runtime, source=text)
-    options = dict(model_options or {})
+    model_opts = dict(model_options or {})
     if kind in EXPORTS:
-        _refuse_options(text, kind, options)
-    runner = RUNTIMES[chosen].open(OpenRequest(text, kind, dev, model_name, options, workdir))
+        _refuse_options(text, kind, model_opts)
+    _check_options(chosen, options or {})
+    request = OpenRequest(text, kind, dev, model_name, model_opts, workdir, dict(options or {}))
+    runner = RUNTIMES[chosen].open(request)
     if kind in EXPORTS:
         _check_name(runner, kind, model_name)
     return runner
