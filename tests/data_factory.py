@@ -7,6 +7,7 @@ import signal
 import struct
 import subprocess
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,16 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def cli_environment() -> dict[str, str]:
     """The environment of an ``xception`` subprocess: this checkout's sources, one thread."""
     return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+
+
+_BESIDE = ThreadPoolExecutor(max_workers=2, thread_name_prefix="beside")
+
+
+def run_beside(args: list[str], env: dict[str, str] | None = None) -> Future[subprocess.CompletedProcess]:
+    """Start ``args`` (in ``env``, by default :func:`cli_environment`'s) and return at once: it runs on the
+    machine's other cores while the test goes on; ``.result()`` waits for its outcome."""
+    return _BESIDE.submit(subprocess.run, args, env=env or cli_environment(), capture_output=True, text=True,
+                          timeout=600)
 
 
 def signal_on_line(args: list[str], prefix: str, sig: int = signal.SIGINT) -> subprocess.CompletedProcess:

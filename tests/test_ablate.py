@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import xception
-from data_factory import stripes_folder, tiny_recipe
+from data_factory import signal_on_line, stripes_folder, tiny_recipe
 from xception import cli
 from xception.ablate import (
     SweepConfig,
@@ -227,6 +229,20 @@ def test_interrupted_runs_are_resumed_and_end_as_uninterrupted_ones(sweep, data,
         assert (result.test_top1, result.test_loss) == (reference.test_top1, pytest.approx(reference.test_loss))
     results, missing = collect_results(other)
     assert missing == [] and len(results) == 2
+
+
+def test_sigterm_stops_the_ablate_command_with_status_143_and_keeps_the_run_to_resume(data, tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(tiny_recipe(epochs=50, batch_size=6).to_toml())  # far longer than the test waits
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "xception", "ablate", str(data[0]), "--test", str(data[1]), "--recipe", str(recipe),
+            "--variants", "paper", "--seeds", "1", "--evals-per-epoch", "1", "--out", str(out), "--json"]
+    done = signal_on_line(args, "[1/1] paper seed 0: training", signal.SIGTERM)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    assert json.loads(done.stdout)["interrupted"] is True and "sweep stopped" in done.stderr
+    run_dir = out / "paper" / "seed0"
+    assert load_checkpoint(run_dir / "last.pt")["step"] >= 1
+    assert not (run_dir / "result.json").exists() and not (out / "report.md").exists()
 
 
 def test_a_run_whose_loss_diverges_is_recorded_and_left_out(data, tmp_path, one_thread):

@@ -1,6 +1,7 @@
 """Data-parallel training and evaluation under torchrun: 2 CPU processes (gloo) against 1.
 
-Every run is a real ``torchrun ... -m xception`` job on a tiny generated image folder.
+Every data-parallel run is a real ``torchrun ... -m xception`` job on a tiny generated image folder; the
+one-process runs they are compared with are the same commands, run in this process (one thread).
 """
 
 import json
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 import xception
-from data_factory import stripes_folder, tiny_recipe
+from data_factory import run_beside, stripes_folder, tiny_recipe
+from xception.cli import main
 from xception.train import load_checkpoint
 
 SRC = str(Path(xception.__file__).parents[1])
@@ -31,15 +33,22 @@ def environment() -> dict[str, str]:
             "XCEPTION_DIST_TIMEOUT": "60"}
 
 
-def xception_cmd(*args: str, procs: int = 1, restarts: int = 0) -> list[str]:
-    if procs == 1:
-        return [sys.executable, "-m", "xception", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+def torchrun(*args: str, restarts: int = 0) -> list[str]:
+    """``xception ARGS`` as a job of two processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
             f"--max-restarts={restarts}", "-m", "xception", *args]
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=600)
+def in_process(*args: str) -> None:
+    """``xception ARGS`` as one process: here, with one thread (the module's fixture)."""
+    assert main(list(args)) == 0
+
+
+def run_while(cmd: list[str], *in_this_process: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` and, meanwhile, ``xception IN_THIS_PROCESS``; ``cmd``'s outcome (both must succeed)."""
+    running = run_beside(cmd, environment())
+    in_process(*in_this_process)
+    done = running.result()
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -53,13 +62,13 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def runs(data, tmp_path_factory) -> dict[str, Path]:
+def runs(data, tmp_path_factory, one_thread) -> dict[str, Path]:
     """The same training on 1 process (batch 12) and on 2 processes with SyncBatchNorm (6 + 6)."""
     folder, recipe = data
     root = tmp_path_factory.mktemp("runs")
     train = ("train", str(folder), "--recipe", str(recipe), "--no-progress")
-    run(xception_cmd(*train, "--out", str(root / "one"), "--batch-size", "12"))
-    run(xception_cmd(*train, "--out", str(root / "two"), "--batch-size", "6", "--sync-bn", procs=2))
+    run_while(torchrun(*train, "--out", str(root / "two"), "--batch-size", "6", "--sync-bn"),
+              *train, "--out", str(root / "one"), "--batch-size", "12")
     return {"one": root / "one", "two": root / "two"}
 
 
@@ -90,23 +99,24 @@ def test_only_rank_0_writes_the_run_folder(runs):
     assert [r["epoch"] for r in records] == [1, 2]
 
 
-def test_evaluation_counts_from_two_ranks_equal_one_process_on_an_uneven_set(runs, tmp_path):
+def test_evaluation_counts_from_two_ranks_equal_one_process_on_an_uneven_set(runs, tmp_path, capsys, one_thread):
     uneven = stripes_folder(tmp_path / "uneven", per_class=7, seed=3)  # 21 images: 11 + 10 per rank
     weights = str(runs["one"] / "model.safetensors")
     evaluate = ("evaluate", "--weights", weights, "--data", str(uneven), "--json", "--no-plot", "--no-progress")
-    one = json.loads(run(xception_cmd(*evaluate)).stdout)
-    two = json.loads(run(xception_cmd(*evaluate, procs=2)).stdout)  # rank 0 alone prints
+    capsys.readouterr()
+    two = json.loads(run_while(torchrun(*evaluate), *evaluate).stdout)  # rank 0 alone prints
+    one = json.loads(capsys.readouterr().out)
     assert one["images"] == two["images"] == 21
     assert one["confusion_matrix"] == two["confusion_matrix"]
     assert one["top1"] == two["top1"]
 
 
-def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
+def test_a_two_process_checkpoint_resumes_on_one_process(runs, tmp_path, capsys, one_thread):
     import shutil
 
     folder = shutil.copytree(runs["two"], tmp_path / "two")
-    done = run(xception_cmd("train", "--resume", str(folder), "--epochs", "3", "--no-progress"))
-    assert "resumed in epoch 3" in done.stderr
+    in_process("train", "--resume", str(folder), "--epochs", "3", "--no-progress")
+    assert "resumed in epoch 3" in capsys.readouterr().err
     state = load_checkpoint(folder / "last.pt")
     # The per-process batch (6) stays: alone, the process takes 6 steps for the third epoch's 36 images.
     assert state["epoch"] == 3 and state["world_size"] == 1 and state["step"] == 6 + 6
@@ -121,8 +131,8 @@ def test_a_killed_worker_brings_the_job_down_and_max_restarts_resumes_it(data, t
     folder, recipe = data
     out = tmp_path / "run"
     # Mid-epoch checkpoints as often as the ranks can agree on them (every 10th update: update 10, in epoch 4).
-    cmd = xception_cmd("train", str(folder), "--recipe", str(recipe), "--out", str(out), "--batch-size", "6",
-                       "--epochs", "4", "--checkpoint-minutes", "0.0001", "--no-progress", procs=2, restarts=1)
+    cmd = torchrun("train", str(folder), "--recipe", str(recipe), "--out", str(out), "--batch-size", "6",
+                       "--epochs", "4", "--checkpoint-minutes", "0.0001", "--no-progress", restarts=1)
     proc = subprocess.Popen(cmd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (out / "last.pt").exists():  # the first epoch's checkpoint: the second epoch is under way

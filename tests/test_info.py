@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from xception.fast import native
@@ -32,6 +33,42 @@ def test_json_names_versions_cpu_threads_kernels_and_folders(tmp_path):
     assert report["cuda_devices"] == ([] if not torch.cuda.is_available() else report["cuda_devices"])
     assert report["files"]["fashion_mnist"] == str(tmp_path / "fashion-mnist")
     assert report["files"]["fashion_mnist_searched"] == [str(tmp_path / "fashion-mnist")]
+
+
+# ``xception info --json`` in a process that then imports torch and asks it what the report says it would use.
+TORCH_AFTER_INFO = """
+import contextlib, io, json, sys
+from xception.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as printed:
+    status = main(["info", "--json"])
+imported = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+import torch
+from xception.fast import native
+devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+print(json.dumps({"status": status, "report": json.loads(printed.getvalue()), "imported": imported, "torch": {
+    "threads": torch.get_num_threads(), "interop": torch.get_num_interop_threads(), "cuda": torch.version.cuda,
+    "onednn": torch.backends.mkldnn.is_available(), "capability": torch.backends.cpu.get_cpu_capability(),
+    "isa": native.isa(), "built": native.built(),
+    "devices": [torch.cuda.get_device_name(i) for i in range(devices)]}}))
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"OMP_NUM_THREADS": "64", "XCEPTION_CPU_ISA": "avx2"}],
+                         ids=["defaults", "more-threads-than-cores"])
+def test_info_imports_no_torch_and_says_what_torch_then_uses(env):
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", TORCH_AFTER_INFO], capture_output=True, text=True, timeout=120,
+                          env={**environment, **env})
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    report, actual = outcome["report"], outcome["torch"]
+    assert outcome["status"] == 0 and outcome["imported"] == []
+    assert (report["threads"]["torch_threads"], report["threads"]["torch_interop_threads"]) == (
+        actual["threads"], actual["interop"])
+    assert report["torch_build"] == {"cuda": actual["cuda"], "onednn": actual["onednn"],
+                                     "cpu_capability": actual["capability"]}
+    assert (report["native_kernels"]["isa"], report["native_kernels"]["built"]) == (actual["isa"], actual["built"])
+    assert [d["name"] for d in report["cuda_devices"]] == actual["devices"]
 
 
 def test_text_says_the_same_and_where_the_dataset_was_not_found():

@@ -31,7 +31,7 @@ from xception.errors import WeightsError
 from xception.models import Xception, XceptionConfig
 from xception.preprocessing import Preprocessing
 from xception.train import finish, fit, open_log, open_run, train
-from xception.train.loop import Aborted, StopRequest
+from xception.train.stop import Aborted, StopRequest
 from xception.weights import load_pretrained, read_metadata
 
 MODEL = {"stem": "small", "width": 0.125, "middle_repeats": 1}

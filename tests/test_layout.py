@@ -12,9 +12,7 @@ MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 # Modules allowed over the limit for now, each with the most lines it may have meanwhile: it may shrink, not grow,
 # and its entry goes once it is within the limit.
-OVER_THE_LIMIT = {
-    "train/loop.py": 650,  # the loop awaits its split: the epoch, validation and export phases in their own modules
-}
+OVER_THE_LIMIT: dict[str, int] = {}
 
 
 def module_name(path: Path) -> str:

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import pytest
 import torch
 
 import xception
-from data_factory import assert_same_training, stripes_folder, tiny_recipe
+from data_factory import assert_same_training, run_beside, stripes_folder, tiny_recipe
 from xception import fileio
 from xception.errors import BusyError, ConfigError, StorageError
 from xception.train import RunSettings, fit, load_checkpoint, open_log, open_run, read_metrics, resume_settings, train
@@ -72,13 +73,19 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory) -> Path:
-    """The uninterrupted run, checkpointing at epoch ends only."""
+def reference(data, tmp_path_factory) -> Callable[[], Path]:
+    """The uninterrupted run, checkpointing at epoch ends only: started here, it trains while the test runs
+    its own; the fixture's value waits for it and returns its folder."""
     folder, recipe = data
     out = tmp_path_factory.mktemp("runs") / "reference"
-    finish(xception_train(str(folder), "--recipe", str(recipe), "--out", str(out), "--deterministic",
-                          "--set", "checkpoint_minutes=0"))
-    return out
+    running = run_beside(xception_train(str(folder), "--recipe", str(recipe), "--out", str(out), "--deterministic",
+                                        "--set", "checkpoint_minutes=0"))
+
+    def finished() -> Path:
+        assert running.result().returncode == 0, running.result().stderr[-3000:]
+        return out
+
+    return finished
 
 
 # -- the user's umask ----------------------------------------------------------------------------------------
@@ -134,39 +141,6 @@ def test_a_folder_lock_is_exclusive_between_processes_and_dies_with_its_holder(t
         holder.kill()
         holder.wait()
     fileio.FolderLock(tmp_path).release()  # SIGKILL left no stale lock
-
-
-def test_a_second_training_into_a_running_folder_is_refused_and_a_killed_one_frees_it(data, tmp_path):
-    folder, recipe = data
-    out, log = tmp_path / "run", tmp_path / "first.log"
-    # A long run with a decoding worker: a forked child, which outlives a SIGKILLed parent for a few seconds
-    # and must not keep the folder busy meanwhile. (Its output goes to a file: a pipe would wait for it.)
-    with open(log, "w") as output:
-        first = subprocess.Popen(xception_train(str(folder), "--recipe", str(recipe), "--out", str(out), "--epochs",
-                                                "50", "--set", "checkpoint_minutes=0.0001"),
-                                 env=environment(), stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "last.pt").exists():
-            assert first.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
-            time.sleep(0.02)
-        busy = rf"{out} is in use by another training \(process {first.pid}\b.*wait for it"
-        with pytest.raises(BusyError, match=busy):
-            train(RECIPE, folder, out=out, progress=False)
-        with pytest.raises(BusyError, match=busy):
-            train(RECIPE, resume=out, progress=False)
-    finally:
-        first.kill()
-        first.wait()
-    assert first.returncode == -signal.SIGKILL
-    fileio.FolderLock(out).release()  # at once: the killed run's worker does not hold it
-    stored, _ = resume_settings(out)
-    at = load_checkpoint(out)
-    result = train(stored.replace(epochs=at["epoch"] + 1), resume=out, progress=False)
-    assert result.epochs_done == at["epoch"] + 1
-    assert [r["epoch"] for r in read_metrics(out)] == list(range(1, at["epoch"] + 2))  # one writer, in order
-    assert leftovers(out) == []
 
 
 # -- a full disk -----------------------------------------------------------------------------------------------
@@ -360,27 +334,37 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint_and_says_so(tmp_path,
 def kill_at_random_moments(data: tuple[Path, Path], out: Path, kills: int, seed: int) -> list[tuple[int, int]]:
     """Train into ``out`` and SIGKILL the run ``kills`` times, each a random moment after one to three new
     checkpoints (so that each session makes progress), resuming each time; then let the last session finish.
-    Returns the (epoch, position) each session was killed after."""
+    While the first session runs, a second training into its folder is refused. Returns the (epoch, position)
+    each session was killed after."""
     folder, recipe = data
     rng = random.Random(seed)
     args = xception_train(str(folder), "--recipe", str(recipe), "--out", str(out), "--deterministic",
                           "--set", "checkpoint_minutes=0.0001")  # at every update
     cut_at = []
-    for _ in range(kills):
-        proc = subprocess.Popen(args, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for session in range(kills):
+        # Output to a file: a pipe would stay open until the killed run's decoding worker (a forked child that
+        # outlives it for a few seconds) exits, and the next session starts at once.
+        log = out.parent / f"session{session}.log"
+        with open(log, "w") as output:
+            proc = subprocess.Popen(args, env=environment(), stdout=output, stderr=subprocess.STDOUT)
         seen = (out / "last.pt").stat().st_mtime_ns if (out / "last.pt").exists() else None
         wanted, deadline = rng.randint(1, 3), time.monotonic() + 300
-        while wanted:
-            assert proc.poll() is None, f"the run ended before it was killed: {proc.communicate()[1][-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
-            now = (out / "last.pt").stat().st_mtime_ns if (out / "last.pt").exists() else None
-            if now != seen:
-                seen, wanted = now, wanted - 1
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.1))
-        proc.kill()
-        proc.communicate()
+        try:
+            while wanted:
+                assert proc.poll() is None, f"the run ended before it was killed: {log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+                now = (out / "last.pt").stat().st_mtime_ns if (out / "last.pt").exists() else None
+                if now != seen:
+                    seen, wanted = now, wanted - 1
+                    if session == 0:
+                        second_training_is_refused(out, folder, proc.pid)
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.1))
+        finally:
+            proc.kill()
+            proc.wait()
         assert proc.returncode == -signal.SIGKILL
+        fileio.FolderLock(out).release()  # at once: the killed run's worker does not hold the folder
         at = load_checkpoint(out)
         assert at["epoch"] < EPOCHS, "killed too late: make the run longer"
         cut_at.append((at["epoch"], at["position"]))
@@ -389,10 +373,18 @@ def kill_at_random_moments(data: tuple[Path, Path], out: Path, kills: int, seed:
     return cut_at
 
 
-def check_resumed_exactly(reference: Path, out: Path, cut_at: list[tuple[int, int]]) -> None:
-    assert_same_training(reference / "last.pt", out / "last.pt")
+def second_training_is_refused(out: Path, folder: Path, holder: int) -> None:
+    busy = rf"{out} is in use by another training \(process {holder}\b.*wait for it"
+    with pytest.raises(BusyError, match=busy):
+        train(RECIPE, folder, out=out, progress=False)
+    with pytest.raises(BusyError, match=busy):
+        train(RECIPE, resume=out, progress=False)
+
+
+def check_resumed_exactly(reference: Callable[[], Path], out: Path, cut_at: list[tuple[int, int]]) -> None:
+    assert_same_training(reference() / "last.pt", out / "last.pt")
     assert any(position > 0 for _, position in cut_at)  # mid-epoch checkpoints carried the run on
-    assert [r["epoch"] for r in read_metrics(out)] == list(range(1, EPOCHS + 1))
+    assert [r["epoch"] for r in read_metrics(out)] == list(range(1, EPOCHS + 1))  # one writer, in order
     assert leftovers(out) == []
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == EPOCHS

@@ -29,8 +29,8 @@ from xception.train import (
     resume_settings,
     train,
 )
-from xception.train.loop import _warn_at_chance
 from xception.train.precise_bn import recompute_batchnorm, settle_updates, statistics_due, trained_norms
+from xception.train.validation import warn_at_chance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -305,10 +305,10 @@ def counts(confusion: list[list[int]]) -> Counts:
 def test_a_warning_says_when_validation_sits_at_chance_while_training_climbs(confusion, train_acc, warned, capsys):
     validated = counts(confusion)
     record = {"val_top1": validated.top1, "train_acc": train_acc}
-    _warn_at_chance(fake_run(), record, validated, recomputed=False)  # type: ignore[arg-type]
+    warn_at_chance(fake_run(), record, validated, recomputed=False)  # type: ignore[arg-type]
     err = capsys.readouterr().err
     assert (err.count("\n") == 1 and err.startswith("warning: validation top-1")) if warned else err == ""
     if warned:
         assert "precise_bn=on" in err
-        _warn_at_chance(fake_run(), record, validated, recomputed=True)  # type: ignore[arg-type]
+        warn_at_chance(fake_run(), record, validated, recomputed=True)  # type: ignore[arg-type]
         assert "more images per class" in capsys.readouterr().err

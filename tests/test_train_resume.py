@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_factory import cli_environment, signal_on_line, stripes_folder, tiny_recipe
+from data_factory import cli_environment, run_beside, signal_on_line, stripes_folder, tiny_recipe
 from xception.train import load_checkpoint
 
-EPOCHS = 4
+EPOCHS = 2  # the resumed run finishes the cut epoch and trains a whole one after it
 
 
 def command(folder: Path, recipe: Path, out: Path, *extra: str) -> list[str]:
@@ -62,12 +62,11 @@ def setup(tmp_path_factory):
                                   model_options={"stem": "small", "width": 0.25, "middle_repeats": 1,
                                                  "drop_rate": 0.3}).to_toml())
     reference = root / "reference"
-    run_to_end(command(folder, recipe, reference))
-    return root, folder, recipe, reference
+    return root, folder, recipe, reference, run_beside(command(folder, recipe, reference))  # uninterrupted
 
 
 def test_ctrl_c_saves_mid_epoch_and_the_resumed_run_matches(setup):
-    root, folder, recipe, reference = setup
+    root, folder, recipe, reference, uninterrupted = setup
     out = root / "interrupted"
     stopped = ctrl_c_once_training_starts(command(folder, recipe, out))
     assert stopped.returncode == 130, stopped.stderr
@@ -76,4 +75,5 @@ def test_ctrl_c_saves_mid_epoch_and_the_resumed_run_matches(setup):
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 0 and state["position"] > 0  # saved in the middle of the first epoch
     run_to_end([sys.executable, "-m", "xception", "train", "--resume", str(out), "--no-progress"])
+    assert uninterrupted.result().returncode == 0, uninterrupted.result().stderr
     assert_same_weights(reference / "last.pt", out / "last.pt")

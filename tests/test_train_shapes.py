@@ -21,10 +21,12 @@ from data_factory import stripes_folder
 SIZES = (32, 48, 56, 64, 72, 96)
 WIDTHS = (0.125, 0.25, 0.5)
 
+# Each run is the training of `xception train`'s first epoch (updates, validation, checkpoints, the model's
+# export); the end of a run (curves, summary) is left out: it draws plots, whatever the shapes.
 SWEEP = textwrap.dedent("""
     import sys
     import torch
-    from xception.train import load_recipe, train
+    from xception.train import RunSettings, fit, load_recipe, open_log, open_run
 
     torch.set_num_threads(1)
     folder, out = sys.argv[1], sys.argv[2]
@@ -36,8 +38,11 @@ SWEEP = textwrap.dedent("""
                 epochs=1, batch_size=8, input_size=size, workers=0, device="cpu",
                 model_options={{"stem": "small", "width": width, "middle_repeats": 1}},
             )
-            result = train(recipe, folder, out=f"{{out}}/{{size}}-{{width}}", progress=False)
-            assert result.epochs_done == 1, result
+            run = open_run(recipe, RunSettings(data=folder), out=f"{{out}}/{{size}}-{{width}}")
+            with open_log(run) as run_log:
+                done = fit(run, run_log)
+            run.close()
+            assert not done.interrupted and [r["epoch"] for r in done.records] == [1], done
             print("trained", size, width, flush=True)
 """)
 

@@ -1,5 +1,6 @@
 """What a bug report needs to know about this installation: versions, the CPU and its vector extensions,
-threads, the compiled kernels, CUDA devices, and where files are kept and found. Builds no model.
+threads, the compiled kernels, CUDA devices, and where files are kept and found. Builds no model, and imports
+no torch (``import torch`` takes seconds): what torch would use is worked out as torch works it out.
 
     >>> from xception.info import system_info, format_info
     >>> print(format_info(system_info()))
@@ -7,13 +8,20 @@ threads, the compiled kernels, CUDA devices, and where files are kept and found.
 
 from __future__ import annotations
 
+import ast
+import ctypes
+import importlib.machinery
 import importlib.metadata
+import importlib.util
 import os
 import platform
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .hardware import all_cpus, cpu_flags, cpu_name, nvidia_gpus, physical_cores, usable_cpus
 from .locations import CACHE_ENV, DATA_PATH_ENV, cache_root, dataset_folders
 
 # Installed packages worth naming: the core, the peers and runtimes the library uses when present.
@@ -27,6 +35,7 @@ CPU_FEATURES = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512dq", "avx512vl",
     "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
 )
+KERNEL_ISAS = ("none", "avx2", "avx512")  # what the compiled kernels' xc_isa() answers, by number
 
 
 def _versions() -> dict[str, str | None]:
@@ -39,37 +48,121 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
-def _threads() -> dict[str, Any]:
-    import torch
+def _torch_root() -> Path | None:
+    """The installed torch package's folder, found without importing it."""
+    spec = importlib.util.find_spec("torch")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
 
+
+def _torch_build() -> dict[str, Any]:
+    """What the installed torch was built with, read from its files: the constants of torch/version.py (``cuda``:
+    its CUDA version) and the switches of ATen/Config.h (``AT_MKLDNN_ENABLED``: oneDNN, ``AT_MKL_ENABLED``, …)."""
+    root = _torch_root()
+    build: dict[str, Any] = {}
+    if root is None:
+        return build
     try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
-    return {"cpu_count": os.cpu_count(), "usable_cpus": usable, "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+        for node in ast.parse((root / "version.py").read_text()).body:
+            if isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Constant):
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    if isinstance(target, ast.Name):
+                        build[target.id] = node.value.value
+        header = (root / "include" / "ATen" / "Config.h").read_text()
+    except (OSError, SyntaxError):
+        return build
+    build.update({name: value == "1" for name, value in re.findall(r"#define (AT_\w+?)(?:\(\))? (\d+)", header)})
+    return build
+
+
+def _cpu_capability(flags: set[str]) -> str:
+    """The vector code ATen dispatches its CPU operators to (``torch.backends.cpu.get_cpu_capability()``),
+    chosen as ATen chooses it: ``ATEN_CPU_CAPABILITY`` if valid, else the widest the CPU has (AVX-512 needs
+    VL, BW, DQ and FMA; AVX2 needs FMA; on ARM, 256-bit SVE)."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        forced = os.environ.get("ATEN_CPU_CAPABILITY")
+        if forced in ("avx512", "avx2", "default"):
+            return forced.upper()
+        if {"avx512vl", "avx512bw", "avx512dq", "fma"} <= flags:
+            return "AVX512"
+        return "AVX2" if {"avx2", "fma"} <= flags else "DEFAULT"
+    try:  # the SVE vector length a new process gets, in bytes
+        sve_bytes = int(Path("/proc/sys/abi/sve_default_vector_length").read_text())
+    except (OSError, ValueError):
+        sve_bytes = 0
+    return "SVE256" if "sve" in flags and sve_bytes == 32 else "DEFAULT"
+
+
+def _env_threads(name: str) -> int | None:
+    """A thread count from the environment as torch and MKL read it: the leading number (of ``4,2`` too), if
+    above 0."""
+    found = re.match(r"\s*(\d+)", os.environ.get(name, ""))
+    count = int(found.group(1)) if found else 0
+    return count if count > 0 else None
+
+
+def _threads(build: dict[str, Any]) -> dict[str, Any]:
+    """The CPUs, and the threads torch sets up at start-up (``torch.get_num_threads()``, and
+    ``get_num_interop_threads()``: the physical cores this process may use): ``MKL_NUM_THREADS``, else
+    ``OMP_NUM_THREADS``, else those cores. A build whose OpenMP threads MKL counts (the x86 wheels) takes MKL's
+    count, which caps a requested one at the machine's physical cores unless ``MKL_DYNAMIC=false``."""
+    usable = usable_cpus()
+    cores = physical_cores(usable)
+    threads = _env_threads("MKL_NUM_THREADS") or _env_threads("OMP_NUM_THREADS") or cores
+    mkl = build.get("AT_MKL_ENABLED") and build.get("AT_PARALLEL_OPENMP") and not build.get("AT_MKL_SEQUENTIAL")
+    if mkl and os.environ.get("MKL_DYNAMIC", "").lower() != "false":
+        threads = min(threads, physical_cores(all_cpus()))
+    return {"cpu_count": os.cpu_count(), "usable_cpus": len(usable), "torch_threads": threads,
+            "torch_interop_threads": cores, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def _kernels() -> ctypes.CDLL | None:
+    """The compiled CPU kernels (``xception.fast._cpu``), loaded as :mod:`xception.fast.native` loads them
+    (``XCEPTION_CPU_ISA`` honoured) but found beside this file: importing ``xception.fast`` imports torch."""
+    spec = importlib.machinery.PathFinder.find_spec("xception.fast._cpu", [str(Path(__file__).with_name("fast"))])
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    forced = os.environ.get("XCEPTION_CPU_ISA", "").lower()
+    if forced in ("avx2", "avx512"):
+        lib.xc_select_isa(1 if forced == "avx2" else 2)
+    return lib
 
 
 def _native() -> dict[str, Any]:
-    from .fast import native
+    lib = _kernels()
+    isa = KERNEL_ISAS[lib.xc_isa()] if lib is not None else "none"
+    problem = None
+    if isa == "none":  # why, in the fast path's words; it imports torch, which only such machines pay for
+        from .fast import native
 
-    problem = native.problem()
-    return {"built": native.built(), "isa": native.isa(), "forced": os.environ.get("XCEPTION_CPU_ISA") or None,
-            "problem": problem[0] if problem else None}
+        found = native.problem()
+        problem = found[0] if found else None
+    return {"built": lib is not None, "isa": isa, "forced": os.environ.get("XCEPTION_CPU_ISA") or None,
+            "problem": problem}
 
 
-def _cuda() -> list[dict[str, Any]]:
-    import torch
-
-    if not torch.cuda.is_available():
+def _cuda(build: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CUDA devices torch would see: none when it was built without CUDA; else the driver's GPUs, as
+    ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-`` UUIDs, up to the first it does not match) selects and
+    numbers them."""
+    if not build.get("cuda"):
         return []
-    devices = []
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        devices.append({"index": i, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                        "capability": f"{props.major}.{props.minor}"})
-    return devices
+    gpus = nvidia_gpus()
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        chosen: list[dict[str, Any]] = []
+        for item in (part.strip() for part in visible.split(",")):
+            match = next((g for g in gpus if item == str(g["index"])
+                          or (item.startswith("GPU-") and str(g["uuid"]).startswith(item))), None)
+            if match is None or match in chosen:
+                break
+            chosen.append(match)
+        gpus = chosen
+    return [{"index": i, "name": g["name"], "memory_gib": g["memory_gib"], "capability": g["capability"]}
+            for i, g in enumerate(gpus)]
 
 
 def _files() -> dict[str, Any]:
@@ -83,25 +176,24 @@ def _files() -> dict[str, Any]:
 
 
 def system_info() -> dict[str, Any]:
-    """Everything :func:`format_info` prints, as a JSON-ready dict."""
-    import torch
-
-    from .runtime import cpu_flags, cpu_name
-
+    """Everything :func:`format_info` prints, as a JSON-ready dict. Read from the installation and the
+    operating system without importing torch: what torch reports (threads, CPU capability, CUDA devices) is
+    what it would report, set up as it sets itself up at start-up."""
     flags = cpu_flags()
+    build = _torch_build()
     return {
         "xception": __version__,
         "python": platform.python_version(),
         "executable": sys.executable,
         "platform": platform.platform(),
         "packages": _versions(),
-        "torch_build": {"cuda": torch.version.cuda, "onednn": torch.backends.mkldnn.is_available(),
-                        "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "torch_build": {"cuda": build.get("cuda"), "onednn": build.get("AT_MKLDNN_ENABLED"),
+                        "cpu_capability": _cpu_capability(flags)},
         "cpu": {"name": cpu_name(), "machine": platform.machine(),
                 "features": [f for f in CPU_FEATURES if f in flags]},
-        "threads": _threads(),
+        "threads": _threads(build),
         "native_kernels": _native(),
-        "cuda_devices": _cuda(),
+        "cuda_devices": _cuda(build),
         "files": _files(),
     }
 
@@ -110,15 +202,16 @@ def format_info(info: dict[str, Any]) -> str:
     """The report as text to paste into a bug report."""
     packages = info["packages"]
     native, threads, files, cpu = info["native_kernels"], info["threads"], info["files"], info["cpu"]
+    build = info["torch_build"]
+    onednn = {True: "yes", False: "no"}.get(build["onednn"], "unknown")  # unknown: torch's headers are missing
     lines = [
         f"xception     {info['xception']} (Python {info['python']}, {info['platform']})",
         "packages     " + ", ".join(f"{k} {v}" for k, v in packages.items() if v),
         "not present  " + (", ".join(k for k, v in packages.items() if not v) or "-"),
-        f"torch build  CUDA {info['torch_build']['cuda'] or 'none'}, oneDNN "
-        f"{'yes' if info['torch_build']['onednn'] else 'no'}, CPU capability {info['torch_build']['cpu_capability']}",
+        f"torch build  CUDA {build['cuda'] or 'none'}, oneDNN {onednn}, CPU capability {build['cpu_capability']}",
         f"CPU          {cpu['name']} [{cpu['machine']}]",
         f"features     {' '.join(cpu['features']) or 'none of ' + ', '.join(CPU_FEATURES[:3])}",
-        f"threads      torch {threads['torch_threads']} (interop {threads['torch_interop_threads']}), "
+        f"threads      torch {threads['torch_threads']} (interop {threads['torch_interop_threads']}) at start-up, "
         f"{threads['usable_cpus']} usable of {threads['cpu_count']} CPUs, OMP_NUM_THREADS "
         f"{threads['OMP_NUM_THREADS'] or 'unset'}",
         f"kernels      native: {native['isa']}" + (f" (forced by XCEPTION_CPU_ISA={native['forced']})"
@@ -127,11 +220,17 @@ def format_info(info: dict[str, Any]) -> str:
     if native["problem"]:
         lines.append(f"             {native['problem']}")
     cuda = info["cuda_devices"]
-    lines.append("CUDA         " + ("; ".join(f"{d['index']}: {d['name']} ({d['memory_gib']} GiB, sm {d['capability']})"
-                                             for d in cuda) or "no device"))
+    lines.append("CUDA         " + ("; ".join(map(_device_text, cuda)) or "no device"))
     lines.append(f"cache        {files['cache']}" + ("" if files["cache_exists"] else " (not created yet)")
                  + (f" (from {CACHE_ENV})" if files["cache_env"] else ""))
     searched = ", ".join(files["fashion_mnist_searched"]) or f"no folder ({DATA_PATH_ENV} is empty)"
     found = files["fashion_mnist"] or "not found (training downloads it)"
     lines.append(f"Fashion-MNIST {found}; searched: {searched}")
     return "\n".join(lines)
+
+
+def _device_text(device: dict[str, Any]) -> str:
+    known = [f"{device['memory_gib']} GiB" if device["memory_gib"] is not None else None,
+             f"sm {device['capability']}" if device["capability"] is not None else None]
+    details = ", ".join(k for k in known if k)
+    return f"{device['index']}: {device['name']}" + (f" ({details})" if details else "")

@@ -3,7 +3,6 @@ and one clock for timing calls on it (CUDA events on a GPU, ``perf_counter`` on 
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 import torch
 
 from .errors import DeviceError
+from .hardware import cpu_flags as cpu_flags  # re-exported: what runs on a device is reported with its CPU
+from .hardware import cpu_name as cpu_name
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -67,38 +68,3 @@ def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int = 5, war
     synchronize(device)
     times = sorted(time_call(fn, device) for _ in range(repeats))
     return times[len(times) // 2]
-
-
-def _cpu_info() -> dict[str, str]:
-    """The first processor's block of /proc/cpuinfo (empty where there is none)."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if not sep:
-                    break  # the first processor's block is enough
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as /proc/cpuinfo names them (``avx2``, ``avx512_vnni``, ``amx_int8``, …)."""
-    return set(_cpu_info().get("flags", "").split())
-
-
-def cpu_name() -> str:
-    """The CPU's name with what decides kernel speed: family/model (virtual machines often report a generic
-    name such as "Intel(R) Xeon(R) Processor") and the widest vector extensions."""
-    info = _cpu_info()
-    if not info:
-        return platform.processor() or platform.machine()
-    flags = set(info.get("flags", "").split())
-    isa = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
-           if flag in flags] or (["AVX2"] if "avx2" in flags else [])
-    name = info.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in info and "model" in info:
-        name += f" (family {info['cpu family']} model {info['model']}{', ' + ', '.join(isa) if isa else ''})"
-    return name

@@ -87,7 +87,7 @@ def train_sweep(
             if not _agreed_stop(stop, world.local_device(device)):
                 result = _next(config, variant, seed, world, stop, progress, tell, label, outcome)
             if result is None:
-                outcome.interrupted = True
+                outcome.interrupted, outcome.stop_signal = True, stop.signum
                 tell("sweep stopped; run the same command again to continue where it stopped")
                 break
             outcome.results.append(result)

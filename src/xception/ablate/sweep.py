@@ -210,6 +210,7 @@ class SweepOutcome:
     skipped: list[tuple[str, int]] = field(default_factory=list)
     resumed: list[tuple[str, int]] = field(default_factory=list)
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that stopped it (SIGINT, SIGTERM), if one did
     is_main: bool = True
     report: dict[str, Any] | None = None
     report_files: list[Path] = field(default_factory=list)

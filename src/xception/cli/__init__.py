@@ -18,6 +18,7 @@ import sys
 
 from .. import __version__
 from ..errors import XceptionError, command_line
+from ._common import stop_status
 
 COMMANDS: tuple[str, ...] = (
     "train", "evaluate", "predict", "summary", "weights", "convert", "export", "bench", "ablate", "explain", "serve",
@@ -49,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with command_line():  # hints in error messages are spelled as options of this command
             return int(args.run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # a second stop signal during training (Aborted) carries its number
         print("interrupted", file=sys.stderr)
-        return 130
+        return stop_status(getattr(err, "signum", None))
     except BrokenPipeError:
         # The reader went away (`xception evaluate --json | head`): stop quietly, as Unix tools do. Python
         # would otherwise fail again flushing stdout at exit, so stdout is pointed at /dev/null first.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -20,6 +21,13 @@ MODEL_OPTION_EXAMPLES = (
     "model.output_stride=16, model.residual=false, model.activation=relu, model.padding=symmetric, "
     "model.bn_eps=1e-5, …"
 )
+
+
+def stop_status(signum: int | None) -> int:
+    """The exit status of a command a stop signal ended, cleanly (a checkpoint saved) or at once: 128 + the
+    signal's number, as a shell reports a process the signal killed (130 for Ctrl-C, also when the signal is
+    unknown, 143 for SIGTERM), so that a job scheduler tells a stopped run from a failed or finished one."""
+    return 128 + (signum or signal.SIGINT)
 
 
 def parse_value(text: str) -> Any:
@@ -91,7 +99,8 @@ def add_runtime_option(parser: argparse.ArgumentParser, auto: str) -> None:
     (xception.inference.RUNTIMES), so that ``--help`` needs no torch."""
     parser.add_argument("--runtime", default="auto", metavar="NAME",
                         help="what runs the model: torch (the plain model), fast (xception.optimize), onnxruntime, "
-                        f"torch-export, executorch (.pte) or litert (.tflite); {auto} (default)")
+                        "openvino (an ONNX file or weights, on the CPU), torch-export, executorch (.pte) or "
+                        f"litert (.tflite); {auto} (default)")
 
 
 def print_json(data: Any) -> None:

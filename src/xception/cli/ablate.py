@@ -18,7 +18,8 @@ examples:
   torchrun --standalone --nproc-per-node 8 -m xception ablate --device cuda
 
 Every (variant, seed) is an ordinary run folder, DIR/<variant>/seed<k>; running the same command again
-skips finished runs and resumes an interrupted one. The report: DIR/report.md, report.json and plots.
+skips finished runs and resumes an interrupted one. Ctrl-C (exit status 130) or SIGTERM (143) stops the run
+in progress after its current update, with a checkpoint. The report: DIR/report.md, report.json and plots.
 """
 
 # Flags that change what a sweep measures (refused with --resume, which takes them from the sweep folder).
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..ablate import VARIANTS, SweepConfig, collect_results, run_sweep, write_report
     from ..errors import ConfigError
-    from ._common import print_json
+    from ._common import print_json, stop_status
     from ._output import setup_logging
 
     if args.list_variants:
@@ -105,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     outcome = run_sweep(config, report_dir=args.report_dir, progress=args.progress)
+    status = stop_status(outcome.stop_signal) if outcome.interrupted else 0
     if not outcome.is_main:
-        return 130 if outcome.interrupted else 0
+        return status
     summary = {"out": config.out, "report": outcome.report_files[0] if outcome.report_files else None,
                "interrupted": outcome.interrupted, "skipped": outcome.skipped, "resumed": outcome.resumed,
                "claims": _verdicts(outcome.report) if outcome.report else None}
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         for number, claim in enumerate(outcome.report["claims"], 1):
             print(f"{number}. {claim['title']} ({claim['where']}): {claim['verdict']}")
         print(f"report: {outcome.report_files[0]}")
-    return 130 if outcome.interrupted else 0
+    return status
 
 
 def _config(args: argparse.Namespace, variants: tuple[str, ...] | None) -> Any:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 from typing import Any
 
 EXAMPLES = """\
@@ -95,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     from ..distributed import is_main_process
     from ..train import list_recipes, load_recipe
     from ..train.folder import claim_for_resume
-    from ..train.loop import Aborted
     from ._output import setup_logging
 
     setup_logging()
@@ -106,10 +103,7 @@ def run(args: argparse.Namespace) -> int:
     # A folder another training holds is refused before its checkpoint is read (verifying one takes a while).
     lock = claim_for_resume(args.resume) if args.resume and is_main_process() and not args.show_recipe else None
     try:
-        return _train(args)
-    except Aborted as err:  # a second Ctrl-C or SIGTERM: stopped at once
-        print("interrupted", file=sys.stderr)
-        return 128 + err.signum
+        return _train(args)  # a second Ctrl-C or SIGTERM raises Aborted: main() says so and exits 128 + it
     finally:
         if lock is not None:
             lock.release()
@@ -119,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..data import FASHION_MNIST
     from ..distributed import is_main_process
     from ..train import apply_overrides, load_recipe, resume_settings, train
-    from ._common import print_json
+    from ._common import print_json, stop_status
 
     if args.resume:
         recipe, _ = resume_settings(args.resume)
@@ -135,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     result = train(recipe, args.data, val=args.val, data_dir=args.data_dir, out=args.out, weights=args.weights,
                    resume=args.resume, strict=args.strict, progress=not args.no_progress)
-    status = 128 + (result.stop_signal or signal.SIGINT) if result.interrupted else 0
+    status = stop_status(result.stop_signal) if result.interrupted else 0
     if not is_main_process():
         return status  # under torchrun, rank 0 reports
     if args.json:

@@ -19,13 +19,16 @@ import urllib.request
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from tqdm import tqdm
 
 from ..errors import ConfigError, DataError, DownloadError, MissingPathError, hint
 from ..fileio import atomic_write, file_digest
 from ..locations import dataset_cache, dataset_folders
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("xception.data")
 
@@ -50,7 +53,7 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Pixel statistics of the 60,000 training images (for normalisation).
 MEAN, STD = 0.2860, 0.3530
 
-_IDX_TYPES = {0x08: torch.uint8}
+_IDX_TYPES = {0x08: "uint8"}  # IDX type codes: the torch dtypes, by name
 
 
 def cache_dir() -> Path:
@@ -138,6 +141,8 @@ def _fetch(url: str, path: Path, md5: str, timeout: float) -> None:
 
 def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
     """An IDX file (gzipped or not) as a tensor; a DataError naming the problem if it is not a valid one."""
+    import torch  # here, where tensors are made: finding the files (xception info) goes without torch
+
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -156,7 +161,7 @@ def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
     if len(data) != expected:
         raise DataError(f"{path} holds {len(data)} bytes but its header promises {expected}: it is truncated "
                         "or damaged; fetch it again")
-    return torch.frombuffer(bytearray(data[header:]), dtype=_IDX_TYPES[data[2]]).view(shape)
+    return torch.frombuffer(bytearray(data[header:]), dtype=getattr(torch, _IDX_TYPES[data[2]])).view(shape)
 
 
 def load_fashion_mnist(

@@ -15,24 +15,15 @@ from ..distributed import DistEnv
 from .artifacts import RunLog, read_metrics
 from .checkpoint import EpochSums, ResumePoint, RunSettings, TrainState, find_resume_point, load_checkpoint
 from .ema import ModelEma
+from .epoch import EpochEnd, NonFiniteLoss, train_one_epoch
 from .finetune import freeze_backbone, freeze_batchnorm
-from .loop import (
-    EpochEnd,
-    FitResult,
-    NonFiniteLoss,
-    StopRequest,
-    TrainResult,
-    end_epoch,
-    finish,
-    fit,
-    open_log,
-    train,
-    train_one_epoch,
-    validate,
-)
+from .finish import TrainResult, finish
+from .loop import FitResult, end_epoch, fit, open_log, train
 from .recipe import Recipe, apply_overrides, list_recipes, load_recipe
 from .run import Compute, Run, RunData, build_optimizer, build_run, open_run, restore, resume_settings
 from .schedule import lr_at
+from .stop import StopRequest
+from .validation import validate
 
 __all__ = [
     "Compute",
