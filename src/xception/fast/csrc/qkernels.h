@@ -175,11 +175,12 @@ void q_depthwise_rows(const xc_qconv* op, const std::uint8_t* in, long m0, int r
 }
 
 // k×k patches of output pixels [m0, m0 + rows): row r holds the window in (dy, dx, channel) order, the
-// input's zero point outside the image. Only the stem's convs take this path: a scalar loop is enough.
+// input's zero point outside the image (the stem's convs, strided 1×1 shortcuts, conv="standard").
 void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, AType* __restrict a,
                   long lda) {
     const QGeometry g = geometry(op);
     const int c = g.c, kk = g.k, z = op->in_zero;
+    const VI zin = vi_set1(z);
     for (int r = 0; r < rows; ++r) {
         long n;
         int oy, ox;
@@ -196,7 +197,15 @@ void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0
                     continue;
                 }
                 const std::uint8_t* src = img + (long(iy) * g.w + ix) * c;
-                for (int ch = 0; ch < c; ++ch) out[ch] = AType(op->relu_in ? std::max<int>(src[ch], z) : src[ch]);
+                if (c < LANES) {  // the first conv's three channels: a vector would be mostly tail
+                    for (int ch = 0; ch < c; ++ch) out[ch] = AType(op->relu_in ? std::max<int>(src[ch], z) : src[ch]);
+                    continue;
+                }
+                for (int ch = 0; ch < c; ch += LANES) {
+                    VI q = vi_load_u8_n(src + ch, c - ch);
+                    if (op->relu_in) q = vi_max(q, zin);
+                    store_codes(out + ch, q, c - ch);
+                }
             }
         }
         std::fill(dst + op->k_dim, dst + lda, AType(0));
