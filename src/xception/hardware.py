@@ -4,6 +4,9 @@ the physical cores among them, and the NVIDIA GPUs the driver lists."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import importlib.machinery
 import os
 import platform
 import subprocess
@@ -131,3 +134,26 @@ def _number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+KERNEL_ISAS = ("none", "avx2", "avx512")  # what the compiled kernels' xc_isa() answers, by number
+
+
+@functools.cache
+def load_kernels() -> ctypes.CDLL | None:
+    """The compiled CPU kernels (``xception.fast._cpu``) as a ctypes library, once per process, with
+    ``XCEPTION_CPU_ISA`` (``avx2``, ``avx512``) forcing a lower instruction set; None when not built or not
+    loadable. Found beside this file rather than imported: importing ``xception.fast`` imports torch."""
+    folder = Path(__file__).with_name("fast")
+    spec = importlib.machinery.PathFinder.find_spec("xception.fast._cpu", [str(folder)])
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    forced = os.environ.get("XCEPTION_CPU_ISA", "").lower()
+    if forced in KERNEL_ISAS[1:]:
+        lib.xc_select_isa(KERNEL_ISAS.index(forced))
+    return lib
+

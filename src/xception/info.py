@@ -9,7 +9,6 @@ no torch (``import torch`` takes seconds): what torch would use is worked out as
 from __future__ import annotations
 
 import ast
-import ctypes
 import importlib.machinery
 import importlib.metadata
 import importlib.util
@@ -21,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .hardware import all_cpus, cpu_flags, cpu_name, nvidia_gpus, physical_cores, usable_cpus
+from .hardware import (
+    KERNEL_ISAS,
+    all_cpus,
+    cpu_flags,
+    cpu_name,
+    load_kernels,
+    nvidia_gpus,
+    physical_cores,
+    usable_cpus,
+)
 from .locations import CACHE_ENV, DATA_PATH_ENV, cache_root, dataset_folders
 
 # Installed packages worth naming: the core, the peers and runtimes the library uses when present.
@@ -35,7 +43,6 @@ CPU_FEATURES = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512dq", "avx512vl",
     "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
 )
-KERNEL_ISAS = ("none", "avx2", "avx512")  # what the compiled kernels' xc_isa() answers, by number
 
 
 def _versions() -> dict[str, str | None]:
@@ -116,24 +123,8 @@ def _threads(build: dict[str, Any]) -> dict[str, Any]:
             "torch_interop_threads": cores, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
-def _kernels() -> ctypes.CDLL | None:
-    """The compiled CPU kernels (``xception.fast._cpu``), loaded as :mod:`xception.fast.native` loads them
-    (``XCEPTION_CPU_ISA`` honoured) but found beside this file: importing ``xception.fast`` imports torch."""
-    spec = importlib.machinery.PathFinder.find_spec("xception.fast._cpu", [str(Path(__file__).with_name("fast"))])
-    if spec is None or spec.origin is None:
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError:
-        return None
-    forced = os.environ.get("XCEPTION_CPU_ISA", "").lower()
-    if forced in ("avx2", "avx512"):
-        lib.xc_select_isa(1 if forced == "avx2" else 2)
-    return lib
-
-
 def _native() -> dict[str, Any]:
-    lib = _kernels()
+    lib = load_kernels()
     isa = KERNEL_ISAS[lib.xc_isa()] if lib is not None else "none"
     problem = None
     if isa == "none":  # why, in the fast path's words; it imports torch, which only such machines pay for

@@ -21,20 +21,20 @@ import ctypes
 import functools
 import importlib.util
 import logging
-import os
 import platform
 import threading
 
 import torch
 from torch import nn
 
+from ..hardware import KERNEL_ISAS, load_kernels
 from ..layers import TFSamePad2d, tf_same_padding
 from .fused import FusedBlock, FusedConv, FusedXception
 
 log = logging.getLogger("xception.fast")
 
 POINTWISE, SEPARABLE, PATCHES = 0, 1, 2
-ISAS = {0: "none", 1: "avx2", 2: "avx512"}
+ISAS = dict(enumerate(KERNEL_ISAS))
 
 
 class _Conv(ctypes.Structure):
@@ -55,21 +55,14 @@ class _Pool(ctypes.Structure):
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    spec = importlib.util.find_spec("xception.fast._cpu")
-    if spec is None or spec.origin is None:
-        return None
-    try:
-        lib = ctypes.CDLL(spec.origin)
-    except OSError:
+    lib = load_kernels()
+    if lib is None:
         return None
     lib.xc_packed_floats.restype = ctypes.c_size_t
     lib.xc_packed_floats.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.xc_pack_weights.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.xc_conv_forward.argtypes = [ctypes.POINTER(_Conv), ctypes.c_void_p, ctypes.c_void_p]
     lib.xc_pool_forward.argtypes = [ctypes.POINTER(_Pool), ctypes.c_void_p, ctypes.c_void_p]
-    forced = os.environ.get("XCEPTION_CPU_ISA", "").lower()
-    if forced in ("avx2", "avx512"):
-        lib.xc_select_isa(1 if forced == "avx2" else 2)
     return lib
 
 
