@@ -25,14 +25,7 @@ from xception.ablate import (
     t_cdf,
     t_quantile,
 )
-from xception.ablate.stats import (
-    CONSISTENT,
-    INCONCLUSIVE,
-    NOT_CONSISTENT,
-    verdict_at_most,
-    verdict_greater,
-    verdict_within,
-)
+from xception.ablate.verdicts import AGREE, CONTRADICT, UNDECIDED, outcome
 from xception.analysis import model_cost
 from xception.cli import main
 from xception.errors import ConfigError
@@ -154,9 +147,13 @@ def test_the_report_gives_figures_over_seeds_and_a_tested_verdict_per_claim(swee
         assert interval["mean"] == pytest.approx(statistics.fmean(diffs))
         assert interval["low"] == pytest.approx(statistics.fmean(diffs) - half)
         assert interval["high"] == pytest.approx(statistics.fmean(diffs) + half)
-        expected = CONSISTENT if interval["low"] > 0 else NOT_CONSISTENT if interval["high"] < 0 else INCONCLUSIVE
-        assert row["verdict"] == expected
-    assert claims["activation"]["verdict"] in (CONSISTENT, NOT_CONSISTENT, "inconclusive")
+        expected = AGREE if interval["low"] > 0 else CONTRADICT if interval["high"] < 0 else UNDECIDED
+        assert row["outcome"] == expected and row["expects"] == "above 0"
+        assert row["verdict"] == {AGREE: "agrees with the paper", CONTRADICT: "contradicts the paper",
+                                  UNDECIDED: "undecided at 2 seeds"}[expected]
+    tally = claims["activation"]["tally"]
+    assert tally[AGREE] + tally[CONTRADICT] + tally[UNDECIDED] == 2
+    assert claims["activation"]["verdict"].startswith(f"{tally[AGREE]} of 2 comparisons agree")
 
     text = (config.out / "report.md").read_text()
     assert text.startswith("# The paper's claims, re-tested\n")
@@ -183,6 +180,12 @@ def test_a_finished_sweep_is_skipped_and_gives_the_same_report(sweep, tmp_path):
     # The report of the runs there, from the command line, elsewhere: the same text.
     assert main(["ablate", "--report-only", "--out", str(config.out), "--report-dir", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").read_bytes() == before["report.md"]
+    # From report.json alone, without the runs: the same report again, plots copied beside it.
+    rebuilt = tmp_path / "rebuilt"
+    assert main(["ablate", "--report-only", "--from", str(config.out / "report.json"), "--report-dir",
+                 str(rebuilt)]) == 0
+    assert {name: (rebuilt / name).read_bytes() for name in before} == before
+    assert (rebuilt / "fig10-activation.png").read_bytes() == (config.out / "fig10-activation.png").read_bytes()
 
 
 class StopAfter(StopRequest):
@@ -316,16 +319,20 @@ def test_paired_intervals_and_verdicts():
     half = 4.302653 * diffs.std().item() / math.sqrt(3)
     assert (interval.mean, interval.low, interval.high) == pytest.approx(
         (diffs.mean().item(), diffs.mean().item() - half, diffs.mean().item() + half), abs=1e-6)
-    assert verdict_greater(interval) == INCONCLUSIVE  # 0.8 ± 1.49
-    assert verdict_greater(paired_interval([2.0, 2.1, 2.2], [1.0, 1.05, 1.2])) == CONSISTENT
-    assert verdict_greater(paired_interval([1.0, 1.05, 1.2], [2.0, 2.1, 2.2])) == NOT_CONSISTENT
-    assert verdict_greater(paired_interval([1.0], [0.0])).startswith("inconclusive (one seed")
-    assert verdict_within(paired_interval([1.0, 1.1, 1.2], [1.05, 1.05, 1.1]), 0.5) == CONSISTENT
-    assert verdict_within(paired_interval([3.0, 3.1, 3.2], [1.05, 1.05, 1.1]), 0.5) == NOT_CONSISTENT
-    assert verdict_within(interval, 0.5) == "inconclusive (the interval reaches past ±0.5)"
-    assert verdict_at_most(paired_interval([1.0, 1.1, 1.2], [1.05, 1.0, 1.1]), 0.5) == CONSISTENT
-    assert verdict_at_most(paired_interval([3.0, 3.1, 3.2], [1.05, 1.05, 1.1]), 0.5) == NOT_CONSISTENT
-    assert verdict_at_most(interval, 0.5) == "inconclusive (the interval includes +0.5)"
+
+    def verdict(test, a, b):
+        found = paired_interval(a, b)
+        return outcome(test, found.low, found.high, 0.5)
+
+    assert verdict("greater", [91.0, 92.5, 90.8], [90.2, 91.1, 90.6]) == UNDECIDED  # 0.8 ± 1.49
+    assert verdict("greater", [2.0, 2.1, 2.2], [1.0, 1.05, 1.2]) == AGREE
+    assert verdict("greater", [1.0, 1.05, 1.2], [2.0, 2.1, 2.2]) == CONTRADICT
+    assert verdict("within", [1.0, 1.1, 1.2], [1.05, 1.05, 1.1]) == AGREE
+    assert verdict("within", [3.0, 3.1, 3.2], [1.05, 1.05, 1.1]) == CONTRADICT
+    assert verdict("within", [91.0, 92.5, 90.8], [90.2, 91.1, 90.6]) == UNDECIDED
+    assert verdict("at_most", [1.0, 1.1, 1.2], [1.05, 1.0, 1.1]) == AGREE
+    assert verdict("at_most", [3.0, 3.1, 3.2], [1.05, 1.05, 1.1]) == CONTRADICT
+    assert verdict("at_most", [91.0, 92.5, 90.8], [90.2, 91.1, 90.6]) == UNDECIDED
 
 
 def test_evaluation_points_are_equally_spaced_and_end_each_epoch():

@@ -2,7 +2,7 @@
 
     >>> from xception.ablate import SweepConfig, run_sweep
     >>> outcome = run_sweep(SweepConfig(out="runs/ablation", seeds=3))   # Fashion-MNIST, 6 variants
-    >>> [c["verdict"] for c in outcome.report["claims"]]
+    >>> [c["verdict"] for c in outcome.report["claims"]]       # e.g. "1 of 2 comparisons agrees with the paper, …"
 
 The variants (:data:`VARIANTS`) are the paper's model with one option changed — a ReLU or an ELU between
 the depthwise and pointwise steps (Fig. 10), no residual connections (Fig. 9), the pointwise step first
@@ -10,8 +10,10 @@ the depthwise and pointwise steps (Fig. 10), no residual connections (Fig. 9), t
 an ordinary run folder trained by :mod:`xception.train`'s phases; the sweep (:mod:`.sweep` describes it,
 :func:`train_sweep` runs it and returns the results) is resumable and runs on a CPU, a GPU or under
 ``torchrun`` unchanged; :func:`run_sweep` runs it and writes the report. The report (:func:`write_report`)
-gives each variant's figures over seeds and, for each claim (:data:`CLAIMS`), a paired t-interval over seeds
-and a verdict: "consistent with the paper", "not consistent with the paper" or inconclusive.
+gives each variant's figures over seeds and, for each comparison behind a claim (:data:`CLAIMS`), a paired
+t-interval over seeds and a verdict: "agrees with the paper", "contradicts the paper" or "undecided at N
+seeds" with the seeds its spread suggests (:mod:`.verdicts`); each claim gets the tally of its comparisons.
+:func:`rebuild_report` judges a stored report.json again without its runs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 
 from ..distributed import DistEnv
 from ..train import StopRequest
-from .report import build_report, render_markdown, write_report
+from .report import build_report, rebuild_report, render_markdown, write_report
 from .runner import train_sweep
 from .stats import Interval, Spread, paired_interval, t_cdf, t_quantile
 from .sweep import RunResult, SweepConfig, SweepOutcome, collect_results, default_recipe, eval_steps
@@ -44,6 +46,7 @@ __all__ = [
     "default_recipe",
     "eval_steps",
     "paired_interval",
+    "rebuild_report",
     "render_markdown",
     "run_sweep",
     "t_cdf",

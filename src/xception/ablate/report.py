@@ -22,19 +22,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..fileio import atomic_write
 from ..runtime import cpu_name
 from ..tables import plural
-from .stats import (
-    Spread,
-    combine,
-    paired_interval,
-    verdict_at_most,
-    verdict_greater,
-    verdict_within,
-)
+from .stats import Spread, paired_interval
 from .sweep import RunResult, SweepConfig, measure
 from .variants import CLAIMS, VARIANTS, Comparison
+from .verdicts import POWER, claim_entry, judge, judge_report, seeds_note, short_verdict
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 MEASURES = {
@@ -143,8 +138,7 @@ def _claim(claim: Any, config: SweepConfig, done: dict[tuple[str, int], RunResul
         if comparison.a not in config.variants or comparison.b not in config.variants:
             continue
         rows.append(_compare(comparison, config, done, use_test))
-    out = {"key": claim.key, "short": claim.short, "title": claim.title, "where": claim.where, "figure": claim.figure,
-           "comparisons": rows, "verdict": combine([r["verdict"] for r in rows])}
+    out = claim_entry(vars(claim), rows)
     if claim.key == "separable" and rows:
         out["facts"] = _separable_facts(config, done)
     return out
@@ -155,18 +149,8 @@ def _compare(comparison: Comparison, config: SweepConfig, done: dict[tuple[str, 
     seeds = [s for s in config.seed_list if (comparison.a, s) in done and (comparison.b, s) in done]
     a = [measure(done[(comparison.a, s)], comparison.measure, use_test) for s in seeds]
     b = [measure(done[(comparison.b, s)], comparison.measure, use_test) for s in seeds]
-    row: dict[str, Any] = {"a": comparison.a, "b": comparison.b, "measure": comparison.measure,
-                           "test": comparison.test, "seeds": seeds, "a_values": a, "b_values": b}
-    if not seeds:
-        return {**row, "interval": None, "verdict": "not tested (no seed has both runs)"}
-    interval = paired_interval(a, b)
-    if comparison.test == "greater":
-        verdict = verdict_greater(interval)
-    elif comparison.test == "within":
-        verdict = verdict_within(interval, config.margin)
-    else:
-        verdict = verdict_at_most(interval, config.margin)
-    return {**row, "interval": interval.to_dict(), "verdict": verdict}
+    return judge({"a": comparison.a, "b": comparison.b, "measure": comparison.measure, "test": comparison.test,
+                  "seeds": seeds, "a_values": a, "b_values": b}, config.margin)
 
 
 def _separable_facts(config: SweepConfig, done: dict[tuple[str, int], RunResult]) -> dict[str, Any]:
@@ -206,10 +190,36 @@ def write_report(config: SweepConfig, results: list[RunResult],
     report = build_report(config, results)
     plots = draw_all(config, results, folder)
     report["plots"] = [p.name for p in plots]
+    return report, [*_write_text(report, folder), *plots]
+
+
+def rebuild_report(source: str | os.PathLike[str],
+                   folder: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """report.md and report.json again from a stored report.json alone, its comparisons judged again from their
+    per-seed values (:func:`~.verdicts.judge_report`): no runs needed. The plots need the runs' curves, which
+    report.json does not hold: those in ``source``'s folder are kept (copied when ``folder``, default that
+    folder, is another). Returns the report and the files (report.md first)."""
+    source = Path(source)
+    try:
+        stored = json.loads(source.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{source} is not a readable report.json: {err}") from err
+    if not isinstance(stored, dict) or not {"claims", "margin", "runs"} <= stored.keys():
+        raise ConfigError(f"{source} is not an ablation report.json (no claims, margin and runs)")
+    folder = Path(folder) if folder is not None else source.parent
+    plots = [source.parent / name for name in stored.get("plots", []) if (source.parent / name).is_file()]
+    if folder.resolve() != source.parent.resolve():
+        plots = [atomic_write(folder / p.name, lambda tmp, p=p: tmp.write_bytes(p.read_bytes())) for p in plots]
+    report = {**judge_report(stored), "plots": [p.name for p in plots]}
+    return report, [*_write_text(report, folder), *plots]
+
+
+def _write_text(report: dict[str, Any], folder: Path) -> list[Path]:
+    """report.md and report.json, each written atomically."""
     text = render_markdown(report)
     md = atomic_write(folder / REPORT_MD, lambda tmp: tmp.write_text(text))
     js = atomic_write(folder / REPORT_JSON, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-    return report, [md, js, *plots]
+    return [md, js]
 
 
 def _pm(spread: dict[str, Any] | None, digits: int = 2) -> str:
@@ -276,7 +286,10 @@ def _md_setup(report: dict[str, Any]) -> list[str]:
         f"- **Statistics**: mean ± standard deviation over seeds. Each claim compares variants seed by seed "
         f"(same data order) with a 95 % t-interval of the mean difference, n − 1 = {max(n - 1, 0)} degrees of "
         f"freedom" + (f" (t = {_t_text(report)}: with {n} seeds intervals are wide)." if n > 1 else "."),
-        f"  \"Equal\" means within ±{report['margin']:g} points.",
+        f"  Each comparison gets its own verdict: it **agrees with the paper** when its interval lies wholly on the "
+        f"side the paper claims (above 0; for \"about equal\", within ±{report['margin']:g} points; for \"buys "
+        f"little\", at most +{report['margin']:g}), **contradicts the paper** when wholly on the other side, and is "
+        "**undecided** at that number of seeds when it reaches across. A claim's verdict counts its comparisons.",
         f"- **Machine**: {', '.join(report['device']) or '?'}; torch threads per process: {threads}; processes: "
         f"{', '.join(map(str, report['world_size']))}"
         + (f"; CPU where this report was written: {report['cpu']}." if report.get("cpu") else "."),
@@ -293,15 +306,15 @@ def _md_setup(report: dict[str, Any]) -> list[str]:
 
 
 def _md_in_short(report: dict[str, Any]) -> list[str]:
-    """One line per claim: its verdict and the differences behind it."""
+    """One line per claim: the tally of its comparisons, then each comparison's difference and verdict."""
     lines = ["## In short", ""]
     for claim in report["claims"]:
         parts = []
         for row in claim["comparisons"]:
             mean, bounds = _interval_text(row)
             what = "final" if row["measure"] == "final" else "convergence"
-            parts.append(f"`{row['a']}` − `{row['b']}` ({what}) {mean} points {bounds}")
-        found = f" ({'; '.join(parts)})" if parts else ""
+            parts.append(f"`{row['a']}` − `{row['b']}` ({what}) {mean} points {bounds}: {short_verdict(row)}")
+        found = f" — {'; '.join(parts)}" if parts else ""
         lines.append(f"- {claim['where']}, {claim['short']}: **{claim['verdict']}**{found}.")
     lines += ["", "Differences are in percentage points of top-1, with their 95 % intervals; \"final\" is the "
               f"{report['final_measure']}, \"convergence\" the mean validation top-1 over the run.", ""]
@@ -335,25 +348,35 @@ def _md_claims(report: dict[str, Any]) -> list[str]:
 
 
 def _md_claim(number: int, claim: dict[str, Any], report: dict[str, Any]) -> list[str]:
-    """One claim: its verdict, the comparisons' table and tests in words, its facts and its figure."""
+    """One claim: its tally, each comparison's verdict, the seeds the undecided ones might need, its facts and
+    its figure."""
     lines = [f"### {number}. {claim['title']} ({claim['where']})", "", f"**Verdict: {claim['verdict']}.**", ""]
-    if claim["comparisons"]:
-        lines += ["| comparison | measure | seeds | difference (points) | 95 % interval | verdict |",
-                  "|---|---|---:|---:|---:|---|"]
-        for row in claim["comparisons"]:
+    rows = claim["comparisons"]
+    if rows:
+        lines += ["| comparison | measure | seeds | difference (points) | 95 % interval | the paper expects "
+                  "| verdict |", "|---|---|---:|---:|---:|---|---|"]
+        for row in rows:
             mean, bounds = _interval_text(row)
-            what = (report["final_measure"] if row["measure"] == "final"
-                    else "mean val top-1 (convergence)")
-            lines.append(f"| `{row['a']}` − `{row['b']}` | {what} | {len(row['seeds'])} | {mean} | {bounds} | "
-                         f"{row['verdict']} |")
+            lines.append(f"| `{row['a']}` − `{row['b']}` | {_measure_text(row, report)} | {len(row['seeds'])} | "
+                         f"{mean} | {bounds} | {row['expects']} | {row['verdict']} |")
         lines.append("")
-        lines += [_test_sentence(row, report) for row in claim["comparisons"]] + [""]
+    undecided = [row for row in rows if row["outcome"] == "undecided"]
+    if undecided:
+        lines += [f"How many seeds might decide the undecided comparisons: the fewest whose 95 % interval would "
+                  f"clear the paper's boundary with {round(100 * POWER)} % probability, were the true mean and "
+                  "spread of the paired differences the ones observed here (a t-based power estimate; a "
+                  "spread from few seeds is itself uncertain).", ""]
+        lines += [seeds_note(row, _measure_text(row, report)) for row in undecided] + [""]
     facts = claim.get("facts")
     if facts:
         lines += _md_separable_facts(facts)
     if claim["figure"] and claim["figure"] in report.get("plots", []):
         lines += [f"![{claim['where']}]({claim['figure']})", ""]
     return lines
+
+
+def _measure_text(row: dict[str, Any], report: dict[str, Any]) -> str:
+    return report["final_measure"] if row["measure"] == "final" else "mean val top-1 (convergence)"
 
 
 def _md_separable_facts(facts: dict[str, Any]) -> list[str]:
@@ -406,18 +429,3 @@ def _t_text(report: dict[str, Any]) -> str:
             if row["interval"] and row["interval"]["t"] is not None:
                 return f"{row['interval']['t']:.2f}"
     return "?"
-
-
-def _test_sentence(row: dict[str, Any], report: dict[str, Any]) -> str:
-    """The test behind one comparison, in words."""
-    a, b, margin = f"`{row['a']}`", f"`{row['b']}`", report["margin"]
-    what = report["final_measure"] if row["measure"] == "final" else "mean validation top-1"
-    if row["test"] == "greater":
-        rule = (f"the paper expects {a} above {b}: an interval above 0 agrees, one below 0 disagrees")
-    elif row["test"] == "within":
-        rule = (f"the paper expects {a} about equal to {b}: an interval inside ±{margin:g} points agrees, one "
-                "wholly outside disagrees")
-    else:
-        rule = (f"the paper expects {a} to buy at most {margin:g} points over {b}: an interval below "
-                f"+{margin:g} agrees, one wholly above disagrees")
-    return f"- {a} − {b}, {what}: {rule}."

@@ -1,9 +1,9 @@
-"""Statistics over seeds: mean ± standard deviation, paired t-intervals, and the verdicts they support.
+"""Statistics over seeds: mean ± standard deviation, paired t-intervals, and how many seeds an interval needs.
 
 Runs of one seed share their data (split, order, augmentation), so two variants are compared seed by
 seed: the differences ``a_i − b_i`` over ``n`` seeds give a mean and a t-interval with ``n − 1`` degrees
-of freedom. With 3 seeds the 95 % quantile is t = 4.30: intervals are wide, and a verdict says so by
-being "inconclusive" rather than by claiming more than the runs show.
+of freedom. With 3 seeds the 95 % quantile is t = 4.30: intervals are wide, and :mod:`.verdicts` says so
+by calling a comparison undecided rather than by claiming more than the runs show.
 
 Student's t distribution is computed here for integer degrees of freedom from its finite closed form
 (Abramowitz & Stegun 26.7.3–4), so the library needs no statistics package.
@@ -16,11 +16,6 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
-
-CONSISTENT = "consistent with the paper"
-NOT_CONSISTENT = "not consistent with the paper"
-INCONCLUSIVE = "inconclusive (the interval includes 0)"
-NO_INTERVAL = "inconclusive (one seed gives no interval)"
 
 
 def t_cdf(t: float, dof: int) -> float:
@@ -112,46 +107,21 @@ def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95)
     return Interval(mean, mean - half, mean + half, n, level, t)
 
 
-def verdict_greater(interval: Interval) -> str:
-    """The paper says the first is better: the interval above 0 agrees, below 0 disagrees."""
-    if interval.low is None or interval.high is None:
-        return NO_INTERVAL
-    if interval.low > 0:
-        return CONSISTENT
-    if interval.high < 0:
-        return NOT_CONSISTENT
-    return INCONCLUSIVE
-
-
-def verdict_within(interval: Interval, margin: float) -> str:
-    """The paper says the two are about equal: the interval inside ±margin agrees, wholly outside disagrees."""
-    if interval.low is None or interval.high is None:
-        return NO_INTERVAL
-    if -margin <= interval.low and interval.high <= margin:
-        return CONSISTENT
-    if interval.low > margin or interval.high < -margin:
-        return NOT_CONSISTENT
-    return f"inconclusive (the interval reaches past ±{margin:g})"
-
-
-def verdict_at_most(interval: Interval, margin: float) -> str:
-    """The paper says the first buys at most ``margin`` over the second: the interval below it agrees,
-    wholly above it disagrees."""
-    if interval.low is None or interval.high is None:
-        return NO_INTERVAL
-    if interval.high <= margin:
-        return CONSISTENT
-    if interval.low > margin:
-        return NOT_CONSISTENT
-    return f"inconclusive (the interval includes +{margin:g})"
-
-
-def combine(verdicts: Sequence[str]) -> str:
-    """One verdict for a claim tested several ways: any disagreement disagrees, all agreeing agrees."""
-    if not verdicts:
-        return "not tested (its variants were not run)"
-    if NOT_CONSISTENT in verdicts:
-        return NOT_CONSISTENT
-    if all(v == CONSISTENT for v in verdicts):
-        return CONSISTENT
-    return "inconclusive"
+def seeds_for(distance: float, std: float, *, level: float = 0.95, power: float = 0.8,
+              most: int = 1000) -> int | None:
+    """The fewest pairs whose ``level`` t-interval would leave out a boundary ``distance`` away from the mean
+    difference with probability ``power``, if the true mean and standard deviation of the differences were the
+    observed ones: the smallest n with (t_{(1+level)/2, n−1} + t_{power, n−1}) · std / √n ≤ distance, the usual
+    power estimate of a paired t-test. An estimate, as good as the observed spread; None past ``most`` pairs, or
+    when the mean sits on the boundary."""
+    if distance <= 0 or std < 0:
+        return None
+    if std == 0:
+        return 2
+    # The normal quantiles are below Student's, so the normal-based n is a lower bound to start from.
+    normal = statistics.NormalDist()
+    start = max(2, math.floor(((normal.inv_cdf(0.5 + level / 2) + normal.inv_cdf(power)) * std / distance) ** 2))
+    for n in range(start, most + 1):
+        if (t_quantile(0.5 + level / 2, n - 1) + t_quantile(power, n - 1)) * std / math.sqrt(n) <= distance:
+            return n
+    return None

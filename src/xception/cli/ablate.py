@@ -15,6 +15,7 @@ examples:
   xception ablate photos/ --test photos-test/ --epochs 10 --set model.width=0.5
   xception ablate --resume runs/ablation               # continue a stopped sweep with its own settings
   xception ablate --report-only --out runs/ablation    # the report of the runs finished so far
+  xception ablate --report-only --from docs/ablation/report.json   # judge a stored report again, no runs
   torchrun --standalone --nproc-per-node 8 -m xception ablate --device cuda
 
 Every (variant, seed) is an ordinary run folder, DIR/<variant>/seed<k>; running the same command again
@@ -32,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train the paper's model and its ablation variants (a ReLU or ELU between the depthwise and "
         "pointwise steps, no residual connections, pointwise first, standard convs) with one recipe, the same "
         "number of updates and the same data order per seed; then report each variant's accuracy over seeds and, "
-        "for each of the paper's claims, a paired t-interval and a verdict (consistent / not consistent with "
-        "the paper / inconclusive), with plots in the form of the paper's Figs. 9 and 10.",
+        "for each comparison behind the paper's claims, a paired t-interval and a verdict (agrees with the paper / "
+        "contradicts the paper / undecided at N seeds, with the seeds the spread suggests), each claim's tally of "
+        "them, and plots in the form of the paper's Figs. 9 and 10.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", nargs="?", help="image folder, or 'fashion-mnist' (the default)")
@@ -55,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--report-dir", metavar="DIR", help="write report.md, report.json and plots here (default: DIR)")
     p.add_argument("--report-only", action="store_true",
                    help="write the report of the runs finished so far in --out (or --resume DIR); train nothing")
+    p.add_argument("--from", dest="from_json", metavar="REPORT.JSON",
+                   help="with --report-only: rebuild report.md and report.json from a stored report.json, judging "
+                   "its per-seed values again (no runs needed; the plots there are kept); written next to it or "
+                   "in --report-dir")
     p.add_argument("--list-variants", action="store_true", help="list the variants and exit")
     p.add_argument("--progress", action="store_true", help="progress bars while training")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:16s} {variant.what}; model options: {options}")
         return 0
     setup_logging()
+    if args.from_json:
+        return _rebuild(args)
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
     stored = args.resume or ((args.out or DEFAULT_OUT) if args.report_only else None)
     if stored:
@@ -115,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     elif outcome.report:
-        for number, claim in enumerate(outcome.report["claims"], 1):
-            print(f"{number}. {claim['title']} ({claim['where']}): {claim['verdict']}")
+        _print_verdicts(outcome.report)
         print(f"report: {outcome.report_files[0]}")
     return status
 
@@ -152,5 +159,37 @@ def _config(args: argparse.Namespace, variants: tuple[str, ...] | None) -> Any:
     return config
 
 
-def _verdicts(report: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"claim": c["key"], "where": c["where"], "verdict": c["verdict"]} for c in report["claims"]]
+def _rebuild(args: argparse.Namespace) -> int:
+    """--report-only --from: the report again from a stored report.json, with nothing else to go on."""
+    from ..ablate import rebuild_report
+    from ..errors import ConfigError
+    from ._common import print_json
+
+    given = [f"--{k.replace('_', '-')}" for k in (*_SETTINGS, "variants", "seeds", "out", "resume", "device")
+             if getattr(args, k) not in (None, [])]
+    if not args.report_only:
+        raise ConfigError("--from rebuilds a stored report and trains nothing: give it with --report-only")
+    if given:
+        raise ConfigError(f"--from rebuilds a stored report alone; leave out {', '.join(given)}")
+    report, files = rebuild_report(args.from_json, args.report_dir)
+    if args.json:
+        print_json({"report": files[0], "claims": _verdicts(report)})
+    else:
+        _print_verdicts(report)
+        print(f"report: {files[0]} (rebuilt from {args.from_json})")
+    return 0
+
+
+def _print_verdicts(report: dict[str, Any]) -> None:
+    for number, claim in enumerate(report["claims"], 1):
+        print(f"{number}. {claim['title']} ({claim['where']}): {claim['verdict']}")
+        for row in claim["comparisons"]:
+            what = "final" if row["measure"] == "final" else "convergence"
+            print(f"   {row['a']} − {row['b']} ({what}): {row['verdict']}")
+
+
+def _verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each claim's verdict, and each of its comparisons' own."""
+    return [{"claim": c["key"], "where": c["where"], "verdict": c["verdict"],
+             "comparisons": [{"a": r["a"], "b": r["b"], "measure": r["measure"], "verdict": r["verdict"]}
+                             for r in c["comparisons"]]} for c in report["claims"]]
