@@ -73,7 +73,12 @@ def test_every_code_and_logit_equals_the_references(name, options):
     assert agree(reference, x) == (True, True)
 
 
-@pytest.mark.parametrize(("name", "options"), VARIANTS[:2] + VARIANTS[3:])
+@pytest.mark.parametrize(("name", "options"), [
+    VARIANTS[0],  # fused separable convs with both kinds of residual; strided 1×1 shortcuts as patches
+    pytest.param(*VARIANTS[1], marks=pytest.mark.slow),
+    pytest.param(*VARIANTS[3], marks=pytest.mark.slow),
+    VARIANTS[4],  # strided depthwise steps, ReLUs after them
+])
 def test_seven_bit_weights_run_on_the_byte_quad_kernels_and_equal_the_references(name, options):
     reference, x = quantized(name, options, weight_bits=7)
     assert all(int(c.weight.abs().max()) <= 63 for c in reference.convs())
@@ -92,7 +97,7 @@ def test_which_weights_the_byte_quads_take_exactly():
     assert not fits(torch.tensor([[0, 127, 127]], dtype=torch.int8).flip(1))
 
 
-@pytest.mark.parametrize("size", [73, 90])
+@pytest.mark.parametrize("size", [73, pytest.param(90, marks=pytest.mark.slow)])
 def test_odd_sizes_and_two_threads_change_nothing(size, monkeypatch):
     reference, x = quantized("xception", {}, size=size)
     torch.set_num_threads(2)  # the one_thread fixture restores it
