@@ -82,3 +82,74 @@ def test_bf16_drift_compares_both_fast_paths_with_the_plain_model(tmp_path):
     assert paths["fast float32"]["max_rel"] < 1e-4  # the float32 fast path computes the same logits
     assert 0 < paths["fast bfloat16"]["max_rel"] < 0.1  # bf16 rounds, but not wildly
     assert "fast bfloat16" in out and "CPU:" in out
+
+
+def _small_fashion_model(path):
+    """A random Fashion-MNIST-sized model (28 px, one channel) saved with its class names and preprocessing."""
+    import xception
+    from xception.data.fashion_mnist import CLASSES
+    from xception.preprocessing import Preprocessing
+
+    model = xception.create_model("xception", num_classes=10, in_chans=1, stem="small", width=0.125,
+                                  middle_repeats=1)
+    xception.save_weights(model, path, class_names=CLASSES,
+                          preprocessing=Preprocessing(input_size=28, crop_pct=1.0, interpolation="bilinear",
+                                                      mean=(0.286,), std=(0.353,), channels=1))
+    return path
+
+
+TINY_PAPER = ("--set", "model.width=0.125", "--set", "model.middle_repeats=1")
+
+
+def test_deploy_check_measures_the_fast_path_against_pytorch(tmp_path):
+    out = run_script("deploy_check.py", "--formats", "fast", "--skip-int8", *TINY_PAPER, "--input-size", "80",
+                     "--out", str(tmp_path / "d.json"), tiny=False)
+    report = json.loads((tmp_path / "d.json").read_text())
+    rows = report["paper"]["rows"]
+    assert list(rows) == ["torch", "fast"]  # the reference is always measured
+    assert rows["torch"]["max_rel_diff"] == 0 and 0 <= rows["fast"]["max_rel_diff"] < 1e-4
+    assert rows["fast"]["bytes"] == rows["torch"]["bytes"] > 0 and rows["fast"]["file"] == "model.safetensors"
+    assert report["small_skipped"] == "--skip-int8" and "small" not in report
+    assert report["cpu"] in out  # the CPU is named with the figures
+
+
+@pytest.mark.slow
+def test_deploy_check_exports_onnx_and_int8_and_checks_them_on_held_out_images(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("executorch", reason="pip install 'xception[edge]'")
+    from test_data_fashion_mnist import write_fake_dataset
+
+    write_fake_dataset(tmp_path / "fm", n_train=40, n_test=30, gz=False)
+    weights = _small_fashion_model(tmp_path / "small.safetensors")
+    run_script("deploy_check.py", "--formats", "onnxruntime,executorch-int8", *TINY_PAPER, "--input-size", "80",
+               "--int8-weights", str(weights), "--data-dir", str(tmp_path / "fm"), "--images", "16",
+               "--held-out-images", "20", "--paper-calibration-images", "2", "--out", str(tmp_path / "d.json"),
+               timeout=900, tiny=False)
+    report = json.loads((tmp_path / "d.json").read_text())
+    paper, small = report["paper"]["rows"], report["small"]["rows"]
+    assert paper["onnxruntime"]["max_rel_diff"] < 1e-4 and paper["onnxruntime"]["bytes"] > 0
+    assert paper["executorch-int8"]["bytes"] > 0 and "max_rel_diff" not in paper["executorch-int8"]
+    int8 = small["executorch-int8"]
+    assert int8["images"] == 20 and 0 <= int8["top1"] <= 100 and 0 <= int8["same_top1"] <= 100
+    assert int8["export"]["int8"]["images"] == 20  # the export's own check ran on the same held-out images
+    assert small["onnxruntime"]["max_rel_diff"] < 1e-4 and small["onnxruntime"]["changed"] == 0
+    assert report["small"]["weights"] == str(weights)
+
+
+@pytest.mark.slow
+def test_serve_memory_measures_the_start_up_stages_and_a_real_server(tmp_path):
+    pytest.importorskip("fastapi")
+    weights = _small_fashion_model(tmp_path / "small.safetensors")
+    out = run_script("serve_memory.py", "--weights", str(weights), "--no-paper", "--requests", "4", "--clients", "2",
+                     "--large-uploads", "2", "--large-clients", "2", "--megapixels", "1", "--json",
+                     str(tmp_path / "m.json"), tiny=False)
+    report = json.loads((tmp_path / "m.json").read_text())
+    result = report["models"]["given"]
+    stages = [s["stage"] for s in result["child"]]
+    assert stages == ["python", "import torch", "torchvision", "service modules", "model loaded", "warm-up"]
+    rss = [s["VmRSS"] for s in result["child"]]
+    assert all(v > 0 for v in rss) and rss[1] > rss[0]  # importing torch costs memory
+    served = result["serving"]
+    assert served["failed_statuses"] == [] and served["requests"] == 4 + 2 + 1 + 2
+    assert set(served["stages"]) >= {"ready", "requests", "explain", "large uploads"}
+    assert served["stages"]["ready"]["VmRSS"] > 0 and "ready and serving" in out
