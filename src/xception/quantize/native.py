@@ -17,6 +17,7 @@ as they are (u8 × s8 → s32, what the CPU's dot instructions take).
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from ..fast import native
 from .reference import QBlock, QConv, QHead, QMaxPool, QReLU, QuantizedXception
-from .scheme import QParams, QTensor, pool_multiplier, requantize
+from .scheme import QParams, QTensor
 
 POINTWISE, SEPARABLE, PATCHES = native.POINTWISE, native.SEPARABLE, native.PATCHES
 DEPTHWISE = 3  # int8 only: a depthwise conv on its own
@@ -47,6 +48,7 @@ class _QConvOp(ctypes.Structure):
     ]
 
 
+@functools.cache
 def _library() -> ctypes.CDLL | None:
     lib = native._library()
     if lib is None or not hasattr(lib, "xc_qconv_forward"):
@@ -297,14 +299,9 @@ class NativeQuantizedXception(nn.Module):
 
 
 def _global_pool(head: QHead, x: QTensor) -> QTensor:
-    """The head's global pool on NHWC codes, as (N, 1, 1, C) codes (the reference's own arithmetic)."""
-    if head.pool_type == "max":
-        return QTensor(x.q.amax((1, 2), keepdim=True), x.scale, x.zero_point)
-    _, h, w, _ = x.q.shape
-    out = head.pool_params
-    acc = (x.q.to(torch.int32) - x.zero_point).sum((1, 2), dtype=torch.int32)
-    q = requantize(acc, pool_multiplier(x.scale, h * w, out.scale), out.zero_point)
-    return QTensor(q[:, None, None, :].contiguous(), *out)
+    """The head's own global pool (:meth:`QHead.pooled`) on NHWC codes, as (N, 1, 1, C) codes."""
+    pooled = head.pooled(QTensor(x.q.permute(0, 3, 1, 2), x.scale, x.zero_point))
+    return QTensor(pooled.q.permute(0, 2, 3, 1).contiguous(), pooled.scale, pooled.zero_point)
 
 
 def on_kernels(reference: QuantizedXception) -> tuple[nn.Module, str]:
