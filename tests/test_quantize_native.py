@@ -84,8 +84,22 @@ def test_seven_bit_weights_run_on_the_byte_quad_kernels_and_equal_the_references
     assert all(int(c.weight.abs().max()) <= 63 for c in reference.convs())
     kernels = native.NativeQuantizedXception(reference)
     gemms = [m for m in kernels.modules() if isinstance(m, native.NativeQConv) and m.kind != native.DEPTHWISE]
-    assert {m.kernels for m in gemms} == {native.QUADS}
+    assert {m.kernels for m in gemms} == {native.VNNI if native.isa() == "avx512-vnni" else native.QUADS}
     assert agree(reference, x) == (True, True)
+
+
+def test_the_int8_kernels_are_the_best_this_cpu_has():
+    """AVX-512 VNNI CPUs run vpdpbusd on every layer (a failed start-up check against the AVX2 kernels would
+    show here, on such a CPU); AVX2 CPUs, or a process forced to AVX2, the AVX2 kernels."""
+    from xception.fast import native as float_kernels
+    from xception.hardware import cpu_flags
+
+    vnni = "avx512_vnni" in cpu_flags() and float_kernels.isa() == "avx512"
+    assert native.isa() == ("avx512-vnni" if vnni else "avx2")
+    reference, _ = quantized("xception", {})
+    kernels = native.NativeQuantizedXception(reference)
+    gemms = {m.kernels for m in kernels.modules() if isinstance(m, native.NativeQConv) and m.kind != native.DEPTHWISE}
+    assert gemms == {native.VNNI} if vnni else native.VNNI not in gemms
 
 
 def test_which_weights_the_byte_quads_take_exactly():

@@ -137,6 +137,7 @@ def _number(text: str) -> bool:
 
 
 KERNEL_ISAS = ("none", "avx2", "avx512")  # what the compiled kernels' xc_isa() answers, by number
+INT8_KERNEL_ISAS = ("none", "avx2", "avx512-vnni")  # ... and their xc_qisa(), for the int8 kernels
 
 
 @functools.cache

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import __version__
 from .hardware import (
+    INT8_KERNEL_ISAS,
     KERNEL_ISAS,
     all_cpus,
     cpu_flags,
@@ -132,8 +133,9 @@ def _native() -> dict[str, Any]:
 
         found = native.problem()
         problem = found[0] if found else None
-    return {"built": lib is not None, "isa": isa, "forced": os.environ.get("XCEPTION_CPU_ISA") or None,
-            "problem": problem}
+    int8 = INT8_KERNEL_ISAS[lib.xc_qisa()] if lib is not None else "none"
+    return {"built": lib is not None, "isa": isa, "int8_isa": int8,
+            "forced": os.environ.get("XCEPTION_CPU_ISA") or None, "problem": problem}
 
 
 def _cuda(build: dict[str, Any]) -> list[dict[str, Any]]:
@@ -205,8 +207,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"threads      torch {threads['torch_threads']} (interop {threads['torch_interop_threads']}) at start-up, "
         f"{threads['usable_cpus']} usable of {threads['cpu_count']} CPUs, OMP_NUM_THREADS "
         f"{threads['OMP_NUM_THREADS'] or 'unset'}",
-        f"kernels      native: {native['isa']}" + (f" (forced by XCEPTION_CPU_ISA={native['forced']})"
-                                                    if native["forced"] else ""),
+        f"kernels      native: {native['isa']}, int8: {native['int8_isa']}"
+        + (f" (forced by XCEPTION_CPU_ISA={native['forced']})" if native["forced"] else ""),
     ]
     if native["problem"]:
         lines.append(f"             {native['problem']}")

@@ -24,14 +24,17 @@ import torch
 from torch import nn
 
 from ..fast import native
+from ..hardware import INT8_KERNEL_ISAS
 from .reference import QBlock, QConv, QHead, QMaxPool, QReLU, QuantizedXception
 from .scheme import QParams, QTensor
 
 POINTWISE, SEPARABLE, PATCHES = native.POINTWISE, native.SEPARABLE, native.PATCHES
 DEPTHWISE = 3  # int8 only: a depthwise conv on its own
-QISAS = {0: "none", 1: "avx2"}
-PAIRS, QUADS = 0, 1  # the GEMM kernels: int16 pairs (vpmaddwd, any weights), byte quads (vpmaddubsw, 7-bit)
-KERNEL_NAMES = {PAIRS: "int16 pairs, vpmaddwd", QUADS: "byte quads, vpmaddubsw"}
+QISAS = dict(enumerate(INT8_KERNEL_ISAS))
+# The GEMM kernels: int16 pairs (vpmaddwd, any weights), byte quads (vpmaddubsw, 7-bit weights), VNNI quads
+# (vpdpbusd, any weights, on AVX-512 VNNI CPUs, where every layer takes them).
+PAIRS, QUADS, VNNI = 0, 1, 2
+KERNEL_NAMES = {PAIRS: "int16 pairs, vpmaddwd", QUADS: "byte quads, vpmaddubsw", VNNI: "VNNI quads, vpdpbusd"}
 PAD = 64  # per-channel tables are read in whole vectors: padded to a multiple of this
 
 
@@ -62,7 +65,8 @@ def _library() -> ctypes.CDLL | None:
 
 
 def isa() -> str:
-    """The instruction set of the int8 kernels this CPU runs: ``"avx2"``, or ``"none"``."""
+    """The instruction set of the int8 kernels this CPU runs: ``"avx512-vnni"`` (where the CPU has it and the
+    kernels pass their start-up check against the AVX2 ones), ``"avx2"``, or ``"none"``."""
     lib = _library()
     return QISAS.get(lib.xc_qisa(), "none") if lib is not None else "none"
 
@@ -127,8 +131,8 @@ class NativeQConv(nn.Module):
         self.cout = len(weight)
         matrix = weight.permute(0, 2, 3, 1).reshape(self.cout, -1).contiguous()  # (dy, dx, channel) columns
         self.k_dim = matrix.shape[1]
-        self.kernels = QUADS if fits_byte_quads(matrix) else PAIRS
         lib = _library()
+        self.kernels = VNNI if lib.xc_qisa() == 2 else QUADS if fits_byte_quads(matrix) else PAIRS
         self.packed = torch.empty(lib.xc_qpacked_bytes(self.k_dim, self.cout, self.kernels), dtype=torch.uint8)
         lib.xc_qpack_weights(matrix.data_ptr(), self.k_dim, self.cout, self.kernels, self.packed.data_ptr())
         folded = bias.long() - gemm_in_zero * matrix.long().sum(1)  # acc = Σ q·w + (bias − z·Σw)

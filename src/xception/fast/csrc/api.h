@@ -70,12 +70,13 @@ struct xc_qconv {
     float res_mult;
     int out_zero, out_lo;          // the output's zero point and lowest code (out_zero after a ReLU, else 0)
     int out_float;                 // write float32 f32(acc)·M (the classifier's logits) instead of codes
-    int kernels;                   // XC_Q_PAIRS or XC_Q_QUADS: how B was packed (xc_qpack_weights)
+    int kernels;                   // XC_Q_PAIRS, XC_Q_QUADS or XC_Q_VNNI: how B was packed (xc_qpack_weights)
 };
 
-// The int8 GEMM kernels: int16 pairs (vpmaddwd; any int8 weights), or byte quads (vpmaddubsw; weights whose
-// neighbouring pairs (k even, k + 1) have |w[k]| + |w[k+1]| ≤ 128, e.g. all within [−64, 64]).
-enum xc_qkernels { XC_Q_PAIRS = 0, XC_Q_QUADS = 1 };
+// The int8 GEMM kernels: int16 pairs (vpmaddwd; any int8 weights), byte quads (vpmaddubsw; weights whose
+// neighbouring pairs (k even, k + 1) have |w[k]| + |w[k+1]| ≤ 128, e.g. all within [−64, 64]), or VNNI quads
+// (vpdpbusd; any int8 weights, on CPUs with AVX-512 VNNI: xc_qisa() == 2).
+enum xc_qkernels { XC_Q_PAIRS = 0, XC_Q_QUADS = 1, XC_Q_VNNI = 2 };
 
 XC_API int xc_isa(void);                       // 0: none usable, 1: AVX2 + FMA, 2: AVX-512
 XC_API int xc_select_isa(int isa);             // force a lower one (tests); returns the one in use
@@ -88,7 +89,7 @@ XC_API int xc_set_threads(int threads);        // returns the number in use
 XC_API int xc_conv_forward(const struct xc_conv* op, const float* input, float* output);  // 0 on success
 XC_API int xc_pool_forward(const struct xc_pool* op, const void* input, void* output);
 
-XC_API int xc_qisa(void);                      // the int8 kernels in use: 0 none, 1 AVX2 (int16 pairs, vpmaddwd)
+XC_API int xc_qisa(void);                      // the int8 kernels in use: 0 none, 1 AVX2, 2 AVX-512 VNNI
 XC_API size_t xc_qpacked_bytes(int k_dim, int cout, int kernels);
 // weight: cout × k_dim int8, row-major, columns in the order the prologue produces A's
 XC_API void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, int kernels, void* packed);
@@ -110,7 +111,7 @@ XC_API int xc_qpool_forward(const struct xc_pool* op, const uint8_t* input, uint
 XC_DECLARE_ISA(xc_avx2)
 XC_DECLARE_ISA(xc_avx512)
 
-// What each int8 kernel build provides (qkernels_avx2.cpp, qkernels_avx2_s7.cpp).
+// What each int8 kernel build provides (qkernels_avx2.cpp, qkernels_avx2_s7.cpp, qkernels_avx512_vnni.cpp).
 #define XC_DECLARE_QISA(ns)                                                                                  \
     namespace ns {                                                                                           \
     size_t packed_bytes(int k_dim, int cout);                                                                \
@@ -125,3 +126,4 @@ XC_DECLARE_ISA(xc_avx512)
     }
 XC_DECLARE_QISA(xc_q_avx2)
 XC_DECLARE_QISA(xc_q_avx2_s7)
+XC_DECLARE_QISA(xc_q_vnni)

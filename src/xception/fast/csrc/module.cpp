@@ -271,22 +271,67 @@ int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
     });
 }
 
-int xc_qisa(void) { return g_isa ? 1 : 0; }  // AVX-512 CPUs run the AVX2 int8 kernels too
-
 #if XC_X86
 // The int8 kernels' entry points, by how B is packed.
-#define XC_QDISPATCH(kernels, call) ((kernels) == XC_Q_QUADS ? xc_q_avx2_s7::call : xc_q_avx2::call)
+#define XC_QDISPATCH(kernels, call) \
+    ((kernels) == XC_Q_VNNI ? xc_q_vnni::call : (kernels) == XC_Q_QUADS ? xc_q_avx2_s7::call : xc_q_avx2::call)
+
+namespace {
+// The VNNI kernels run only where the CPU has them and, once per process, they give the int16 pairs' exact
+// int32 sums on a small GEMM (odd depth, ragged tiles, the full int8 range); else the AVX2 kernels run.
+bool vnni_agrees() {
+    constexpr int rows = 21, depth = 75, cout = 37, pad = 64;
+    std::vector<uint8_t> in(rows * depth);
+    std::vector<int8_t> weight(cout * depth);
+    uint32_t state = 12345u;
+    auto next = [&state] { state = state * 1664525u + 1013904223u; return int(state >> 24); };
+    for (auto& v : in) v = uint8_t(next());
+    for (auto& v : weight) v = int8_t(next() - 128);
+    weight[0] = -128;
+    std::vector<int32_t> bias(pad, 0);
+    std::vector<float> mult(pad, 1.f);  // every |sum| < 75·255·128 < 2^24: exact in float32
+    xc_qconv op{};
+    op.kind = XC_POINTWISE;
+    op.n = op.h = op.oh = op.kernel = op.stride = op.dilation = 1;
+    op.w = op.ow = rows;
+    op.c = op.k_dim = depth;
+    op.cout = cout;
+    op.bias = bias.data();
+    op.mult = mult.data();
+    op.out_float = 1;
+    std::vector<float> out[2];
+    const int kinds[2] = {XC_Q_PAIRS, XC_Q_VNNI};
+    for (int i = 0; i < 2; ++i) {
+        std::vector<uint8_t> packed(XC_QDISPATCH(kinds[i], packed_bytes(depth, cout)) + 64);
+        std::vector<uint8_t> abuf(XC_QDISPATCH(kinds[i], abuf_bytes(&op, rows)) + 64);
+        XC_QDISPATCH(kinds[i], pack(weight.data(), depth, cout, packed.data()));
+        op.packed = packed.data();
+        op.kernels = kinds[i];
+        out[i].assign(size_t(rows) * cout, -1.f);
+        XC_QDISPATCH(kinds[i], conv_task(&op, in.data(), out[i].data(), 0, rows, 0, cout, abuf.data()));
+    }
+    return out[0] == out[1];
+}
+
+bool vnni_usable() {
+    __builtin_cpu_init();
+    static const bool usable = __builtin_cpu_supports("avx512vnni") && vnni_agrees();
+    return usable;
+}
+}  // namespace
+
+int xc_qisa(void) { return g_isa == 2 && vnni_usable() ? 2 : g_isa ? 1 : 0; }
 
 size_t xc_qpacked_bytes(int k_dim, int cout, int kernels) {
     return xc_qisa() ? XC_QDISPATCH(kernels, packed_bytes(k_dim, cout)) : 0;
 }
 
 void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, int kernels, void* packed) {
-    if (xc_qisa()) XC_QDISPATCH(kernels, pack(weight, k_dim, cout, packed));
+    if (xc_qisa() && (kernels != XC_Q_VNNI || xc_qisa() == 2)) XC_QDISPATCH(kernels, pack(weight, k_dim, cout, packed));
 }
 
 int xc_qconv_forward(const xc_qconv* op, const uint8_t* input, void* output) {
-    if (!xc_qisa()) return 1;
+    if (!xc_qisa() || (op->kernels == XC_Q_VNNI && xc_qisa() != 2)) return 1;
     const int k = op->kernels;
     // A depthwise conv on its own computes all channels of a pixel at once: its tasks split pixels only.
     const int nr = XC_QDISPATCH(k, nr()), cols = op->kind == XC_DEPTHWISE ? nr : op->cout;
@@ -304,6 +349,7 @@ int xc_qpool_forward(const xc_pool* op, const uint8_t* input, uint8_t* output) {
     return 0;
 }
 #else
+int xc_qisa(void) { return 0; }
 size_t xc_qpacked_bytes(int, int, int) { return 0; }
 void xc_qpack_weights(const int8_t*, int, int, int, void*) {}
 int xc_qconv_forward(const xc_qconv*, const uint8_t*, void*) { return 1; }

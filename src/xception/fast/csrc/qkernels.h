@@ -174,6 +174,30 @@ void q_depthwise_rows(const xc_qconv* op, const std::uint8_t* in, long m0, int r
     QDepthwise<T>{op, geometry(op), in, m0, a, lda}.run(rows);
 }
 
+// c input codes into A (with the input ReLU, max(q, z)). Byte-wide A takes them as they are: a copy, or a
+// byte-wise max the compiler vectorises 32 at a time; wider A goes through int32 lanes.
+inline void copy_codes(AType* __restrict out, const std::uint8_t* __restrict src, int c, bool relu, int z, VI zin) {
+    if constexpr (std::is_same_v<AType, std::uint8_t>) {
+        (void)zin;
+        if (!relu) {
+            std::memcpy(out, src, std::size_t(c));
+            return;
+        }
+        const std::uint8_t floor = std::uint8_t(z);
+        for (int ch = 0; ch < c; ++ch) out[ch] = std::max(src[ch], floor);
+    } else {
+        if (c < LANES) {  // the first conv's three channels: a vector would be mostly tail
+            for (int ch = 0; ch < c; ++ch) out[ch] = AType(relu ? std::max<int>(src[ch], z) : src[ch]);
+            return;
+        }
+        for (int ch = 0; ch < c; ch += LANES) {
+            VI q = vi_load_u8_n(src + ch, c - ch);
+            if (relu) q = vi_max(q, zin);
+            store_codes(out + ch, q, c - ch);
+        }
+    }
+}
+
 // k×k patches of output pixels [m0, m0 + rows): row r holds the window in (dy, dx, channel) order, the
 // input's zero point outside the image (the stem's convs, strided 1×1 shortcuts, conv="standard").
 void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, AType* __restrict a,
@@ -197,15 +221,7 @@ void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0
                     continue;
                 }
                 const std::uint8_t* src = img + (long(iy) * g.w + ix) * c;
-                if (c < LANES) {  // the first conv's three channels: a vector would be mostly tail
-                    for (int ch = 0; ch < c; ++ch) out[ch] = AType(op->relu_in ? std::max<int>(src[ch], z) : src[ch]);
-                    continue;
-                }
-                for (int ch = 0; ch < c; ch += LANES) {
-                    VI q = vi_load_u8_n(src + ch, c - ch);
-                    if (op->relu_in) q = vi_max(q, zin);
-                    store_codes(out + ch, q, c - ch);
-                }
+                copy_codes(out, src, c, op->relu_in, z, zin);
             }
         }
         std::fill(dst + op->k_dim, dst + lda, AType(0));
@@ -222,13 +238,8 @@ const AType* q_pointwise_rows(const xc_qconv* op, const std::uint8_t* __restrict
     }
     const VI zin = vi_set1(op->in_zero);
     for (int r = 0; r < rows; ++r) {
-        const std::uint8_t* src = in + (m0 + r) * long(c);
         AType* dst = a + long(r) * lda;
-        for (int ch = 0; ch < c; ch += LANES) {
-            VI q = vi_load_u8_n(src + ch, c - ch);
-            if (op->relu_in) q = vi_max(q, zin);
-            store_codes(dst + ch, q, c - ch);
-        }
+        copy_codes(dst, in + (m0 + r) * long(c), c, op->relu_in, op->in_zero, zin);
         std::fill(dst + c, dst + lda, AType(0));
     }
     return a;

@@ -13,6 +13,7 @@
 #include "simd_avx2.h"
 
 #define QISA_NS xc_q_avx2
+#include "qdot_tile.h"
 
 namespace {
 using AType = std::int16_t;
@@ -21,33 +22,16 @@ constexpr int KG = 2;    // k pairs
 constexpr int QMR = 4;   // 8 accumulators: measured fastest on Zen 3 of 2–6 rows × 16–32 columns
 constexpr int QNR = 16;  // two registers of 8 int32 columns
 
+struct PairStep {
+    __m256i operator()(__m256i c, __m256i av, __m256i bv) const { return _mm256_add_epi32(c, _mm256_madd_epi16(av, bv)); }
+};
+
 // acc[R × 16] = A[R × 2·groups] · B-panel, int32. A row's pair (a[2g], a[2g+1]) is broadcast to every lane;
 // lane j of B holds column j's pair, so vpmaddwd gives a[2g]·b[2g][j] + a[2g+1]·b[2g+1][j] per lane.
 template <int R>
 inline void qdot(int groups, const std::int16_t* __restrict a, long lda, const std::int16_t* __restrict b,
                  std::int32_t* __restrict acc) {
-    __m256i c[R][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) c[i][0] = c[i][1] = _mm256_setzero_si256();
-#pragma GCC unroll 2
-    for (int g = 0; g < groups; ++g) {
-        const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32));
-        const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32 + 16));
-        _mm_prefetch(reinterpret_cast<const char*>(b + (g + 8) * 32), _MM_HINT_T0);
-#pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) {
-            std::int32_t pair;
-            std::memcpy(&pair, a + i * lda + 2 * g, sizeof(pair));
-            const __m256i av = _mm256_set1_epi32(pair);
-            c[i][0] = _mm256_add_epi32(c[i][0], _mm256_madd_epi16(av, b0));
-            c[i][1] = _mm256_add_epi32(c[i][1], _mm256_madd_epi16(av, b1));
-        }
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(acc + i * QNR), c[i][0]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(acc + i * QNR + 8), c[i][1]);
-    }
+    dot_tile<R>(groups, a, lda, b, acc, PairStep{});
 }
 }  // namespace
 

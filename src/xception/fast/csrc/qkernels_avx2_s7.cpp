@@ -16,6 +16,7 @@
 #include "simd_avx2.h"
 
 #define QISA_NS xc_q_avx2_s7
+#include "qdot_tile.h"
 
 namespace {
 using AType = std::uint8_t;
@@ -24,34 +25,18 @@ constexpr int KG = 4;    // k quads
 constexpr int QMR = 4;   // 8 accumulators: measured fastest on Zen 3 with 2 × 16 and 4 × 8 columns
 constexpr int QNR = 16;  // two registers of 8 int32 columns
 
+struct QuadStep {
+    __m256i operator()(__m256i c, __m256i av, __m256i bv) const {
+        return _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(av, bv), _mm256_set1_epi16(1)));
+    }
+};
+
 // acc[R × 16] = A[R × 4·groups] · B-panel, int32. A row's quad (a[4g] … a[4g+3]) is broadcast to every lane;
 // lane j of B holds column j's quad: vpmaddubsw gives the two pair sums in int16, vpmaddwd by ones their sum.
 template <int R>
 inline void qdot(int groups, const std::uint8_t* __restrict a, long lda, const std::int8_t* __restrict b,
                  std::int32_t* __restrict acc) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i c[R][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) c[i][0] = c[i][1] = _mm256_setzero_si256();
-#pragma GCC unroll 2
-    for (int g = 0; g < groups; ++g) {
-        const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64));
-        const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 64 + 32));
-        _mm_prefetch(reinterpret_cast<const char*>(b + (g + 8) * 64), _MM_HINT_T0);
-#pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) {
-            std::int32_t quad;
-            std::memcpy(&quad, a + i * lda + 4 * g, sizeof(quad));
-            const __m256i av = _mm256_set1_epi32(quad);
-            c[i][0] = _mm256_add_epi32(c[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));
-            c[i][1] = _mm256_add_epi32(c[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));
-        }
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(acc + i * QNR), c[i][0]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(acc + i * QNR + 8), c[i][1]);
-    }
+    dot_tile<R>(groups, a, lda, b, acc, QuadStep{});
 }
 }  // namespace
 
