@@ -74,14 +74,19 @@ browser:
 	  echo "chromium is not installed (as root: apt-get install chromium): the page test will be skipped"; \
 	fi
 
+# The suite runs on every core (pytest-xdist): one test file per worker at a time, so a file's shared fixtures
+# are built once. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: venv edge browser
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-slow: venv edge fashion-mnist
-	$(PY) -m pytest -q -m slow
+	$(PYTEST) -m slow
 
 test-all: venv edge browser fashion-mnist
-	$(PY) -m pytest -q -m ""
+	$(PYTEST) -m ""
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -38,6 +38,9 @@ os.environ.update({
 for _variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
     os.environ.pop(_variable, None)
 os.environ.pop("XCEPTION_CACHE", None)
+# The suite's workers share the cores (make test: one per core) and many tests start processes of their own:
+# OpenMP threads that spin while they wait would starve the others.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402  (after the environment is set: nothing may read the real home first)
 

@@ -153,3 +153,25 @@ def test_serve_memory_measures_the_start_up_stages_and_a_real_server(tmp_path):
     assert served["failed_statuses"] == [] and served["requests"] == 4 + 2 + 1 + 2
     assert set(served["stages"]) >= {"ready", "requests", "explain", "large uploads"}
     assert served["stages"]["ready"]["VmRSS"] > 0 and "ready and serving" in out
+
+
+def test_int8_layers_times_every_kernel_call_and_openvinos_nodes(tmp_path):
+    """The per-layer int8 profile: every GEMM layer of the paper's network timed with its multiply-adds, and
+    OpenVINO's own profile of NNCF's model of the same network (the paper's model at 71 px, one pass)."""
+    pytest.importorskip("nncf")
+    from xception.quantize import native
+
+    if not native.available():
+        pytest.skip("no compiled int8 kernels for this CPU")
+    out = run_script("int8_layers.py", "--batch", "1", "--input-size", "71", "--repeats", "1", "--json",
+                     str(tmp_path / "layers.json"), tiny=False)
+    report = json.loads((tmp_path / "layers.json").read_text())
+    layers = report["ours"]["layers"]
+    gemms = [entry for entry in layers.values() if entry["kind"] == "NativeQConv"]
+    # stem 2; entry 3 modules of 2 + a shortcut; middle 8 × 3; exit 2 + a shortcut, then 2; the classifier
+    assert len(gemms) == 2 + 3 * 3 + 8 * 3 + 3 + 2 + 1
+    middle = layers["blocks.3.main.0"]
+    assert middle["k"] == 728 and middle["macs"] == 5 * 5 * 728 * (728 + 9) and middle["gmac_s"] > 0
+    assert sum(report["ours_by_stage_ms"].values()) == pytest.approx(sum(e["ms"] for e in layers.values()), abs=0.5)
+    assert any(kernel.startswith("Convolution") for kernel in report["openvino_nncf"]["by_kernel"])
+    assert "ours by stage" in out and "OpenVINO by kernel" in out
