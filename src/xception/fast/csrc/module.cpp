@@ -302,8 +302,8 @@ bool vnni_agrees() {
     std::vector<float> out[2];
     const int kinds[2] = {XC_Q_PAIRS, XC_Q_VNNI};
     for (int i = 0; i < 2; ++i) {
-        std::vector<uint8_t> packed(XC_QDISPATCH(kinds[i], packed_bytes(depth, cout)) + 64);
-        std::vector<uint8_t> abuf(XC_QDISPATCH(kinds[i], abuf_bytes(&op, rows)) + 64);
+        std::vector<uint8_t> packed(XC_QDISPATCH(kinds[i], packed_bytes(depth, cout)));
+        std::vector<uint8_t> abuf(XC_QDISPATCH(kinds[i], abuf_bytes(&op, rows)));
         XC_QDISPATCH(kinds[i], pack(weight.data(), depth, cout, packed.data()));
         op.packed = packed.data();
         op.kernels = kinds[i];
@@ -314,24 +314,34 @@ bool vnni_agrees() {
 }
 
 bool vnni_usable() {
-    __builtin_cpu_init();
-    static const bool usable = __builtin_cpu_supports("avx512vnni") && vnni_agrees();
+    static const bool usable = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512vnni") && vnni_agrees();
+    }();
     return usable;
 }
 }  // namespace
 
 int xc_qisa(void) { return g_isa == 2 && vnni_usable() ? 2 : g_isa ? 1 : 0; }
 
+namespace {
+// Whether this process runs the int8 kernels that B packed as `kernels` needs.
+bool runs(int kernels) {
+    const int isa = xc_qisa();
+    return isa && (kernels != XC_Q_VNNI || isa == 2);
+}
+}  // namespace
+
 size_t xc_qpacked_bytes(int k_dim, int cout, int kernels) {
-    return xc_qisa() ? XC_QDISPATCH(kernels, packed_bytes(k_dim, cout)) : 0;
+    return runs(kernels) ? XC_QDISPATCH(kernels, packed_bytes(k_dim, cout)) : 0;
 }
 
 void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, int kernels, void* packed) {
-    if (xc_qisa() && (kernels != XC_Q_VNNI || xc_qisa() == 2)) XC_QDISPATCH(kernels, pack(weight, k_dim, cout, packed));
+    if (runs(kernels)) XC_QDISPATCH(kernels, pack(weight, k_dim, cout, packed));
 }
 
 int xc_qconv_forward(const xc_qconv* op, const uint8_t* input, void* output) {
-    if (!xc_qisa() || (op->kernels == XC_Q_VNNI && xc_qisa() != 2)) return 1;
+    if (!runs(op->kernels)) return 1;
     const int k = op->kernels;
     // A depthwise conv on its own computes all channels of a pixel at once: its tasks split pixels only.
     const int nr = XC_QDISPATCH(k, nr()), cols = op->kind == XC_DEPTHWISE ? nr : op->cout;
