@@ -4,8 +4,8 @@ The paper's network with random weights and real BatchNorm statistics, quantised
 calibration images both ways (``xception.quantize`` with ``--weight-bits``, NNCF's post-training quantisation
 of the float32 ONNX export), at 299 px (``--input-size``), one thread. Ours: CPU time of each kernel call
 (``time.process_time``, so another process on the machine inflates it less than wall time), and its rate in
-multiply-adds per second. OpenVINO: its own per-node profile (``PERF_COUNT``), summed by kernel. Both passes are repeated and
-averaged, in turns; the totals are CPU time of whole passes.
+multiply-adds per second. OpenVINO: its own per-node profile (``PERF_COUNT``), summed by kernel. Both passes
+are repeated and averaged, in turns; the totals are CPU time of whole passes.
 
     PYTHONPATH=src python benchmarks/int8_layers.py [--batch 8] [--input-size 299] [--repeats 3] \\
         [--weight-bits 7] [--json out.json]
