@@ -114,6 +114,25 @@ def test_which_weights_the_byte_quads_take_exactly():
     assert not fits(torch.tensor([[0, 127, 127]], dtype=torch.int8).flip(1))
 
 
+def test_depthwise_sums_start_at_the_folded_bias_only_where_float32_stays_exact():
+    taps = torch.tensor([[127.0, -3.0], [127.0, 5.0]])  # (taps, channels)
+    start = native._depthwise_start(torch.tensor([10, -7]), taps, in_zero=4)
+    assert start[:2].tolist() == [10 - 4 * 254, -7 - 4 * 2]  # bias − z·Σw per channel, padded
+    assert native._depthwise_start(torch.tensor([2**24 - 2 * 255 * 127, 0]), taps, in_zero=0) is None
+    assert native._depthwise_start(torch.tensor([2**24 - 2 * 255 * 127 - 1, 0]), taps, in_zero=0) is not None
+
+
+@pytest.mark.parametrize(("name", "options"), [VARIANTS[0], VARIANTS[2]])
+def test_the_depthwise_rows_without_the_folded_start_equal_the_references(name, options, monkeypatch):
+    """Where the folded start could be inexact the kernels take the general path: forced here for every layer."""
+    monkeypatch.setattr(native, "_depthwise_start", lambda *args: None)
+    reference, x = quantized(name, options)
+    kernels = native.NativeQuantizedXception(reference)
+    assert all(m.dw_start is None for m in kernels.modules() if isinstance(m, native.NativeQConv))
+    with torch.no_grad():
+        assert torch.equal(kernels(x), reference(x))
+
+
 @pytest.mark.parametrize("size", [73, pytest.param(90, marks=pytest.mark.slow)])
 def test_odd_sizes_and_two_threads_change_nothing(size, monkeypatch):
     reference, x = quantized("xception", {}, size=size)

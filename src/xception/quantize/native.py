@@ -44,6 +44,7 @@ class _QConvOp(ctypes.Structure):
         "relu_in",
     )] + [
         ("dw_weight", ctypes.c_void_p), ("dw_bias", ctypes.c_void_p), ("dw_mult", ctypes.c_void_p),
+        ("dw_start", ctypes.c_void_p),
         ("mid_zero", ctypes.c_int), ("mid_lo", ctypes.c_int), ("k_dim", ctypes.c_int), ("cout", ctypes.c_int),
         ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("mult", ctypes.c_void_p),
         ("residual", ctypes.c_void_p), ("res_zero", ctypes.c_int), ("res_mult", ctypes.c_float),
@@ -94,6 +95,17 @@ def fits_byte_quads(matrix: torch.Tensor) -> bool:
     return bool((w[:, 0::2] + w[:, 1::2]).max() <= 128)
 
 
+def _depthwise_start(bias: torch.Tensor, taps: torch.Tensor, in_zero: int) -> torch.Tensor | None:
+    """Where the depthwise sums may start, bias − z·Σw (float32), so that the kernels multiply the codes as they
+    are: Σ (q − z)·w + bias = Σ q·w + (bias − z·Σw). None unless every partial sum from there stays an integer
+    below 2^24 in magnitude, where float32 adds exactly; the kernels then take the general path."""
+    start = bias.long() - in_zero * taps.long().sum(0)
+    reach = len(taps) * 255 * int(taps.abs().max()) if taps.numel() else 0
+    if int(start.abs().max()) + reach >= 2**24:
+        return None
+    return _padded(start, torch.float32)
+
+
 class NativeQConv(nn.Module):
     """One GEMM of the int8 network: a 1×1 or k×k conv, a depthwise conv joined to the pointwise conv after it
     (:meth:`of`), or the classifier (:meth:`classifier`). ``forward(x, add)`` takes and returns codes as
@@ -115,12 +127,13 @@ class NativeQConv(nn.Module):
         else:
             self.kind = PATCHES
         self.in_zero = int(window.input_zero_point.item()) if window is not None else gemm_in_zero
-        self.dw_weight = self.dw_bias = self.dw_mult = None
+        self.dw_weight = self.dw_bias = self.dw_mult = self.dw_start = None
         self.mid_zero = self.mid_lo = 0
         if dw is not None:
             kk = dw.kernel_size[0] * dw.kernel_size[1]
             self.dw_weight = dw.weight.float().reshape(len(dw.weight), kk).t().contiguous()
             self.dw_bias, self.dw_mult = _padded(dw.bias, torch.int32), _padded(dw.multiplier, torch.float32)
+            self.dw_start = _depthwise_start(dw.bias, self.dw_weight, self.in_zero)
             # A ReLU on the depthwise output (or on the pointwise conv's input): the clamp's lower end.
             self.mid_zero, self.mid_lo = gemm_in_zero, _lowest(gemm_in_zero, mid_relu)
         if weight is None or bias is None or multiplier is None:  # a depthwise conv on its own: no GEMM
@@ -191,6 +204,7 @@ class NativeQConv(nn.Module):
         relu_in = bool(self.window is not None and self.window.relu_in)
         op = _QConvOp(self.kind, n, h, w, c, oh, ow, k, s, d, top, left, self.in_zero, int(relu_in),
                       native._ptr(self.dw_weight), native._ptr(self.dw_bias), native._ptr(self.dw_mult),
+                      native._ptr(self.dw_start),
                       self.mid_zero, self.mid_lo, self.k_dim, self.cout, native._ptr(self.packed),
                       native._ptr(self.bias), native._ptr(self.mult), native._ptr(None if add is None else add.q),
                       0 if add is None else add.zero_point, self.residual_multiplier, out_zero,

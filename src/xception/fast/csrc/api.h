@@ -60,6 +60,8 @@ struct xc_qconv {
     const float* dw_weight;        // XC_SEPARABLE: (kernel², c) tap-major int8 values, as floats
     const int32_t* dw_bias;        // XC_SEPARABLE: (c padded to 64) int32
     const float* dw_mult;          // XC_SEPARABLE: (c padded to 64) requantisation multipliers
+    const float* dw_start;         // XC_SEPARABLE: (c padded to 64) dw_bias − in_zero·Σ_taps w as float32, where
+                                   // accumulating from it stays exact (below 2^24), or null
     int mid_zero, mid_lo;          // XC_SEPARABLE: the depthwise output's zero point and lowest code
     int k_dim, cout;
     const void* packed;            // B, packed by xc_qpack_weights

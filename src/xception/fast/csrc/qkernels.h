@@ -66,11 +66,12 @@ inline void locate(const QGeometry& g, long m, long& n, int& oy, int& ox) {
 // The depthwise k×k step for output pixels [m0, m0 + rows) into A's rows, as codes of the depthwise output.
 // Computed in float32, exactly: every product (q − z)·w is an integer of at most 255·127 in magnitude and
 // every partial sum of k² ≤ 49 of them stays below 2^24, so each float operation is exact (in any order);
-// the bias is then added in int32, and the rest is the scheme's epilogue.
+// the bias is then added in int32, and the rest is the scheme's epilogue. Along the rows of a 3×3, stride-1
+// conv the sums start at dw_start = bias − z·Σw instead (where that too stays exact) and take the codes as
+// they are, which saves the subtraction on every input and the bias on every output.
 // T: AType (A's rows, for the GEMM) or uint8_t (the output itself, for a depthwise conv on its own).
 template <typename T>
 struct QDepthwise {
-    static constexpr int GROUP = 4;  // 3×3, stride 1: outputs that share their input vectors (converted once)
     const xc_qconv* op;
     QGeometry g;
     const std::uint8_t* in;
@@ -83,22 +84,28 @@ struct QDepthwise {
     VI rzero = vi_set1(op->res_zero);
     V rmult = vset1(op->res_mult);
 
-    V input(const std::uint8_t* p, int left) const {
-        const V x = vi_to_float(vi_sub(vi_load_u8_n(p, left), zin));
-        return op->relu_in ? vmax(x, vzero()) : x;
+    // Input codes as floats: q − z, or (Folded) q itself; max(q, z) first under an input ReLU.
+    V input(const std::uint8_t* p, int left) const { return input(p, left, op->relu_in, false); }
+    V input(const std::uint8_t* p, int left, bool relu, bool folded) const {
+        VI q = vi_load_u8_n(p, left);
+        if (relu) q = vi_max(q, zin);
+        return vi_to_float(folded ? q : vi_sub(q, zin));
     }
     V weight(int tap, int ch, int left) const {
         const float* w = op->dw_weight + long(tap) * g.c + ch;
         return left >= LANES ? vloadu(w) : vload_n(w, left);
     }
-    void finish(int r, int ch, int left, V acc) const {
-        const VI sum = vi_add(v_trunc_to_int(acc), vi_loadu(op->dw_bias + ch));
-        V v = vmul(vi_to_float(sum), vloadu(op->dw_mult + ch));
+    // Row r's channels [ch, ch + left) from their scaled sums f32(Σ + bias)·M.
+    void store(int r, int ch, int left, V v) const {
         if (residual) {
             const VI res = vi_sub(vi_load_u8_n(residual + (m0 + r) * long(g.c) + ch, left), rzero);
             v = vadd(v, vmul(vi_to_float(res), rmult));
         }
         store_codes(a + long(r) * lda + ch, rq.codes(v), left);
+    }
+    void finish(int r, int ch, int left, V acc) const {
+        const VI sum = vi_add(v_trunc_to_int(acc), vi_loadu(op->dw_bias + ch));
+        store(r, ch, left, vmul(vi_to_float(sum), vloadu(op->dw_mult + ch)));
     }
 
     // One output pixel, any window: the taps inside the image (padding is a real zero: it adds nothing).
@@ -124,35 +131,81 @@ struct QDepthwise {
         }
     }
 
-    // GROUP neighbouring output pixels of a 3×3, stride-1 conv whose windows lie inside the image: each input
-    // vector is read and converted once for the three taps of its row that use it.
-    void group(int r, const std::uint8_t* img, int oy, int ox) const {
-        const std::uint8_t* top = img + (long(oy - g.pad_top) * g.w + (ox - g.pad_left)) * g.c;
-        for (int ch = 0; ch < g.c; ch += LANES) {
-            const int left = g.c - ch;
-            V acc[GROUP];
-            for (int p = 0; p < GROUP; ++p) acc[p] = vzero();
+    // `count` neighbouring output pixels of a 3×3, stride-1 conv whose windows lie inside the image: for each
+    // vector of channels a 3×3 window of input vectors slides along the row, so each input is read and
+    // converted once per output row (not once per tap).
+    template <bool Folded, bool Relu>
+    struct Window {
+        const QDepthwise& dw;
+        const std::uint8_t* p;  // the window's top-left input, at this vector of channels
+        long step, down;
+        int ch, left;
+        V start, mult;
+        V x[3][3];              // [row][column % 3]: the columns are a ring, rotated by unrolling in threes
+        alignas(32) float w[9][LANES];  // the taps' weights, at fixed offsets for the whole row
+
+        V input(const std::uint8_t* q) const { return dw.input(q, left, Relu, Folded); }
+        V tap(int t) const { return vload(w[t]); }
+        void prime() {  // the weights, and the first two columns of the window
+            for (int t = 0; t < 9; ++t) vstoreu(w[t], dw.weight(t, ch, left));
+            for (int dy = 0; dy < 3; ++dy) {
+                x[dy][0] = input(p + dy * down);
+                x[dy][1] = input(p + dy * down + step);
+            }
+        }
+
+        // Output pixel i of the row, its window's columns i, i + 1 and i + 2 (J = i % 3): the last one is new.
+        template <int J>
+        void next(int r, int i) {
+            const std::uint8_t* q = p + (i + 2) * step;
+#pragma GCC unroll 3
+            for (int dy = 0; dy < 3; ++dy) x[dy][(J + 2) % 3] = input(q + dy * down);
+            V acc[3];  // one sum per row of the window: three short dependency chains
 #pragma GCC unroll 3
             for (int dy = 0; dy < 3; ++dy) {
-                const std::uint8_t* src = top + long(dy) * g.w * g.c + ch;
-                V x[GROUP + 2];
-#pragma GCC unroll 6
-                for (int j = 0; j < GROUP + 2; ++j) x[j] = input(src + long(j) * g.c, left);
-#pragma GCC unroll 3
-                for (int dx = 0; dx < 3; ++dx) {
-                    const V w = weight(dy * 3 + dx, ch, left);
-#pragma GCC unroll 4
-                    for (int p = 0; p < GROUP; ++p) acc[p] = vfma(x[p + dx], w, acc[p]);
-                }
+                acc[dy] = vfma(x[dy][J], tap(3 * dy), dy == 0 ? start : vzero());
+                acc[dy] = vfma(x[dy][(J + 1) % 3], tap(3 * dy + 1), acc[dy]);
+                acc[dy] = vfma(x[dy][(J + 2) % 3], tap(3 * dy + 2), acc[dy]);
             }
-            for (int p = 0; p < GROUP; ++p) finish(r + p, ch, left, acc[p]);
+            const V sum = vadd(vadd(acc[0], acc[1]), acc[2]);
+            if constexpr (Folded) dw.store(r + i, ch, left, vmul(sum, mult));
+            else dw.finish(r + i, ch, left, sum);
+        }
+    };
+
+    template <bool Folded>
+    void row(int r, const std::uint8_t* img, int oy, int ox, int count) const {
+        if (op->relu_in) slide<Folded, true>(r, img, oy, ox, count);
+        else slide<Folded, false>(r, img, oy, ox, count);
+    }
+
+    template <bool Folded, bool Relu>
+    void slide(int r, const std::uint8_t* img, int oy, int ox, int count) const {
+        const long step = g.c, down = long(g.w) * g.c;
+        const std::uint8_t* top = img + ((oy - g.pad_top) * down + (ox - g.pad_left) * step);
+        for (int ch = 0; ch < g.c; ch += LANES) {
+            Window<Folded, Relu> win{*this, top + ch, step, down, ch, g.c - ch,
+                                     Folded ? vloadu(op->dw_start + ch) : vzero(), vloadu(op->dw_mult + ch), {}, {}};
+            win.prime();
+            int i = 0;
+            for (; i + 3 <= count; i += 3) {
+                win.template next<0>(r, i);
+                win.template next<1>(r, i + 1);
+                win.template next<2>(r, i + 2);
+            }
+            if (i < count) win.template next<0>(r, i);
+            if (i + 1 < count) win.template next<1>(r, i + 1);
         }
     }
 
-    bool groupable(int rows_left, int oy, int ox) const {
-        const int iy = oy - g.pad_top, ix = ox - g.pad_left;
-        return g.k == 3 && g.stride == 1 && g.dilation == 1 && rows_left >= GROUP && ox + GROUP <= g.ow &&
-               iy >= 0 && iy + 3 <= g.h && ix >= 0 && ix + GROUP + 2 <= g.w;
+    // How many output pixels from (oy, ox) on, at most `rows_left`, row() can take: 0 if none.
+    int row_length(int rows_left, int oy, int ox) const {
+        if (g.k != 3 || g.stride != 1 || g.dilation != 1) return 0;
+        const int iy = oy - g.pad_top;
+        if (iy < 0 || iy + 3 > g.h) return 0;
+        const int first = g.pad_left, last = std::min(g.ow - 1, g.w - 3 + g.pad_left);  // ox with 0 ≤ ix ≤ w − 3
+        if (ox < first || ox > last) return 0;
+        return std::min(rows_left, last - ox + 1);
     }
 
     void run(int rows) const {
@@ -161,9 +214,17 @@ struct QDepthwise {
             int oy, ox;
             locate(g, m0 + r, n, oy, ox);
             const std::uint8_t* img = in + n * long(g.h) * g.w * g.c;
-            const int done = groupable(rows - r, oy, ox) ? GROUP : 1;
-            if (done == GROUP) group(r, img, oy, ox); else pixel(r, img, oy, ox);
-            for (int p = r; p < r + done; ++p) std::fill(a + long(p) * lda + g.c, a + long(p + 1) * lda, T(0));
+            int done = row_length(rows - r, oy, ox);
+            if (done == 0) {
+                pixel(r, img, oy, ox);
+                done = 1;
+            } else if (op->dw_start) {
+                row<true>(r, img, oy, ox, done);
+            } else {
+                row<false>(r, img, oy, ox, done);
+            }
+            if (lda > g.c)
+                for (int p = r; p < r + done; ++p) std::fill(a + long(p) * lda + g.c, a + long(p + 1) * lda, T(0));
             r += done;
         }
     }
@@ -253,6 +314,21 @@ void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows
     const Requant rq(op->out_zero, op->out_lo);
     const VI rzero = vi_set1(op->res_zero);
     const V rmult = vset1(op->res_mult);
+    if (n_valid == 2 * LANES && !op->out_float) {  // a whole tile of codes: per-column tables loaded once
+        const VI bias0 = vi_loadu(op->bias + n), bias1 = vi_loadu(op->bias + n + LANES);
+        const V mult0 = vloadu(op->mult + n), mult1 = vloadu(op->mult + n + LANES);
+        for (int r = 0; r < rows; ++r) {
+            const long row = (m + r) * long(op->cout) + n;
+            V x0 = vmul(vi_to_float(vi_add(vi_loadu(acc + r * QNR), bias0)), mult0);
+            V x1 = vmul(vi_to_float(vi_add(vi_loadu(acc + r * QNR + LANES), bias1)), mult1);
+            if (op->residual) {
+                x0 = vadd(x0, vmul(vi_to_float(vi_sub(vi_load_u8_n(op->residual + row, LANES), rzero)), rmult));
+                x1 = vadd(x1, vmul(vi_to_float(vi_sub(vi_load_u8_n(op->residual + row + LANES, LANES), rzero)), rmult));
+            }
+            vi_store_u8_2(static_cast<std::uint8_t*>(out) + row, rq.codes(x0), rq.codes(x1));
+        }
+        return;
+    }
     for (int r = 0; r < rows; ++r) {
         const long row = (m + r) * long(op->cout) + n;
         for (int v = 0; v < n_valid; v += LANES) {
