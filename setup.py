@@ -11,7 +11,7 @@ setup(
             "xception.fast._cpu",
             sources=[f"{CSRC}/module.cpp", f"{CSRC}/kernels_avx2.cpp", f"{CSRC}/kernels_avx512.cpp",
                      f"{CSRC}/qkernels_avx2.cpp", f"{CSRC}/qkernels_avx2_s7.cpp",
-                     f"{CSRC}/qkernels_avx512_vnni.cpp"],
+                     f"{CSRC}/qkernels_avx512_vnni.cpp", f"{CSRC}/qkernels_avx2_s7a7.cpp"],
             depends=[f"{CSRC}/api.h", f"{CSRC}/kernels.h", f"{CSRC}/qkernels.h", f"{CSRC}/qdot_tile.h",
                      f"{CSRC}/simd_avx2.h"],
             include_dirs=[CSRC],

@@ -8,7 +8,7 @@ multiply-adds per second. OpenVINO: its own per-node profile (``PERF_COUNT``), s
 are repeated and averaged, in turns; the totals are CPU time of whole passes.
 
     PYTHONPATH=src python benchmarks/int8_layers.py [--batch 8] [--input-size 299] [--repeats 3] \\
-        [--weight-bits 7] [--json out.json]
+        [--weight-bits 7] [--activation-bits 7] [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ def float_model(calibration: torch.Tensor) -> torch.nn.Module:
 
 
 def ours(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tensor, bits: int, repeats: int,
-         folder: Path) -> tuple[Callable[[], float], Callable[[float], dict[str, Any]]]:
+         folder: Path, activation_bits: int = 8) -> tuple[Callable[[], float], Callable[[float], dict[str, Any]]]:
     """One pass of the native int8 network (CPU seconds), and the per-layer report of all passes."""
     path = folder / "paper.int8.safetensors"
     labels = torch.zeros(len(calibration), dtype=torch.long)
-    quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], weight_bits=bits, out=path)
+    quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], weight_bits=bits,
+             activation_bits=activation_bits, out=path)
     network = native.NativeQuantizedXception(load_quantized(path))
     layers: dict[str, dict[str, Any]] = {}
 
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=299)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--weight-bits", type=int, default=7, choices=(7, 8))
+    parser.add_argument("--activation-bits", type=int, default=8, choices=(7, 8), help="ours only: OpenVINO's stay 8")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     if not native.available():
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     calibration, x = torch.randn(8, 3, size, size), torch.randn(args.batch, 3, size, size)
     model = float_model(calibration)
     with tempfile.TemporaryDirectory() as tmp:
-        contenders = {"ours": ours(model, calibration, x, args.weight_bits, args.repeats, Path(tmp)),
+        contenders = {"ours": ours(model, calibration, x, args.weight_bits, args.repeats, Path(tmp),
+                                   args.activation_bits),
                       "openvino": openvino(model, calibration, x, args.repeats, Path(tmp))}
         totals = {name: 0.0 for name in contenders}
         for _ in range(args.repeats):  # in turns: the host's speed drifts from minute to minute
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         stages[stage(name)] += entry["ms"]
     report = {"environment": environment(torch.device("cpu")), "batch": args.batch, "input_size": size,
               "repeats": args.repeats,
-              "weight_bits": args.weight_bits, "ours": ours_report,
+              "weight_bits": args.weight_bits, "activation_bits": args.activation_bits, "ours": ours_report,
               "ours_by_stage_ms": {k: round(v, 1) for k, v in stages.items()}, "openvino_nncf": ov_report}
     print(f"{report['environment']['cpu']} · batch {args.batch} · {size} px · 1 thread · CPU ms per pass")
     print(f"ours ({ours_report['kernels']}): {ours_report['total_ms']} ms; "

@@ -102,6 +102,21 @@ def test_the_json_report_has_int8_rows_compared_only_with_int8_rows(capsys):
     assert "reduced precision: fast-int8, ort-int8" in table and "against ort-int8 and ov-int8" in table
 
 
+def test_seven_bit_activations_reach_fast_int8_and_the_onnx_contender_keeps_eight(capsys):
+    args = ["bench", "--set", "model.width=0.25", "--set", "model.middle_repeats=1", "--input-size", str(SIZE),
+            "--batch-size", "1", "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-memory",
+            "--calibration-images", str(CALIBRATION), "--weight-bits", "7", "--activation-bits", "7",
+            "--modes", "fast-int8,ort-int8", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in report["results"]}
+    assert report["settings"]["activation_bits"] == 7
+    assert rows["fast-int8"]["details"]["activation_bits"] == 7 and rows["ort-int8"]["details"]["activation_bits"] == 8
+    if native_int8.available() and native_int8.isa() == "avx2":
+        assert "byte octets" in rows["fast-int8"]["details"]["kernels"]
+    assert all(rows[name]["status"] == "ok" for name in ("fast-int8", "ort-int8"))
+
+
 def test_calibration_needs_an_image():
     from xception.errors import ConfigError
 

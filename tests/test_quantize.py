@@ -313,3 +313,42 @@ def test_the_int8_file_under_any_name_runs_through_the_inference_layer(result, d
         xception.create_model(weights=renamed)
     assert main(["explain", "--weights", str(renamed), str(images[0])]) == 1
     assert "int8 model" in capsys.readouterr().err
+
+
+def test_seven_bit_activations_stay_within_127_agree_with_float32_and_read_back(weights, data, tmp_path, capsys):
+    out = tmp_path / "a7.safetensors"
+    code = main(["quantize", "--weights", str(weights), "--calibration", str(data["calibration"]), "--held-out",
+                 str(data["held"]), "--images", "24", "--out", str(out), "--activation-bits", "7", "--weight-bits", "7",
+                 "--workers", "0", "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["activation_bits"], printed["weight_bits"]) == (7, 7)
+    assert printed["agreement"] >= MIN_AGREEMENT
+    model = load_quantized(out)
+    assert model.activation_bits == 7 and read_header(out)["activation_bits"] == 7
+    x, _ = _images(data["held"])
+    codes = [model.quantize_input(x)]
+    with torch.no_grad():
+        for step in model.stem:
+            codes.append(step(codes[-1]))
+        for block in model.blocks:
+            codes.append(block(codes[-1]))
+    assert max(int(c.q.max()) for c in codes) == 127  # the top code is reached, never passed
+    assert all(c.zero_point <= 127 for c in codes)
+
+
+def test_seven_bit_activations_halve_the_grid_and_refuse_onnx(weights, data, tmp_path):
+    from xception.quantize.scheme import qparams_for_range, quantize_input, requantize
+
+    assert qparams_for_range(-1.0, 3.0, 127) == (pytest.approx(4 / 127), 32)
+    assert qparams_for_range(-1.0, 3.0) == (pytest.approx(4 / 255), 64)
+    codes = quantize_input(torch.tensor([-5.0, 0.0, 5.0]), qparams_for_range(-1.0, 3.0, 127), 127)
+    assert codes.tolist() == [0, 32, 127]
+    acc = torch.tensor([[-1000, 10, 1000]], dtype=torch.int32)
+    assert requantize(acc, torch.tensor([1.0, 1.0, 1.0]), 32, qmax=127).tolist() == [[0, 42, 127]]
+    with pytest.raises(ConfigError, match="no 7-bit activations"):
+        quantize(weights, data["calibration"], held_out=data["held"], images=12, onnx=tmp_path / "a7.onnx",
+                 activation_bits=7)
+    with pytest.raises(ConfigError, match="activation_bits must be 8 or 7"):
+        quantize(weights, data["calibration"], held_out=data["held"], activation_bits=4)
+    assert not (tmp_path / "a7.onnx").exists()

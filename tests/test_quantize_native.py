@@ -37,14 +37,15 @@ VARIANTS = [
 ]
 
 
-def quantized(name: str, options: dict, size: int = 71, classes: int = 10, weight_bits: int = 8):
+def quantized(name: str, options: dict, size: int = 71, classes: int = 10, weight_bits: int = 8,
+              activation_bits: int = 8):
     """A small random model with real BatchNorm statistics, quantised on random images (a fresh copy each call)."""
-    reference, x = _quantized(name, json.dumps(options, sort_keys=True), size, classes, weight_bits)
+    reference, x = _quantized(name, json.dumps(options, sort_keys=True), size, classes, weight_bits, activation_bits)
     return copy.deepcopy(reference), x
 
 
 @functools.cache
-def _quantized(name: str, options: str, size: int, classes: int, weight_bits: int):
+def _quantized(name: str, options: str, size: int, classes: int, weight_bits: int, activation_bits: int):
     torch.manual_seed(0)
     model = xception.create_model(name, num_classes=classes, width=0.25, middle_repeats=1, **json.loads(options))
     model.train()
@@ -53,7 +54,7 @@ def _quantized(name: str, options: str, size: int, classes: int, weight_bits: in
             model(torch.randn(4, 3, size, size))
     x = torch.randn(6, 3, size, size)
     result = quantize(model.eval(), x, held_out=(x, torch.randint(0, classes, (6,))), methods=["minmax"],
-                      weight_bits=weight_bits)
+                      weight_bits=weight_bits, activation_bits=activation_bits)
     return result.model, x
 
 
@@ -133,6 +134,26 @@ def test_the_depthwise_rows_without_the_folded_start_equal_the_references(name, 
         assert torch.equal(kernels(x), reference(x))
 
 
+@pytest.mark.parametrize(("name", "options"), [VARIANTS[0], VARIANTS[2], VARIANTS[4]])
+def test_seven_bit_activations_run_on_the_byte_octet_kernels_and_equal_the_references(name, options):
+    reference, x = quantized(name, options, weight_bits=7, activation_bits=7)
+    with torch.no_grad():
+        codes = reference.forward_features(reference.quantize_input(x)).q
+    assert 64 <= int(codes.max()) <= 127  # the whole 7-bit range in use, none beyond it
+    kernels = native.NativeQuantizedXception(reference)
+    gemms = [m for m in kernels.modules() if isinstance(m, native.NativeQConv) and m.kind != native.DEPTHWISE]
+    vnni = native.isa() == "avx512-vnni"
+    assert {m.kernels for m in gemms if m.k_dim >= 64} == {native.VNNI if vnni else native.OCTETS}
+    assert {m.kernels for m in gemms if m.k_dim < 64} == {native.VNNI if vnni else native.QUADS}  # the first conv
+    assert agree(reference, x) == (True, True)
+
+
+def test_seven_bit_activations_with_eight_bit_weights_stay_off_the_octets():
+    reference, _ = quantized("xception", {}, activation_bits=7)
+    kernels = native.NativeQuantizedXception(reference)
+    assert native.OCTETS not in {m.kernels for m in kernels.modules() if isinstance(m, native.NativeQConv)}
+
+
 @pytest.mark.parametrize("size", [73, pytest.param(90, marks=pytest.mark.slow)])
 def test_odd_sizes_and_two_threads_change_nothing(size, monkeypatch):
     reference, x = quantized("xception", {}, size=size)
@@ -186,7 +207,8 @@ def test_a_forced_instruction_set_gives_the_same_codes():
         "import json, torch, sys; sys.path.insert(0, 'tests'); "
         "from test_quantize_native import quantized, agree; from xception.quantize import native; "
         "r, x = quantized('xception', {}, size=73); "
-        "print(json.dumps({'isa': native.isa(), 'agree': agree(r, x[:2])}))"
+        "r7, x7 = quantized('xception', {}, size=73, weight_bits=7, activation_bits=7); "
+        "print(json.dumps({'isa': native.isa(), 'agree': agree(r, x[:2]), 'agree_7': agree(r7, x7[:2])}))"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for isa in ("avx2", "avx512"):
@@ -194,4 +216,4 @@ def test_a_forced_instruction_set_gives_the_same_codes():
         out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
                              check=True)
         found = json.loads(out.stdout.strip().splitlines()[-1])
-        assert found["agree"] == [True, True], (isa, found)
+        assert found["agree"] == [True, True] and found["agree_7"] == [True, True], (isa, found)

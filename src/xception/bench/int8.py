@@ -3,7 +3,8 @@ same calibration images (:meth:`~.models.Models.calibration_images`), each opene
 
 - ``fast-int8``: :func:`xception.quantize`'s int8 file (:meth:`~.models.Models.int8_files`) on the ``int8``
   runtime;
-- ``ort-int8``: the QDQ ONNX model of the same quantised network (the same scales) on ``onnxruntime``;
+- ``ort-int8``: the QDQ ONNX model of the same quantised network (the same scales) on ``onnxruntime``; with
+  ``activation_bits=7`` (which ONNX cannot express) the same calibration quantised with 8-bit activations;
 - ``ov-int8``: OpenVINO's own int8 path, NNCF post-training quantisation of our float32 ONNX export on the
   calibration images, on ``openvino``; where NNCF is missing or fails, the QDQ model compiled by OpenVINO;
   when both fail, a skip whose reason says why each did. The row's kernels say which path ran.
@@ -35,7 +36,7 @@ def fast_int8(ctx: BuildContext) -> Contender:
 def ort_int8(ctx: BuildContext) -> Contender:
     """The QDQ ONNX model of the same quantised network, on ONNX Runtime (Q/DQ fused into its int8 kernels)."""
     files = ctx.models.int8_files()
-    return ort_contender(ctx, files.qdq, model=ctx.cfg.model, **files.details())
+    return ort_contender(ctx, files.qdq, model=ctx.cfg.model, **files.details(qdq=True))
 
 
 def _nncf_ptq(ctx: BuildContext) -> Contender:
@@ -60,6 +61,6 @@ def ov_int8(ctx: BuildContext) -> Contender:
     try:
         files = ctx.models.int8_files()
         return ov_contender(ctx, files.qdq, model=ctx.cfg.model, int8_path="QDQ model", nncf_failed=nncf_failure,
-                            **files.details())
+                            **files.details(qdq=True))
     except Exception as err:
         raise Skip(f"no int8 path of OpenVINO ran: {nncf_failure}; QDQ model: {_one_line(err)}") from err

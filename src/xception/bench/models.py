@@ -44,10 +44,12 @@ class Int8Files:
     seconds: float
     result: QuantizeResult
 
-    def details(self) -> dict[str, Any]:
+    def details(self, qdq: bool = False) -> dict[str, Any]:
+        """What the row's model is; ``qdq``: the QDQ model's (always 8-bit activations: ONNX has no 7-bit type)."""
         report = self.result.report
         return {"quantize_s": round(self.seconds, 2),
-                "calibration": {"method": report.method, "images": report.calibration["images"]}}
+                "calibration": {"method": report.method, "images": report.calibration["images"]},
+                "weight_bits": report.weight_bits, "activation_bits": 8 if qdq else report.activation_bits}
 
 
 def build_ours(cfg: BenchConfig) -> nn.Module:
@@ -193,7 +195,12 @@ class Models:
                 labels = self.get("ours")(images).argmax(1)
             out, onnx = self.workdir / "ours.int8.safetensors", self.workdir / "ours.int8.onnx"
             start = time.perf_counter()
-            result = quantize(self.weights_file(), images, held_out=(images, labels), images=len(images),
-                              methods=[INT8_METHOD], out=out, onnx=onnx, weight_bits=self.cfg.weight_bits)
+            common = {"held_out": (images, labels), "images": len(images), "methods": [INT8_METHOD],
+                      "weight_bits": self.cfg.weight_bits}
+            seven = self.cfg.activation_bits != 8
+            result = quantize(self.weights_file(), images, out=out, onnx=None if seven else onnx,
+                              activation_bits=self.cfg.activation_bits, **common)
+            if seven:  # the ONNX contenders' QDQ model: the same calibration with 8-bit activations
+                quantize(self.weights_file(), images, onnx=onnx, **common)
             self._int8 = Int8Files(out, onnx, time.perf_counter() - start, result)
         return self._int8

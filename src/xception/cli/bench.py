@@ -74,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="random images every int8 contender is calibrated on, the same for all (default: 16)")
     p.add_argument("--weight-bits", type=int, choices=(8, 7), default=8,
                    help="the int8 contenders' weights: 8 (default) or 7 bits (see xception quantize --help)")
+    p.add_argument("--activation-bits", type=int, choices=(8, 7), default=8,
+                   help="fast-int8's activations: 8 (default) or 7 bits (see xception quantize --help); the ONNX "
+                   "contenders keep 8, which ONNX's QDQ format is limited to")
     p.add_argument("--json", action="store_true", help="print the full report as JSON instead of the table")
     p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
     add_model_options(p)
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, warmup=args.warmup, dtype=args.dtype, threads=args.threads,
         keep_memory=not args.no_keep_memory, measure_memory=not args.no_memory,
         model_options=dict(args.options), calibration_images=args.calibration_images,
-        weight_bits=args.weight_bits,
+        weight_bits=args.weight_bits, activation_bits=args.activation_bits,
     ).validate()
 
     def progress(message: str) -> None:

@@ -20,6 +20,7 @@ on held-out images and keeps the best (none is assumed).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -94,24 +95,24 @@ def observe(program: FusedXception, names: Sequence[str], batches: Callable[[], 
     return stats
 
 
-def _roundtrip(h: Histogram, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(levels, dequantised values) of the bin centres on the uint8 grid over [lo, hi], for each candidate
-    pair: shapes (F, BINS)."""
-    scale = ((hi - lo) / (QMAX - QMIN)).clamp(min=1e-30)[:, None]
-    zero = torch.round(-lo[:, None] / scale).clamp(QMIN, QMAX)
-    levels = torch.round(h.centres()[None] / scale + zero).clamp(QMIN, QMAX)
+def _roundtrip(h: Histogram, lo: torch.Tensor, hi: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(levels, dequantised values) of the bin centres on the grid of codes 0 … ``qmax`` over [lo, hi], for
+    each candidate pair: shapes (F, BINS)."""
+    scale = ((hi - lo) / (qmax - QMIN)).clamp(min=1e-30)[:, None]
+    zero = torch.round(-lo[:, None] / scale).clamp(QMIN, qmax)
+    levels = torch.round(h.centres()[None] / scale + zero).clamp(QMIN, qmax)
     return levels, (levels - zero) * scale
 
 
-def _squared_error(h: Histogram, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    _, values = _roundtrip(h, lo, hi)
+def _squared_error(h: Histogram, lo: torch.Tensor, hi: torch.Tensor, qmax: int = QMAX) -> torch.Tensor:
+    _, values = _roundtrip(h, lo, hi, qmax)
     return ((h.centres()[None] - values) ** 2 * h.counts[None]).sum(1)
 
 
-def _divergence(h: Histogram, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+def _divergence(h: Histogram, lo: torch.Tensor, hi: torch.Tensor, qmax: int = QMAX) -> torch.Tensor:
     """KL(P‖Q) per candidate: P the histogram within [lo, hi], outliers folded into its end bins; Q the
     in-range part quantised, each level's mass spread over its non-empty bins (as TensorRT does)."""
-    levels, _ = _roundtrip(h, lo, hi)
+    levels, _ = _roundtrip(h, lo, hi, qmax)
     centres, out = h.centres(), torch.full((len(lo),), math.inf, dtype=torch.float64)
     for i in range(len(lo)):
         inside = ((centres >= lo[i]) & (centres <= hi[i])).nonzero()
@@ -123,8 +124,8 @@ def _divergence(h: Histogram, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tenso
         p[0] += h.counts[:first].sum()
         p[-1] += h.counts[last + 1:].sum()
         lev = levels[i, first:last + 1].long()
-        mass = torch.zeros(QMAX + 1, dtype=torch.float64).scatter_add_(0, lev, kept)
-        filled = torch.zeros(QMAX + 1, dtype=torch.float64).scatter_add_(0, lev, (p > 0).double())
+        mass = torch.zeros(qmax + 1, dtype=torch.float64).scatter_add_(0, lev, kept)
+        filled = torch.zeros(qmax + 1, dtype=torch.float64).scatter_add_(0, lev, (p > 0).double())
         q = torch.where(p > 0, mass[lev] / filled[lev].clamp(min=1), torch.zeros_like(p))
         p, q = p / p.sum(), q / q.sum().clamp(min=1e-300)
         nz = p > 0
@@ -170,17 +171,17 @@ def _percent(method: str) -> bool:
         return False
 
 
-def ranges(stats: dict[str, Histogram], method: str) -> dict[str, tuple[float, float]]:
-    """(lo, hi) per quantisation point by ``method`` (see the module's docstring)."""
+def ranges(stats: dict[str, Histogram], method: str, qmax: int = QMAX) -> dict[str, tuple[float, float]]:
+    """(lo, hi) per quantisation point by ``method`` (see the module's docstring), for codes 0 … ``qmax``."""
     check_method(method)
     out = {}
     for name, h in stats.items():
         if not h.hi > h.lo or method == "minmax":
             out[name] = (h.lo, h.hi) if h.hi >= h.lo else (0.0, 0.0)
         elif method == "mse":
-            out[name] = search_range(h, _squared_error)
+            out[name] = search_range(h, functools.partial(_squared_error, qmax=qmax))
         elif method == "entropy":
-            out[name] = search_range(h, _divergence)
+            out[name] = search_range(h, functools.partial(_divergence, qmax=qmax))
         else:
             out[name] = percentile_range(h, float(method.removeprefix("percentile-")))
     return out

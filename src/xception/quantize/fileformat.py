@@ -42,7 +42,8 @@ FORMAT = "xception-int8"
 FORMAT_VERSION = 1
 SCHEME: dict[str, str] = {
     "weights": "int8, symmetric per output channel, [-127, 127]: w = weight_scale[c] * q",
-    "activations": "uint8, one scale and zero point per tensor: x = scale * (q - zero_point)",
+    "activations": "uint8, one scale and zero point per tensor: x = scale * (q - zero_point); codes 0-255, or 0-127 "
+                   "where the header's activation_bits is 7",
     "accumulator": "int32: acc[c] = bias[c] + sum_k (q_in[k] - input_zero_point) * weight[c, k]; padding is "
                    "input_zero_point (conv) or 0 (max-pool)",
     "requantisation": "v = f32(acc[c]) * multiplier[c] (+ f32(q_res - residual_zero_point) * residual_multiplier), "
@@ -89,7 +90,7 @@ def save_quantized(model: QuantizedXception, path: str | os.PathLike[str], *, so
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": model.model_name,
         "config": model.config.to_dict(), "class_names": model.class_names,
         "preprocessing": model.preprocessing.to_dict() if model.preprocessing is not None else None,
-        "source": source, "scheme": SCHEME, **model.info,
+        "source": source, "scheme": SCHEME, **model.info, "activation_bits": model.activation_bits,
     }
     tensors = state_tensors(model)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(header)}))
@@ -146,4 +147,8 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedXception:
     model.class_names = list(header["class_names"]) if header.get("class_names") else None
     model.preprocessing = preprocessing
     model.info = {k: header[k] for k in ("calibration", "metrics") if k in header}
+    try:
+        model.activation_bits = int(header.get("activation_bits", 8))
+    except (TypeError, ValueError, ConfigError) as err:
+        raise WeightsError(f"{path} is a damaged int8 file ({err}); quantise the model again") from None
     return model.eval()

@@ -33,8 +33,9 @@ DEPTHWISE = 3  # int8 only: a depthwise conv on its own
 QISAS = dict(enumerate(INT8_KERNEL_ISAS))
 # The GEMM kernels: int16 pairs (vpmaddwd, any weights), byte quads (vpmaddubsw, 7-bit weights), VNNI quads
 # (vpdpbusd, any weights, on AVX-512 VNNI CPUs, where every layer takes them).
-PAIRS, QUADS, VNNI = 0, 1, 2
-KERNEL_NAMES = {PAIRS: "int16 pairs, vpmaddwd", QUADS: "byte quads, vpmaddubsw", VNNI: "VNNI quads, vpdpbusd"}
+PAIRS, QUADS, VNNI, OCTETS = 0, 1, 2, 3
+KERNEL_NAMES = {PAIRS: "int16 pairs, vpmaddwd", QUADS: "byte quads, vpmaddubsw", VNNI: "VNNI quads, vpdpbusd",
+                OCTETS: "byte octets, vpmaddubsw twice per vpmaddwd"}
 PAD = 64  # per-channel tables are read in whole vectors: padded to a multiple of this
 
 
@@ -48,7 +49,8 @@ class _QConvOp(ctypes.Structure):
         ("mid_zero", ctypes.c_int), ("mid_lo", ctypes.c_int), ("k_dim", ctypes.c_int), ("cout", ctypes.c_int),
         ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("mult", ctypes.c_void_p),
         ("residual", ctypes.c_void_p), ("res_zero", ctypes.c_int), ("res_mult", ctypes.c_float),
-        ("out_zero", ctypes.c_int), ("out_lo", ctypes.c_int), ("out_float", ctypes.c_int), ("kernels", ctypes.c_int),
+        ("out_zero", ctypes.c_int), ("out_lo", ctypes.c_int), ("code_max", ctypes.c_int), ("out_float", ctypes.c_int),
+        ("kernels", ctypes.c_int),
     ]
 
 
@@ -114,9 +116,10 @@ class NativeQConv(nn.Module):
     def __init__(self, name: str, weight: torch.Tensor | None, bias: torch.Tensor | None,
                  multiplier: torch.Tensor | None, *, gemm_in_zero: int, window: QConv | None, output: QParams | None,
                  relu_out: bool = False, residual_multiplier: float = 0.0, dw: QConv | None = None,
-                 mid_relu: bool = False) -> None:
+                 mid_relu: bool = False, code_max: int = 255) -> None:
         super().__init__()
         self.name, self.window, self.output, self.relu_out = name, window, output, relu_out
+        self.code_max = code_max  # every activation code (inputs included) is at most this
         self.residual_multiplier = residual_multiplier
         if weight is None:
             self.kind = DEPTHWISE
@@ -145,7 +148,11 @@ class NativeQConv(nn.Module):
         matrix = weight.permute(0, 2, 3, 1).reshape(self.cout, -1).contiguous()  # (dy, dx, channel) columns
         self.k_dim = matrix.shape[1]
         lib = _library()
-        self.kernels = VNNI if lib.xc_qisa() == 2 else QUADS if fits_byte_quads(matrix) else PAIRS
+        # Byte octets need 7-bit codes and byte-quad weights; on depths below 64 (the first conv's 27) they
+        # measured slower than the quads (21 against 13 ms for the stem's first conv, batch 8, Zen 3).
+        quads = fits_byte_quads(matrix)
+        octets = quads and code_max <= 127 and self.k_dim >= 64
+        self.kernels = VNNI if lib.xc_qisa() == 2 else OCTETS if octets else QUADS if quads else PAIRS
         self.packed = torch.empty(lib.xc_qpacked_bytes(self.k_dim, self.cout, self.kernels), dtype=torch.uint8)
         lib.xc_qpack_weights(matrix.data_ptr(), self.k_dim, self.cout, self.kernels, self.packed.data_ptr())
         folded = bias.long() - gemm_in_zero * matrix.long().sum(1)  # acc = Σ q·w + (bias − z·Σw)
@@ -159,20 +166,22 @@ class NativeQConv(nn.Module):
         residual = float(conv.residual_multiplier.item()) if conv.adds_residual else 0.0
         return cls(conv.name, conv.weight, conv.bias, conv.multiplier, gemm_in_zero=int(conv.input_zero_point.item()),
                    window=dw or conv, output=conv.output_params, relu_out=conv.relu_out,
-                   residual_multiplier=residual, dw=dw, mid_relu=dw is not None and (dw.relu_out or conv.relu_in))
+                   residual_multiplier=residual, dw=dw, mid_relu=dw is not None and (dw.relu_out or conv.relu_in),
+                   code_max=conv.code_max)
 
     @classmethod
     def depthwise(cls, dw: QConv) -> NativeQConv:
         """A depthwise conv with no pointwise conv after it (``separable_order="pointwise_first"``)."""
         residual = float(dw.residual_multiplier.item()) if dw.adds_residual else 0.0
         return cls(dw.name, None, None, None, gemm_in_zero=int(dw.output_zero_point.item()), window=dw,
-                   output=dw.output_params, residual_multiplier=residual, dw=dw, mid_relu=dw.relu_out)
+                   output=dw.output_params, residual_multiplier=residual, dw=dw, mid_relu=dw.relu_out,
+                   code_max=dw.code_max)
 
     @classmethod
     def classifier(cls, head: QHead) -> NativeQConv:
         """The classifier as a 1×1 GEMM over the pooled codes whose epilogue writes float32 logits."""
         return cls(head.name, head.weight[:, :, None, None], head.bias, head.multiplier,
-                   gemm_in_zero=head.pool_params.zero_point, window=None, output=None)
+                   gemm_in_zero=head.pool_params.zero_point, window=None, output=None, code_max=head.code_max)
 
     @staticmethod
     def supports(conv: QConv, dw: QConv | None = None) -> bool:
@@ -208,7 +217,7 @@ class NativeQConv(nn.Module):
                       self.mid_zero, self.mid_lo, self.k_dim, self.cout, native._ptr(self.packed),
                       native._ptr(self.bias), native._ptr(self.mult), native._ptr(None if add is None else add.q),
                       0 if add is None else add.zero_point, self.residual_multiplier, out_zero,
-                      _lowest(out_zero, self.relu_out), int(logits), self.kernels)
+                      _lowest(out_zero, self.relu_out), self.code_max, int(logits), self.kernels)
         _call(lambda lib: lib.xc_qconv_forward(ctypes.byref(op), x.q.data_ptr(), out.data_ptr()))
         return out if self.output is None else QTensor(out, *self.output)
 

@@ -185,6 +185,9 @@ def _metadata(model: QuantizedXception, input_size: int) -> str:
 
 def write_qdq(model: QuantizedXception, path: str | os.PathLike[str], size: tuple[int, int]) -> Path:
     """Write the QDQ ONNX model of ``model`` to ``path``, atomically."""
+    if model.activation_bits != 8:
+        raise ConfigError("ONNX's QDQ format has no 7-bit activations (its QuantizeLinear saturates at 255): "
+                          "export an ONNX model from a quantisation with activation_bits=8")
     try:
         import onnx
     except ImportError as err:

@@ -37,10 +37,12 @@ from ..layers import TFSamePad2d, tf_same_padding
 from ..models import Xception
 from ..models.xception import ClassifierHead
 from .scheme import (
+    QMAX,
     QParams,
     QTensor,
     Residual,
     check_accumulator,
+    code_max,
     conv_accumulate,
     gemm_accumulate,
     global_sum,
@@ -133,6 +135,7 @@ class QConv(nn.Module):
         _register_params(self, "input", "output", *(["residual"] if adds_residual else []))
         if adds_residual:
             self.register_buffer("residual_multiplier", torch.zeros(1))
+        self.code_max = QMAX  # the top code of every activation (QuantizedXception.activation_bits)
         self._pending: tuple[torch.Tensor, torch.Tensor | None, QParams] | None = None
 
     def prepare(self, conv: FusedConv, output: QParams, weight_bits: int = 8) -> None:
@@ -174,7 +177,8 @@ class QConv(nn.Module):
     def epilogue(self, acc: torch.Tensor, add: QTensor | None = None) -> torch.Tensor:
         """int32 accumulator (+ residual) → uint8 output codes, the ReLU in the clamp."""
         residual = None if add is None else Residual(add.q, add.zero_point, self.residual_multiplier)
-        return requantize(acc, self.multiplier, self.output_params.zero_point, relu=self.relu_out, residual=residual)
+        return requantize(acc, self.multiplier, self.output_params.zero_point, relu=self.relu_out, residual=residual,
+                          qmax=self.code_max)
 
     @property
     def output_params(self) -> QParams:
@@ -283,6 +287,7 @@ class QHead(nn.Module):
         self.register_buffer("bias", torch.zeros(fc.out_features, dtype=torch.int32))
         self.register_buffer("multiplier", torch.zeros(fc.out_features))
         _register_params(self, "input", *(["pool"] if self.pool_type == "avg" else []))
+        self.code_max = QMAX
         self._pending: tuple[nn.Linear, QParams | None] | None = None
 
     def prepare(self, fc: nn.Linear, pool: QParams | None, weight_bits: int = 8) -> None:
@@ -314,7 +319,7 @@ class QHead(nn.Module):
         out = _params(self, "pool")
         pixels = x.q.shape[-2] * x.q.shape[-1]
         acc = global_sum(x.q, x.zero_point)
-        q = requantize(acc, pool_multiplier(x.scale, pixels, out.scale), out.zero_point)
+        q = requantize(acc, pool_multiplier(x.scale, pixels, out.scale), out.zero_point, qmax=self.code_max)
         return QTensor(q[:, :, None, None], *out)
 
     def forward(self, x: QTensor) -> torch.Tensor:
@@ -343,17 +348,37 @@ class QuantizedXception(nn.Module):
         self.class_names: list[str] | None = None
         self.preprocessing = None
         self.info: dict[str, object] = {}  # calibration and measured agreement
+        self.activation_bits = 8
+
+    @property
+    def activation_bits(self) -> int:
+        """8: activation codes 0 … 255; 7: 0 … 127 (see :mod:`.scheme`)."""
+        return self._activation_bits
+
+    @activation_bits.setter
+    def activation_bits(self, bits: int) -> None:
+        top = code_max(bits)
+        self._activation_bits = bits
+        for module in [*self.convs(), self.head]:
+            module.code_max = top
+
+    @property
+    def code_max(self) -> int:
+        return code_max(self.activation_bits)
 
     @classmethod
     def build(cls, program: FusedXception, names: list[str], ranges: Mapping[str, tuple[float, float]],
-              weight_bits: int = 8) -> QuantizedXception:
+              weight_bits: int = 8, activation_bits: int = 8) -> QuantizedXception:
         """Quantise ``program`` with activation ranges (lo, hi) per point: ``"input"``, each conv's output (by
-        layer name) and, with average pooling, ``"head.pool"``; weights to ``weight_bits`` (8 or 7)."""
+        layer name) and, with average pooling, ``"head.pool"``; weights to ``weight_bits`` (8 or 7), activations
+        to ``activation_bits`` (8 or 7)."""
         model = cls(program, names)
-        _set_params(model, "input", qparams_for_range(*ranges[INPUT]))
+        model.activation_bits = activation_bits
+        top = model.code_max
+        _set_params(model, "input", qparams_for_range(*ranges[INPUT], top))
         for qconv, conv in zip(model.convs(), program.convs(), strict=True):
-            qconv.prepare(conv, qparams_for_range(*ranges[qconv.name]), weight_bits)
-        pool = qparams_for_range(*ranges["head.pool"]) if model.head.pool_type == "avg" else None
+            qconv.prepare(conv, qparams_for_range(*ranges[qconv.name], top), weight_bits)
+        pool = qparams_for_range(*ranges["head.pool"], top) if model.head.pool_type == "avg" else None
         model.head.prepare(program.head.fc, pool, weight_bits)
         size = model.config.min_input_size
         with torch.no_grad():  # one pass in data-flow order: each step quantises itself from what reaches it
@@ -375,7 +400,7 @@ class QuantizedXception(nn.Module):
         Xception.check_input(self, x)  # the checks read only .config
 
     def quantize_input(self, x: torch.Tensor) -> QTensor:
-        return QTensor(quantize_input(x, self.input_params), *self.input_params)
+        return QTensor(quantize_input(x, self.input_params, self.code_max), *self.input_params)
 
     def forward_features(self, x: QTensor) -> QTensor:
         for step in self.stem:

@@ -93,6 +93,7 @@ class QuantizeReport:
     onnx: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
     weight_bits: int = 8
+    activation_bits: int = 8
 
     @property
     def chosen(self) -> Agreement:
@@ -111,7 +112,7 @@ class QuantizeReport:
             "fp32_top1": self.fp32_top1, "int8_top1": c.top1, "changed": c.changed, "agreement": c.agreement,
             "max_logit_diff": c.max_logit_diff, "max_logit_diff_rel": c.max_logit_diff_rel, "method": self.method,
             "methods": [r.to_dict() for r in self.methods], "onnx": self.onnx, "files": self.files,
-            "weight_bits": self.weight_bits,
+            "weight_bits": self.weight_bits, "activation_bits": self.activation_bits,
         }
 
     def format(self) -> str:
@@ -119,8 +120,8 @@ class QuantizeReport:
         rows = [[r.method + (" (chosen)" if r.method == self.method else ""), f"{r.top1:.2f} %", f"{r.agreement:.2f} %",
                  r.changed, f"{100 * r.max_logit_diff_rel:.2f} %"] for r in self.methods]
         lines = [
-            f"int8 {self.model} ({self.weight_bits}-bit weights): calibrated on {self.calibration['description']}, "
-            "checked on "
+            f"int8 {self.model} ({self.weight_bits}-bit weights, {self.activation_bits}-bit activations): calibrated "
+            f"on {self.calibration['description']}, checked on "
             f"{plural(c.images, 'held-out image')} ({self.held_out['description']})",
             format_table(rows, ["calibration", "top-1", "same top-1 as fp32", "changed", "max |Δlogit| / max |logit|"]),
             f"fp32 top-1 {self.fp32_top1:.2f} %, int8 top-1 {c.top1:.2f} % ({self.method}, the best agreement with "

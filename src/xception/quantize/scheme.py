@@ -7,13 +7,16 @@ the accumulator's scale ``s_in·s_w[c]``. One step (a conv, or the classifier) i
 
     acc[c] = bias[c] + Σ_k (q_in[k] − z_in) · w[c, k]                                  int32, exact
     v      = f32(acc[c]) · M[c]  (+ f32(q_res − z_res) · R)                              float32, IEEE
-    q_out  = int(clamp(round_half_even(v), lo − z_out, 255 − z_out)) + z_out             uint8
+    q_out  = int(clamp(round_half_even(v), lo − z_out, Q − z_out)) + z_out               uint8
 
-``M[c] = f32(s_in·s_w[c] / s_out)`` and ``R = f32(s_res / s_out)`` are worked out in float64 and rounded
-once, when the model is quantised, and stored; ``lo`` is ``z_out`` when a ReLU follows (the ReLU is the
-clamp) and 0 otherwise. The float32 epilogue is a product, then a sum, each rounded (no fused multiply-add),
-so a vector kernel (``cvtepi32_ps``, ``mul_ps``, ``add_ps``, ``round_ps``/``cvtps_epi32`` under the default
-rounding mode, ``min_ps``/``max_ps`` before the conversion) reproduces it bit for bit.
+``Q`` is the top code, 255; with 7-bit activations (``activation_bits=7``, what FBGEMM calls a reduced range)
+every activation is a code in [0, 127], which lets AVX2 CPUs add two ``vpmaddubsw`` results in int16 before
+widening them (``fast/csrc/qkernels_avx2_s7a7.cpp``). ``M[c] = f32(s_in·s_w[c] / s_out)`` and
+``R = f32(s_res / s_out)`` are worked out in float64 and rounded once, when the model is quantised, and
+stored; ``lo`` is ``z_out`` when a ReLU follows (the ReLU is the clamp) and 0 otherwise. The float32 epilogue
+is a product, then a sum, each rounded (no fused multiply-add), so a vector kernel (``cvtepi32_ps``,
+``mul_ps``, ``add_ps``, ``round_ps``/``cvtps_epi32`` under the default rounding mode, ``min_ps``/``max_ps``
+before the conversion) reproduces it bit for bit.
 
 Padding pixels are ``z_in``, a real zero, so a kernel may fold ``−z_in·Σ_k w[c, k]`` into the bias and
 accumulate ``Σ q_in·w`` as VNNI/AMX do (u8 × s8 → s32). On AVX2 without VNNI, ``vpmaddubsw`` adds pairs of
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 
 QMIN, QMAX = 0, 255  # activations: uint8
+ACTIVATION_BITS = (8, 7)  # 7: codes in [0, 127]
 WMAX = 127  # weights: int8 in [−127, 127] (symmetric: −128 unused, so that −w is always representable)
 WEIGHT_BITS = (8, 7)  # 7: [−63, 63]
 INT32_MAX = 2**31 - 1
@@ -69,13 +73,21 @@ def f32(value: float) -> float:
     return torch.tensor(value, dtype=torch.float64).float().item()
 
 
-def qparams_for_range(lo: float, hi: float) -> QParams:
-    """uint8 scale and zero point covering [lo, hi], widened to hold 0 so that zero padding is exact."""
+def code_max(activation_bits: int) -> int:
+    """The top activation code: 255 for 8 bits, 127 for 7."""
+    if activation_bits not in ACTIVATION_BITS:
+        raise ConfigError(f"activations are quantised to 8 or 7 bits, not {activation_bits}")
+    return 2**activation_bits - 1
+
+
+def qparams_for_range(lo: float, hi: float, qmax: int = QMAX) -> QParams:
+    """uint8 scale and zero point covering [lo, hi] with codes 0 … ``qmax``, widened to hold 0 so that zero
+    padding is exact."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo < 1e-12:  # a tensor that is always 0: any scale represents it
         return QParams(1.0, 0)
-    scale = f32((hi - lo) / (QMAX - QMIN))
-    zero_point = min(max(round(-lo / scale), QMIN), QMAX)
+    scale = f32((hi - lo) / (qmax - QMIN))
+    zero_point = min(max(round(-lo / scale), QMIN), qmax)
     return QParams(scale, int(zero_point))
 
 
@@ -102,7 +114,9 @@ def quantize_bias(bias: torch.Tensor | None, in_scale: float, weight_scale: torc
 
 
 def multiplier(in_scale: float, weight_scale: torch.Tensor, out_scale: float) -> torch.Tensor:
-    """``M[c] = f32(s_in·s_w[c] / s_out)``, from float64."""
+    """``Q`` is the top code, 255; with 7-bit activations (``activation_bits=7``, what FBGEMM calls a reduced range)
+every activation is a code in [0, 127], which lets AVX2 CPUs add two ``vpmaddubsw`` results in int16 before
+widening them (``fast/csrc/qkernels_avx2_s7a7.cpp``). ``M[c] = f32(s_in·s_w[c] / s_out)``, from float64."""
     return (in_scale * weight_scale.double() / out_scale).float()
 
 
@@ -154,21 +168,22 @@ def gemm_accumulate(q: torch.Tensor, zero_point: int, weight: torch.Tensor, bias
 
 
 def requantize(acc: torch.Tensor, mult: torch.Tensor, zero_point: int, *, relu: bool = False,
-               residual: Residual | None = None) -> torch.Tensor:
-    """The epilogue: int32 ``acc`` (N, C, …) → uint8, per channel ``M`` (C,), residual and ReLU included."""
+               residual: Residual | None = None, qmax: int = QMAX) -> torch.Tensor:
+    """The epilogue: int32 ``acc`` (N, C, …) → codes 0 … ``qmax`` (uint8), per channel ``M`` (C,), residual and
+    ReLU included."""
     shape = (1, -1) + (1,) * (acc.dim() - 2)
     v = acc.to(torch.float32) * mult.view(shape)
     if residual is not None:
         v = v + (residual.q.to(torch.int32) - residual.zero_point).to(torch.float32) * residual.multiplier
     low = zero_point if relu else QMIN
-    v = torch.round(v).clamp_(low - zero_point, QMAX - zero_point)
+    v = torch.round(v).clamp_(low - zero_point, qmax - zero_point)
     return (v.to(torch.int32) + zero_point).to(torch.uint8)
 
 
-def quantize_input(x: torch.Tensor, params: QParams) -> torch.Tensor:
-    """float32 → uint8 as ONNX's QuantizeLinear: ``saturate(round_half_even(x / s) + z)``."""
+def quantize_input(x: torch.Tensor, params: QParams, qmax: int = QMAX) -> torch.Tensor:
+    """float32 → uint8 as ONNX's QuantizeLinear: ``saturate(round_half_even(x / s) + z)``, to 0 … ``qmax``."""
     v = torch.round(x.to(torch.float32) / params.scale)
-    v = v.clamp_(QMIN - params.zero_point, QMAX - params.zero_point)
+    v = v.clamp_(QMIN - params.zero_point, qmax - params.zero_point)
     return (v.to(torch.int32) + params.zero_point).to(torch.uint8)
 
 

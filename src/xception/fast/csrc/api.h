@@ -71,14 +71,16 @@ struct xc_qconv {
     int res_zero;
     float res_mult;
     int out_zero, out_lo;          // the output's zero point and lowest code (out_zero after a ReLU, else 0)
+    int code_max;                  // the top code of every activation: 255, or 127 for 7-bit activations
     int out_float;                 // write float32 f32(acc)·M (the classifier's logits) instead of codes
-    int kernels;                   // XC_Q_PAIRS, XC_Q_QUADS or XC_Q_VNNI: how B was packed (xc_qpack_weights)
+    int kernels;                   // XC_Q_PAIRS, XC_Q_QUADS, XC_Q_VNNI or XC_Q_OCTETS: how B was packed
 };
 
 // The int8 GEMM kernels: int16 pairs (vpmaddwd; any int8 weights), byte quads (vpmaddubsw; weights whose
 // neighbouring pairs (k even, k + 1) have |w[k]| + |w[k+1]| ≤ 128, e.g. all within [−64, 64]), or VNNI quads
-// (vpdpbusd; any int8 weights, on CPUs with AVX-512 VNNI: xc_qisa() == 2).
-enum xc_qkernels { XC_Q_PAIRS = 0, XC_Q_QUADS = 1, XC_Q_VNNI = 2 };
+// (vpdpbusd; any int8 weights, on CPUs with AVX-512 VNNI: xc_qisa() == 2), or byte octets (two vpmaddubsw
+// added in int16; weights as for the quads, and every activation code at most 127: code_max = 127).
+enum xc_qkernels { XC_Q_PAIRS = 0, XC_Q_QUADS = 1, XC_Q_VNNI = 2, XC_Q_OCTETS = 3 };
 
 XC_API int xc_isa(void);                       // 0: none usable, 1: AVX2 + FMA, 2: AVX-512
 XC_API int xc_select_isa(int isa);             // force a lower one (tests); returns the one in use
@@ -129,3 +131,4 @@ XC_DECLARE_ISA(xc_avx512)
 XC_DECLARE_QISA(xc_q_avx2)
 XC_DECLARE_QISA(xc_q_avx2_s7)
 XC_DECLARE_QISA(xc_q_vnni)
+XC_DECLARE_QISA(xc_q_avx2_s7a7)

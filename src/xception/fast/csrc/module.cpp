@@ -273,8 +273,11 @@ int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
 
 #if XC_X86
 // The int8 kernels' entry points, by how B is packed.
-#define XC_QDISPATCH(kernels, call) \
-    ((kernels) == XC_Q_VNNI ? xc_q_vnni::call : (kernels) == XC_Q_QUADS ? xc_q_avx2_s7::call : xc_q_avx2::call)
+#define XC_QDISPATCH(kernels, call)                                                                    \
+    ((kernels) == XC_Q_VNNI     ? xc_q_vnni::call                                                         \
+     : (kernels) == XC_Q_OCTETS ? xc_q_avx2_s7a7::call                                                    \
+     : (kernels) == XC_Q_QUADS  ? xc_q_avx2_s7::call                                                      \
+                                : xc_q_avx2::call)
 
 namespace {
 // The VNNI kernels run only where the CPU has them and, once per process, they give the int16 pairs' exact
@@ -299,6 +302,7 @@ bool vnni_agrees() {
     op.bias = bias.data();
     op.mult = mult.data();
     op.out_float = 1;
+    op.code_max = 255;
     std::vector<float> out[2];
     const int kinds[2] = {XC_Q_PAIRS, XC_Q_VNNI};
     for (int i = 0; i < 2; ++i) {
@@ -328,7 +332,7 @@ namespace {
 // Whether this process runs the int8 kernels that B packed as `kernels` needs.
 bool runs(int kernels) {
     const int isa = xc_qisa();
-    return isa && (kernels != XC_Q_VNNI || isa == 2);
+    return isa && kernels >= XC_Q_PAIRS && kernels <= XC_Q_OCTETS && (kernels != XC_Q_VNNI || isa == 2);
 }
 }  // namespace
 

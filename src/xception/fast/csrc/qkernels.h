@@ -3,11 +3,11 @@
 //
 // Included by each int8 build (qkernels_avx2.cpp, ...) after it has defined, on top of its vector
 // operations (simd_*.h):
-//   AType, KG     the GEMM's A elements and how many consecutive k its dot instruction takes at once
-//                 (int16 pairs for vpmaddwd; uint8 quads for VNNI's vpdpbusd)
+//   AType, KG     the GEMM's A elements and how many consecutive k one step of its dot loop takes
+//                 (int16 pairs for vpmaddwd; uint8 quads for VNNI's vpdpbusd; octets, two quads, for 7-bit codes)
 //   BType         the packed weights' elements (int16 pairs, or int8 quads)
 //   QMR, QNR      the register tile: QMR rows × QNR columns of int32 accumulators
-//   qdot<R>       acc[R × QNR] = A[R × groups·KG] · B-panel[groups·KG × QNR], int32, exact
+//   QStep         the dot loop's step (qdot_tile.h): acc[R × QNR] = A[R × groups·KG] · B-panel, int32, exact
 //
 // The structure is the float kernels': one GEMM per convolution, C[M×N] = A[M×K]·B[K×N] over NHWC rows,
 // with a prologue that makes a block of A's rows in a buffer that stays in L2 and an epilogue that
@@ -35,13 +35,13 @@ inline void store_codes(std::int16_t* p, VI x, int n) { vi_store_i16_n(p, x, n);
 inline void store_codes(std::uint8_t* p, VI x, int n) { vi_store_u8_n(p, x, n); }
 
 // The scheme's requantisation of int32 lanes: f32(acc)·M (+ the residual's f32(q − z)·R), clamped to the
-// codes' range, rounded half to even, plus the zero point. Clamping before rounding is the same as after:
-// the bounds are integers.
+// codes' range [lowest, top], rounded half to even, plus the zero point. Clamping before rounding is the same
+// as after: the bounds are integers.
 struct Requant {
     V lo, hi;
     VI zero;
-    Requant(int zero_point, int lowest) : lo(vset1(float(lowest - zero_point))), hi(vset1(float(255 - zero_point))),
-                                          zero(vi_set1(zero_point)) {}
+    Requant(int zero_point, int lowest, int top)
+        : lo(vset1(float(lowest - zero_point))), hi(vset1(float(top - zero_point))), zero(vi_set1(zero_point)) {}
     VI codes(V v) const { return vi_add(v_round_to_int(vmin(vmax(v, lo), hi)), zero); }
 };
 
@@ -79,7 +79,7 @@ struct QDepthwise {
     T* a;
     long lda;
     VI zin = vi_set1(op->in_zero);
-    Requant rq{op->mid_zero, op->mid_lo};
+    Requant rq{op->mid_zero, op->mid_lo, op->code_max};
     const std::uint8_t* residual = op->kind == XC_DEPTHWISE ? op->residual : nullptr;  // closes a module
     VI rzero = vi_set1(op->res_zero);
     V rmult = vset1(op->res_mult);
@@ -311,7 +311,7 @@ const AType* q_pointwise_rows(const xc_qconv* op, const std::uint8_t* __restrict
 // Rows [m, m + rows) and columns [n, n + n_valid) of the output from their int32 tile acc[rows × QNR].
 void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows, long m, int n, int n_valid,
                 void* out) {
-    const Requant rq(op->out_zero, op->out_lo);
+    const Requant rq(op->out_zero, op->out_lo, op->code_max);
     const VI rzero = vi_set1(op->res_zero);
     const V rmult = vset1(op->res_mult);
     if (n_valid == 2 * LANES && !op->out_float) {  // a whole tile of codes: per-column tables loaded once
@@ -350,6 +350,12 @@ void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows
 }
 
 // ---- one convolution -------------------------------------------------------------------------------------
+
+template <int R>
+inline void qdot(int groups, const AType* __restrict a, long lda, const BType* __restrict b,
+                 std::int32_t* __restrict acc) {
+    dot_tile<R>(groups, a, lda, b, acc, QStep{});
+}
 
 template <int R>
 void qdot_rows(int rows, int groups, const AType* a, long lda, const BType* b, std::int32_t* acc) {
@@ -435,18 +441,20 @@ size_t packed_bytes(int k_dim, int cout) {
     return size_t(padded_depth(k_dim)) * size_t((cout + QNR - 1) / QNR * QNR) * sizeof(BType);
 }
 
-// Panels of QNR columns, each `groups` steps of QNR columns × KG consecutive k: what one step of the
-// register tile reads is contiguous. Zero past k_dim and past cout.
+// Panels of QNR columns, each `groups` steps of KG consecutive k, a step in 4-byte words of QNR columns × the
+// k a word holds: what one step of the register tile reads is contiguous. Zero past k_dim and past cout.
 void pack(const std::int8_t* weight, int k_dim, int cout, void* packed) {
+    constexpr int per_word = 4 / int(sizeof(BType));
     const int depth = padded_depth(k_dim), panels = (cout + QNR - 1) / QNR;
     BType* out = static_cast<BType*>(packed);
     for (int p = 0; p < panels; ++p)
         for (int g = 0; g < depth / KG; ++g)
-            for (int j = 0; j < QNR; ++j)
-                for (int e = 0; e < KG; ++e) {
-                    const int col = p * QNR + j, k = g * KG + e;
-                    *out++ = BType(col < cout && k < k_dim ? weight[long(col) * k_dim + k] : 0);
-                }
+            for (int w = 0; w < KG / per_word; ++w)
+                for (int j = 0; j < QNR; ++j)
+                    for (int e = 0; e < per_word; ++e) {
+                        const int col = p * QNR + j, k = g * KG + w * per_word + e;
+                        *out++ = BType(col < cout && k < k_dim ? weight[long(col) * k_dim + k] : 0);
+                    }
 }
 
 int nr() { return QNR; }

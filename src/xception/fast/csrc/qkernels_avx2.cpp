@@ -23,16 +23,15 @@ constexpr int QMR = 4;   // 8 accumulators: measured fastest on Zen 3 of 2–6 r
 constexpr int QNR = 16;  // two registers of 8 int32 columns
 
 struct PairStep {
-    __m256i operator()(__m256i c, __m256i av, __m256i bv) const { return _mm256_add_epi32(c, _mm256_madd_epi16(av, bv)); }
+    static constexpr int words = 1;
+    __m256i operator()(__m256i c, const __m256i* av, const __m256i* bv) const {
+        return _mm256_add_epi32(c, _mm256_madd_epi16(av[0], bv[0]));
+    }
 };
 
 // acc[R × 16] = A[R × 2·groups] · B-panel, int32. A row's pair (a[2g], a[2g+1]) is broadcast to every lane;
 // lane j of B holds column j's pair, so vpmaddwd gives a[2g]·b[2g][j] + a[2g+1]·b[2g+1][j] per lane.
-template <int R>
-inline void qdot(int groups, const std::int16_t* __restrict a, long lda, const std::int16_t* __restrict b,
-                 std::int32_t* __restrict acc) {
-    dot_tile<R>(groups, a, lda, b, acc, PairStep{});
-}
+using QStep = PairStep;
 }  // namespace
 
 #include "qkernels.h"

@@ -26,18 +26,15 @@ constexpr int QMR = 4;   // 8 accumulators: measured fastest on Zen 3 with 2 × 
 constexpr int QNR = 16;  // two registers of 8 int32 columns
 
 struct QuadStep {
-    __m256i operator()(__m256i c, __m256i av, __m256i bv) const {
-        return _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(av, bv), _mm256_set1_epi16(1)));
+    static constexpr int words = 1;
+    __m256i operator()(__m256i c, const __m256i* av, const __m256i* bv) const {
+        return _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(av[0], bv[0]), _mm256_set1_epi16(1)));
     }
 };
 
 // acc[R × 16] = A[R × 4·groups] · B-panel, int32. A row's quad (a[4g] … a[4g+3]) is broadcast to every lane;
 // lane j of B holds column j's quad: vpmaddubsw gives the two pair sums in int16, vpmaddwd by ones their sum.
-template <int R>
-inline void qdot(int groups, const std::uint8_t* __restrict a, long lda, const std::int8_t* __restrict b,
-                 std::int32_t* __restrict acc) {
-    dot_tile<R>(groups, a, lda, b, acc, QuadStep{});
-}
+using QStep = QuadStep;
 }  // namespace
 
 #include "qkernels.h"

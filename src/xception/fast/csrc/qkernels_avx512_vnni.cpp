@@ -27,16 +27,15 @@ constexpr int QMR = 8;   // 16 accumulators of the 32 registers, 2 for B, 1 for 
 constexpr int QNR = 16;  // two registers of 8 int32 columns
 
 struct VnniStep {
-    __m256i operator()(__m256i c, __m256i av, __m256i bv) const { return _mm256_dpbusd_epi32(c, av, bv); }
+    static constexpr int words = 1;
+    __m256i operator()(__m256i c, const __m256i* av, const __m256i* bv) const {
+        return _mm256_dpbusd_epi32(c, av[0], bv[0]);
+    }
 };
 
 // acc[R × 16] = A[R × 4·groups] · B-panel, int32: a row's quad broadcast to every lane, lane j of B holding
 // column j's quad.
-template <int R>
-inline void qdot(int groups, const std::uint8_t* __restrict a, long lda, const std::int8_t* __restrict b,
-                 std::int32_t* __restrict acc) {
-    dot_tile<R>(groups, a, lda, b, acc, VnniStep{});
-}
+using QStep = VnniStep;
 }  // namespace
 
 #include "qkernels.h"
