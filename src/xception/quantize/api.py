@@ -180,19 +180,7 @@ def quantize(
     0 … 127 (FBGEMM's reduced range): with 7-bit weights as well, AVX2 CPUs add two ``vpmaddubsw`` results before
     widening them, about 1.3× faster again; ONNX has no such type, so there is no ``onnx`` file then.
     """
-    if weight_bits not in WEIGHT_BITS:
-        raise ConfigError(f"weight_bits must be 8 or 7, got {weight_bits!r}")
-    if activation_bits not in ACTIVATION_BITS:
-        raise ConfigError(f"activation_bits must be 8 or 7, got {activation_bits!r}")
-    if activation_bits != 8 and onnx is not None:
-        raise ConfigError("ONNX's QDQ format has no 7-bit activations (its QuantizeLinear saturates at 255): "
-                          "export an ONNX model from a quantisation with activation_bits=8")
-    if not methods:
-        raise ConfigError("give at least one calibration method")
-    if out is not None and Path(out).suffix != ".safetensors":
-        raise ConfigError(f"the int8 format is safetensors: name the file *.safetensors, not {Path(out).name!r}")
-    for method in methods:
-        check_method(method)
+    _check_settings(methods, out, onnx, weight_bits, activation_bits)
     float_model, source = _float_model(model)
     program, names = float_program(float_model)  # refuses what cannot be quantised before any image is read
     from ..api import inference_preprocessing
@@ -214,6 +202,24 @@ def quantize(
     qmodel = _describe(candidates[chosen.method], float_model, result)
     _write(qmodel, result, held, kept, out=out, onnx=onnx, report=report, source=source)
     return QuantizeResult(qmodel, result)
+
+
+def _check_settings(methods: Sequence[str], out: str | os.PathLike[str] | None, onnx: str | os.PathLike[str] | None,
+                    weight_bits: int, activation_bits: int) -> None:
+    """Refuse what :func:`quantize` cannot do before any image is read."""
+    if weight_bits not in WEIGHT_BITS:
+        raise ConfigError(f"weight_bits must be 8 or 7, got {weight_bits!r}")
+    if activation_bits not in ACTIVATION_BITS:
+        raise ConfigError(f"activation_bits must be 8 or 7, got {activation_bits!r}")
+    if activation_bits != 8 and onnx is not None:
+        raise ConfigError("ONNX's QDQ format has no 7-bit activations (its QuantizeLinear saturates at 255): "
+                          "export an ONNX model from a quantisation with activation_bits=8")
+    if not methods:
+        raise ConfigError("give at least one calibration method")
+    if out is not None and Path(out).suffix != ".safetensors":
+        raise ConfigError(f"the int8 format is safetensors: name the file *.safetensors, not {Path(out).name!r}")
+    for method in methods:
+        check_method(method)
 
 
 def _describe(qmodel: QuantizedXception, float_model: Xception, result: QuantizeReport) -> QuantizedXception:
