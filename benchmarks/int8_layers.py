@@ -103,11 +103,20 @@ def openvino(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tensor,
     onnx.save(onnx_proto(model, torch.zeros(2, *x.shape[1:])), str(path))
     core = ov.Core()
     ov_model = nncf_int8(core.read_model(str(path)), calibration)
+    return profiled(core, ov_model, x, repeats, {})
+
+
+def profiled(core: Any, ov_model: Any, x: torch.Tensor, repeats: int,
+             config: dict[str, Any]) -> tuple[Callable[[], float], Callable[[float], dict[str, Any]]]:
+    """``ov_model`` compiled for one thread and batch ``len(x)`` with its per-node profile on: one pass (CPU
+    seconds), and the profile of all passes, summed by kernel and by node."""
+    import openvino as ov
+
     shape = ov_model.inputs[0].partial_shape
     shape[0] = x.shape[0]
     ov_model.reshape(shape)
     compiled = core.compile_model(ov_model, "CPU", {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": 1,
-                                                    "PERFORMANCE_HINT": "LATENCY"})
+                                                    "PERFORMANCE_HINT": "LATENCY", **config})
     request = compiled.create_infer_request()
     array = x.numpy()
     request.infer({0: array})

@@ -175,3 +175,32 @@ def test_int8_layers_times_every_kernel_call_and_openvinos_nodes(tmp_path):
     assert sum(report["ours_by_stage_ms"].values()) == pytest.approx(sum(e["ms"] for e in layers.values()), abs=0.5)
     assert any(kernel.startswith("Convolution") for kernel in report["openvino_nncf"]["by_kernel"])
     assert "ours by stage" in out and "OpenVINO by kernel" in out
+
+
+def test_fp32_layers_times_every_kernel_call_beside_onnxruntime_and_openvino(tmp_path):
+    """The per-layer float32 profile: every native layer of the paper's network with its multiply-adds, ONNX
+    Runtime's node profile and OpenVINO's of the same network's ONNX export (71 px, one pass, two threads)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from xception.fast import native
+
+    if not native.available():
+        pytest.skip("no compiled float32 kernels for this CPU")
+    out = run_script("fp32_layers.py", "--batch", "1", "--input-size", "71", "--repeats", "2", "--threads", "2",
+                     "--json", str(tmp_path / "layers.json"), tiny=False)
+    report = json.loads((tmp_path / "layers.json").read_text())
+    layers = report["ours"]["layers"]
+    gemms = [entry for entry in layers.values() if entry["kind"] == "NativeConv"]
+    # stem 2; entry 3 modules of 2 + a shortcut; middle 8 × 3; exit 2 + a shortcut, then 2 (the classifier is not one)
+    assert len(gemms) == 2 + 3 * 3 + 8 * 3 + 3 + 2
+    assert sum(entry["kind"] == "NativeMaxPool" for entry in layers.values()) == 4
+    middle = layers["blocks.3.main.0"]
+    assert middle["k"] == 728 and middle["macs"] == 5 * 5 * 728 * (728 + 9) and middle["gmac_s"] > 0
+    assert all(entry["min_ms"] <= entry["ms"] for entry in layers.values())
+    assert set(report["ours_by_stage_ms"]) == {"stem", "entry flow", "middle flow", "exit flow"}
+    assert report["threads"] == 2 and report["clock"] == "wall"
+    nodes = report["onnxruntime"]["nodes"]
+    assert sum(name.endswith("(Conv)") for name in nodes) >= len(gemms)  # depthwise and 1×1 convs are apart there
+    assert all(0 <= low <= mean for mean, low in nodes.values())
+    assert any(kernel.startswith("Convolution") for kernel in report["openvino_f32"]["by_kernel"])
+    assert "ONNX Runtime by operator" in out and "OpenVINO by kernel" in out
