@@ -136,16 +136,17 @@ def test_every_family_gives_the_plain_models_logits(name, options, size):
 def test_threads_split_the_work_without_changing_a_bit():
     model = _calibrated("xception", width=0.5, middle_repeats=2)
     fast = xception.optimize(model, kernels="native")
-    x = torch.randn(3, 3, 95, 95)
+    x = torch.randn(3, 3, 95, 95)  # 3·12·12 = 432 pixels in the middle flow: blocks of unequal tiles
     before = torch.get_num_threads()
+    outputs = []
     try:
-        torch.set_num_threads(1)
-        one = fast(x)
-        torch.set_num_threads(2)
-        two = fast(x)
+        for threads in (1, 2, 3):  # the blocks are a multiple of the thread count
+            torch.set_num_threads(threads)
+            outputs.append(fast(x))
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(one, two)
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(outputs[0], outputs[2])
 
 
 def test_without_the_kernels_the_fast_path_runs_on_onednn(monkeypatch):

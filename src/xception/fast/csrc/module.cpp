@@ -174,22 +174,31 @@ void conv_task_of(int, const xc_conv*, const float*, float*, long, int, int, int
 void pool_rows_of(int, const xc_pool*, const void*, void*, long, long) {}
 #endif
 
-// How a convolution's GEMM is split into tasks: blocks of `rows` output pixels and, when there are too few
-// blocks to keep every thread busy, `n_split` parts of the output channels (whole panels of nr).
+// How a convolution's GEMM is split into tasks: blocks of about `rows` output pixels and, when there are
+// too few blocks to keep every thread busy, `n_split` parts of the output channels (whole panels of nr).
+// The blocks are whole MR-row tiles, as equal as the tiles allow, and a multiple of the thread count: with
+// blocks of the preferred size and a short last one, one thread would run a whole block more than another
+// (at batch 1 and 2 threads, 6 blocks of the middle flow's 361 pixels split 198 / 163).
 struct Plan {
-    long m, m_blocks;
-    int rows, n_split, cols_per, cout;
+    long m, m_blocks, tiles;
+    int mr, rows, n_split, cols_per, cout;  // rows: the most of any block (the scratch is sized for it)
+
+    long first(long block) const { return std::min(m, block * tiles / m_blocks * mr); }
 };
 
 Plan plan_tasks(long m, int rows, int mr, int nr, int cout) {
     const int threads = pool().size();
+    const long tiles = (m + mr - 1) / mr;
     // Enough blocks to keep every thread busy: smaller pixel blocks first, then split the channels.
     const long want = 2L * threads;
-    if ((m + rows - 1) / rows < want) rows = int(std::max<long>(mr, (m / want + mr - 1) / mr * mr));
-    const long m_blocks = (m + rows - 1) / rows;
+    long m_blocks = (m + rows - 1) / rows;
+    if (m_blocks < want) m_blocks = want;
+    else m_blocks = (m_blocks + threads - 1) / threads * threads;
+    m_blocks = std::max<long>(1, std::min(m_blocks, tiles));
+    const int block_rows = int((tiles + m_blocks - 1) / m_blocks * mr);
     const int panels = (cout + nr - 1) / nr;
     const int n_split = m_blocks >= want || threads == 1 ? 1 : int(std::min<long>(panels, (want + m_blocks - 1) / m_blocks));
-    return {m, m_blocks, rows, n_split, (panels + n_split - 1) / n_split * nr, cout};
+    return {m, m_blocks, tiles, mr, block_rows, n_split, (panels + n_split - 1) / n_split * nr, cout};
 }
 
 // Run task(m0, rows, n0, n1, abuf) for every part of the plan, each with its thread's scratch of a_floats.
@@ -197,12 +206,12 @@ template <typename Task>
 int run_plan(const Plan& p, size_t a_floats, const Task& task) {
     try {
         pool().run(int(p.m_blocks * p.n_split), [&](int i, int thread) {
-            const long m0 = (i / p.n_split) * p.rows;
+            const long m0 = p.first(i / p.n_split), m1 = p.first(i / p.n_split + 1);
             const int part = i % p.n_split;
             const int n0 = part * p.cols_per, n1 = std::min(p.cout, (part + 1) * p.cols_per);
             if (n0 >= n1) return;
             float* abuf = a_floats ? pool().scratch(thread, a_floats) : nullptr;
-            task(m0, int(std::min<long>(p.rows, p.m - m0)), n0, n1, abuf);
+            if (m1 > m0) task(m0, int(m1 - m0), n0, n1, abuf);
         });
     } catch (const std::bad_alloc&) {
         return 2;
