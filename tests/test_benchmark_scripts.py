@@ -204,3 +204,24 @@ def test_fp32_layers_times_every_kernel_call_beside_onnxruntime_and_openvino(tmp
     assert all(0 <= low <= mean for mean, low in nodes.values())
     assert any(kernel.startswith("Convolution") for kernel in report["openvino_f32"]["by_kernel"])
     assert "ONNX Runtime by operator" in out and "OpenVINO by kernel" in out
+
+
+@pytest.mark.slow  # builds the kernel library twice
+def test_kernel_ab_builds_each_variant_and_gives_the_same_logits(tmp_path):
+    """Two builds of the kernel library that differ only in loop order compute the same bits, and both are
+    timed layer by layer in the same passes."""
+    from xception.fast import native
+
+    if not native.available():
+        pytest.skip("no compiled kernels for this CPU")
+    out = run_script("kernel_ab.py", "--variant", "base=", "--variant", "order2=-DXC_ORDER=2", "--batch", "1",
+                     "--input-size", "71", "--repeats", "2", "--json", str(tmp_path / "ab.json"), tiny=False,
+                     timeout=900)
+    report = json.loads((tmp_path / "ab.json").read_text())
+    assert report["variants"] == {"base": "", "order2": "-DXC_ORDER=2"}
+    for result in report["results"].values():
+        assert result["max_err"] == 0.0
+        assert result["middle flow"]["min"] <= result["middle flow"]["median"]
+        assert result["total"]["min"] >= result["middle flow"]["min"] > 0
+        assert "blocks.3.main.0" in result and "stem" in result
+    assert "max err vs base: order2 0.0e+00" in out

@@ -1,0 +1,142 @@
+"""A/B of builds of the native kernel library: the same network, each build's kernels called in turns.
+
+Each variant is the library compiled with its own preprocessor flags (``--variant NAME=FLAGS``; the name
+``base`` with no flags is the code as it is), loaded side by side in this process, and the float32 fast path
+of the paper's network (random weights, real BatchNorm statistics, as ``fp32_layers.py``) runs its layers on
+one variant after the other, pass after pass, on one thread: on a noisy host only differences within one such
+run mean anything. Every variant's logits are checked against the first's. Reports per layer and per stage the
+minimum and the median of the passes (ms, wall time).
+
+    PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant order2=-DXC_ORDER=2 \\
+        [--batch 8] [--input-size 299] [--repeats 10] [--json out.json]
+
+The flags the kernels read: ``XC_ORDER`` (1: an MR-row slice of A stays in L1 while B's panels stream past; 2: a
+panel of B stays while the slices of A pass) and ``XC_L2`` (the KB of A and C a pixel block may take).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import xception
+from int8_layers import float_model, stage
+from xception.bench import environment
+from xception.fast import native
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(name: str, flags: str, folder: Path) -> Path:
+    """The kernel library compiled with ``flags`` (``CPPFLAGS``), in ``folder``/``name``."""
+    out = folder / name
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-temp", str(out / "tmp"),
+                           "--build-lib", str(out / "lib")], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "CPPFLAGS": flags})
+    found = sorted((out / "lib").rglob("_cpu*.so"))
+    if proc.returncode or not found:
+        raise SystemExit(f"building {name} ({flags or 'no flags'}) failed:\n{proc.stderr[-2000:]}")
+    return found[0]
+
+
+def use(lib: ctypes.CDLL) -> None:
+    """Make the fast path's kernel calls go to ``lib`` from now on."""
+    native.load_kernels = lambda: lib
+    native._library.cache_clear()
+    native._library()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", required=True, metavar="NAME=FLAGS",
+                        help="a build to compare: its name and its preprocessor flags (repeatable, two or more)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--input-size", type=int, default=299)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="write the report here")
+    args = parser.parse_args(argv)
+    variants = dict(v.split("=", 1) if "=" in v else (v, "") for v in args.variant)
+    if len(variants) < 2:
+        parser.error("give two or more --variant NAME=FLAGS, with distinct names")
+    if not native.available():
+        print("no compiled kernels for this CPU", file=sys.stderr)
+        return 1
+    # One thread: each library has its own thread pool, and one's spinning workers would slow the other's.
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    size = args.input_size
+    model = float_model(torch.randn(8, 3, size, size))
+    x = torch.randn(args.batch, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        libs = {}
+        for name, flags in variants.items():
+            print(f"building {name} ({flags or 'no flags'})", flush=True)
+            libs[name] = ctypes.CDLL(str(build(name, flags, Path(tmp))))
+        use(libs[next(iter(libs))])
+        fast = xception.optimize(model, kernels="native")
+        times: dict[str, float] = {}
+        for name, module in fast.named_modules():
+            if isinstance(module, (native.NativeConv, native.NativeMaxPool)):
+                forward = module.forward
+
+                def timed(*a: Any, forward: Any = forward, name: str = name.removeprefix("program."), **k: Any) -> Any:
+                    start = time.perf_counter()
+                    out = forward(*a, **k)
+                    times[name] = (time.perf_counter() - start) * 1000
+                    return out
+
+                module.forward = timed
+        passes: dict[str, list[dict[str, float]]] = {name: [] for name in libs}
+        logits: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            for turn in range(args.repeats + 1):  # the first turn warms up
+                for name, lib in libs.items():
+                    use(lib)
+                    times.clear()
+                    start = time.perf_counter()
+                    logits[name] = fast(x)
+                    if turn:
+                        passes[name].append({**times, "total": (time.perf_counter() - start) * 1000})
+    first = next(iter(logits.values()))
+    scale = first.abs().max().item()
+    report: dict[str, Any] = {"environment": environment(torch.device("cpu")), "batch": args.batch,
+                              "input_size": size, "repeats": args.repeats, "variants": variants, "results": {}}
+    for name, runs in passes.items():
+        layers = {layer: [run[layer] for run in runs] for layer in runs[0]}
+        stages: dict[str, list[float]] = {}
+        for layer, values in layers.items():
+            if layer != "total":
+                sums = stages.setdefault(stage(layer), [0.0] * len(values))
+                for i, value in enumerate(values):
+                    sums[i] += value
+        summary = {key: {"min": round(min(v), 2), "median": round(statistics.median(v), 2)}
+                   for key, v in {**layers, **stages}.items()}
+        report["results"][name] = {"max_err": (logits[name] - first).abs().max().item() / scale, **summary}
+    names = list(libs)
+    print(f"{report['environment']['cpu']} · batch {args.batch} · {size} px · 1 thread · ms, min / median "
+          f"of {args.repeats} passes in turns")
+    print(f"{'':24}" + "".join(f"{n:>20}" for n in names))
+    for key in report["results"][names[0]]:
+        if key == "max_err":
+            continue
+        cells = (report["results"][n][key] for n in names)
+        print(f"{key:24}" + "".join(f"{cell['min']:>11.2f} / {cell['median']:<6.1f}" for cell in cells))
+    print("max err vs " + names[0] + ": " + ", ".join(f"{n} {report['results'][n]['max_err']:.1e}" for n in names[1:]))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
