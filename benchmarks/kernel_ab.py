@@ -7,11 +7,11 @@ one variant after the other, pass after pass, on one thread: on a noisy host onl
 run mean anything. Every variant's logits are checked against the first's. Reports per layer and per stage the
 minimum and the median of the passes (ms, wall time).
 
-    PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant order2=-DXC_ORDER=2 \\
+    PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant all=-DXC_GROUP=0 \\
         [--batch 8] [--input-size 299] [--repeats 10] [--json out.json]
 
-The flags the kernels read: ``XC_ORDER`` (1: an MR-row slice of A stays in L1 while B's panels stream past; 2: a
-panel of B stays while the slices of A pass) and ``XC_L2`` (the KB of A and C a pixel block may take).
+The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
+next slice comes; 0: all of them) and ``XC_L2`` (the KB of A and of C's group columns a pixel block may take).
 """
 
 from __future__ import annotations

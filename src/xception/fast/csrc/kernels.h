@@ -1,8 +1,8 @@
 // The CPU kernels of the fast path, written once for any SIMD width.
 //
 // Included by kernels_avx512.cpp and kernels_avx2.cpp, each of which first defines the vector type and
-// its handful of operations (V, LANES, MR, NV, KC, vzero, vload, vloadu, vload_n, vstore_n, vset1, vfma,
-// vadd, vmax, vmaxv, vneg_inf) and compiles this file for its instruction set.
+// its handful of operations (V, LANES, MR, NV, KC, GROUP, vzero, vload, vloadu, vload_n, vstore_n, vset1,
+// vfma, vadd, vmax, vmaxv, vneg_inf) and compiles this file for its instruction set.
 //
 // Every convolution of the network is one GEMM, C[M×N] = A[M×K] · B[K×N] over NHWC tensors (a row of A
 // or C is one pixel, its columns are channels), with a prologue that produces the rows of A and an
@@ -296,8 +296,16 @@ void patch_rows(const float* __restrict in, const Geometry& g, long m0, int rows
 
 // ---- one convolution ------------------------------------------------------------------------------------
 
-#ifndef XC_ORDER
-#define XC_ORDER 1
+// Output channels are taken in groups of GROUP panels of NR (0: all of them; the ISA's file sets GROUP, and
+// -DXC_GROUP=N overrides it for A/B builds). Within a group the k loop runs over the whole depth, each MR-row
+// slice of A stays in L1 while the group's kc×NR panels of B (in L2) pass it, and the group's columns of C
+// stay hot across the k chunks; so a pixel block needs L2 for its rows of A and the group's columns of C only,
+// and B is read from L3 once per block rather than once per MR rows of it. Every order adds each output's
+// products in the same k order: the bits do not change.
+#ifdef XC_GROUP
+constexpr int PANEL_GROUP = XC_GROUP;
+#else
+constexpr int PANEL_GROUP = GROUP;
 #endif
 
 struct Task {
@@ -343,25 +351,22 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
         break;
     }
     const long ldc = n_out, n_padded = long(op->cout + NR - 1) / NR * NR;
-    for (int k0 = 0; k0 < kdim; k0 += KC) {
-        const int kc = std::min(KC, kdim - k0);
-        const bool first = k0 == 0, last = k0 + kc >= kdim;
-        const float* b_block = op->packed + long(k0) * n_padded;
-#if XC_ORDER == 1
-        // An MR×kc slice of A stays in L1 while the kc×NR panels of B stream past it from L2.
-        for (int i = 0; i < t.rows; i += MR) {
-            const int rows = std::min(MR, t.rows - i);
-            for (int n0 = t.n0; n0 < t.n1; n0 += NR) {
-#else
-        for (int n0 = t.n0; n0 < t.n1; n0 += NR) {
+    const int group_cols = PANEL_GROUP > 0 ? PANEL_GROUP * NR : int(n_padded);
+    for (int g0 = t.n0; g0 < t.n1; g0 += group_cols) {
+        const int g1 = std::min(t.n1, g0 + group_cols);
+        for (int k0 = 0; k0 < kdim; k0 += KC) {
+            const int kc = std::min(KC, kdim - k0);
+            const bool first = k0 == 0, last = k0 + kc >= kdim;
+            const float* b_block = op->packed + long(k0) * n_padded;
             for (int i = 0; i < t.rows; i += MR) {
                 const int rows = std::min(MR, t.rows - i);
-#endif
-                const int n_valid = std::min(NR, n_out - n0);
-                float* c = out + (t.m0 + i) * ldc + n0;
-                const float* res = op->residual ? op->residual + (t.m0 + i) * ldc + n0 : nullptr;
-                tile_rows<MR>(rows, kc, a + long(i) * lda + k0, lda, b_block + long(n0) * kc, c, ldc, n_valid, first,
-                              last, op->bias ? op->bias + n0 : nullptr, res, ldc, op->relu_out != 0);
+                for (int n0 = g0; n0 < g1; n0 += NR) {
+                    const int n_valid = std::min(NR, n_out - n0);
+                    float* c = out + (t.m0 + i) * ldc + n0;
+                    const float* res = op->residual ? op->residual + (t.m0 + i) * ldc + n0 : nullptr;
+                    tile_rows<MR>(rows, kc, a + long(i) * lda + k0, lda, b_block + long(n0) * kc, c, ldc, n_valid,
+                                  first, last, op->bias ? op->bias + n0 : nullptr, res, ldc, op->relu_out != 0);
+                }
             }
         }
     }
@@ -428,12 +433,14 @@ int nr() { return NR; }
 int kc() { return KC; }
 int mr() { return MR; }
 
-// Rows of A per block: the block of A and the rows of C it feeds stay in L2 (~384 KB of them).
+// Rows of A per block: the block of A and the rows of C it feeds (a group's columns of them) stay in L2
+// (~XC_L2 KB of them).
 int block_rows(const xc_conv* op) {
-    const long per_row = 4L * (op->k_dim + op->cout);
 #ifndef XC_L2
 #define XC_L2 384
 #endif
+    const long c_cols = PANEL_GROUP > 0 ? std::min<long>(op->cout, long(PANEL_GROUP) * NR) : op->cout;
+    const long per_row = 4L * (op->k_dim + c_cols);
     long rows = (long(XC_L2) * 1024) / std::max(per_row, 1L);
     rows = std::max<long>(MR, std::min<long>(rows, 1024) / MR * MR);
     return int(rows);

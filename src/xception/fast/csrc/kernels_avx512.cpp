@@ -27,6 +27,7 @@ constexpr int LANES = 16;
 constexpr int MR = XC_MR;   // 28 accumulators of 32 registers
 constexpr int NV = XC_NV;    // NR = 32 columns
 constexpr int KC = XC_KC;  // a 256×32 panel of B is 32 KB: it stays in L1
+constexpr int GROUP = 0;   // all panels of B pass each slice of A (panel groups are measured on AVX2 only)
 
 inline __mmask16 mask_n(int n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
 inline V vzero() { return _mm512_setzero_ps(); }
