@@ -150,6 +150,41 @@ def test_threads_split_the_work_without_changing_a_bit():
     assert torch.equal(outputs[0], outputs[2])
 
 
+def test_replayed_passes_give_the_layer_by_layer_bits():
+    model = _calibrated("xception", width=0.5, middle_repeats=2)
+    replayed = xception.optimize(model, kernels="native")
+    plain = xception.optimize(model, kernels="native", replay=False)
+    assert replayed.settings["replay"] and not plain.settings["replay"]
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(shape, generator=g) for shape in [(1, 3, 71, 71), (3, 3, 80, 80)] * 2]
+    got = [replayed(x) for x in inputs]  # each shape recorded, then replayed
+    assert replayed._run.replayable() == {(1, 3, 71, 71): True, (3, 3, 80, 80): True}
+    for x, y in zip(inputs, got, strict=True):
+        assert torch.equal(y, plain(x))  # and no later pass wrote over an earlier pass's logits
+
+
+def test_a_pass_with_a_step_outside_the_kernels_runs_layer_by_layer(monkeypatch):
+    model = _calibrated("xception", width=0.25, middle_repeats=1)
+    fast = xception.optimize(model, kernels="native")
+    x = torch.randn(2, 3, 71, 71)
+    want = fast(x)
+    fast._run.reset()
+    pool = next(m for m in fast.modules() if isinstance(m, native.NativeMaxPool))
+    forward = pool.forward
+    monkeypatch.setattr(pool, "forward", lambda h, add=None: forward(h, add) * 1.0)  # a copy the kernels did not make
+    assert torch.equal(fast(x), want)
+    assert fast._run.replayable() == {(2, 3, 71, 71): False}
+    assert torch.equal(fast(x), want)
+
+
+def test_replay_keeps_the_plans_of_the_last_shapes_only():
+    fast = xception.optimize(_calibrated("xception", width=0.25, middle_repeats=1), kernels="native")
+    fast._run.max_shapes = 2
+    for size in (83, 71, 77, 71):
+        fast(torch.randn(1, 3, size, size))
+    assert list(fast._run.replayable()) == [(1, 3, 77, 77), (1, 3, 71, 71)]
+
+
 def test_without_the_kernels_the_fast_path_runs_on_onednn(monkeypatch):
     model = _calibrated("xception", width=0.25, middle_repeats=1)
     monkeypatch.setattr(native, "available", lambda: False)

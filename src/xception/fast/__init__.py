@@ -42,6 +42,7 @@ from .fused import (
 )
 from .graphs import CudaGraphRunner
 from .memory import keep_freed_memory
+from .replay import NativeReplay
 
 __all__ = [
     "FastXception", "FusedConv", "FusedXception", "fold_batch_norms", "fold_conv_bn", "fold_xception",
@@ -156,6 +157,7 @@ def optimize(
     input_size: int | None = None,
     kernels: Kernels = "auto",
     keep_memory: bool | None = None,
+    replay: bool = True,
 ) -> FastXception:
     """An inference-only copy of ``model`` that computes the same logits faster (``model`` is untouched).
 
@@ -179,6 +181,8 @@ def optimize(
             (both: Triton per depthwise layer wherever it beats cuDNN on the first batch).
         keep_memory: CPU only: keep freed memory for reuse (process-wide, see :mod:`xception.fast.memory`);
             default on for CPU.
+        replay: float32 on the native kernels: record each input shape's kernel calls on its first pass and
+            replay them on the next ones (:mod:`.replay`: the same bits, without the Python between layers).
     """
     if not isinstance(model, Xception):
         raise TypeError(f"optimize() expects an xception.Xception, got {type(model).__name__}")
@@ -194,7 +198,11 @@ def optimize(
     settings = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last,
                 "folded_batch_norms": folded, "kernels": backend, "compile": compile, "cuda_graphs": cuda_graphs,
                 "keep_memory": keep_memory}
+    replay = replay and backend.startswith("native") and dtype == torch.float32 and not compile
+    settings["replay"] = replay
     runner: Callable[[torch.Tensor], torch.Tensor] | None = FrozenCompiled(program) if compile else None
+    if replay:
+        runner = NativeReplay(program)
     if cuda_graphs:
         runner = CudaGraphRunner(runner or program)
     fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings,

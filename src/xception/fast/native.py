@@ -17,12 +17,15 @@ AVX-512 machine).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
 import logging
 import platform
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -131,6 +134,39 @@ def _set_threads(lib: ctypes.CDLL) -> None:
     lib.xc_set_threads(torch.get_num_threads())  # a no-op unless the count changed
 
 
+@dataclass
+class Call:
+    """One kernel call as a pass made it: the function, its arguments, and the tensors they point into."""
+
+    call: Callable[..., int]
+    op: ctypes.Structure
+    x: torch.Tensor
+    out: torch.Tensor
+    add: torch.Tensor | None
+    checked: bool  # returns a status
+
+
+_recorder = threading.local()
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Call]]:
+    """Record the kernel calls this thread makes inside the block (and keep their tensors alive: no address
+    is reused by another value while recording)."""
+    calls: list[Call] = []
+    _recorder.calls = calls
+    try:
+        yield calls
+    finally:
+        _recorder.calls = None
+
+
+def _record(call: Call) -> None:
+    calls = getattr(_recorder, "calls", None)
+    if calls is not None:
+        calls.append(call)
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
@@ -221,6 +257,7 @@ class NativeConv(nn.Module):
         with _lock:
             _set_threads(lib)
             status = lib.xc_conv_forward(ctypes.byref(op), x.data_ptr(), out.data_ptr())
+        _record(Call(lib.xc_conv_forward, op, x, out, add, checked=True))
         if status:
             raise MemoryError("the CPU kernels could not allocate their scratch memory")
         return out
@@ -267,6 +304,7 @@ class NativeMaxPool(nn.Module):
         with _lock:
             _set_threads(lib)
             lib.xc_pool_forward(ctypes.byref(op), x.data_ptr(), out.data_ptr())
+        _record(Call(lib.xc_pool_forward, op, x, out, add, checked=False))
         return out
 
 

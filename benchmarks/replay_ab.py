@@ -1,0 +1,100 @@
+"""The fast path with and without replaying its kernel calls (``optimize(replay=...)``), in turns.
+
+The paper's network (random weights, real BatchNorm statistics, as ``fp32_layers.py``) at 299 px on the native
+float32 kernels: one copy replays each shape's recorded calls (the default), the other runs layer by layer
+through Python. Both copies are called in turns, pass after pass; the report gives per copy the minimum and
+the median of the passes (wall ms), the time spent inside the kernels in the layer-by-layer passes (the rest is
+what replaying can save), and checks that both give the same bits.
+
+    PYTHONPATH=src python benchmarks/replay_ab.py [--batch 1] [--threads 2] [--repeats 30] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import xception
+from int8_layers import float_model
+from xception.bench import environment
+from xception.fast import native
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--input-size", type=int, default=299)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--json", type=Path, help="write the report here")
+    args = parser.parse_args(argv)
+    if not native.available():
+        print("no compiled float32 kernels for this CPU", file=sys.stderr)
+        return 1
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1)
+    size = args.input_size
+    model = float_model(torch.randn(8, 3, size, size))
+    x = torch.randn(args.batch, 3, size, size)
+    copies = {"replay": xception.optimize(model, kernels="native"),
+              "layer by layer": xception.optimize(model, kernels="native", replay=False)}
+    outputs = {name: fast(x) for name, fast in copies.items()}  # the first pass records the calls
+    same = torch.equal(*outputs.values())
+
+    times: dict[str, list[float]] = {name: [] for name in copies}
+    for _ in range(args.repeats):
+        for name, fast in copies.items():
+            start = time.perf_counter()
+            fast(x)
+            times[name].append((time.perf_counter() - start) * 1000)
+
+    # Then the layer-by-layer copy alone, its kernel calls timed: the rest of its pass is what replaying saves.
+    lib = native._library()
+    in_kernels = [0.0]
+    originals = {name: getattr(lib, name) for name in ("xc_conv_forward", "xc_pool_forward")}
+    for name, call in originals.items():
+        def timed(*a: object, call: Any = call) -> Any:
+            start = time.perf_counter()
+            status = call(*a)
+            in_kernels[0] += time.perf_counter() - start
+            return status
+
+        setattr(lib, name, timed)
+    kernel_ms: list[float] = []
+    try:
+        for _ in range(max(args.repeats // 3, 3)):
+            in_kernels[0] = 0.0
+            copies["layer by layer"](x)
+            kernel_ms.append(in_kernels[0] * 1000)
+    finally:
+        for name, call in originals.items():
+            setattr(lib, name, call)
+
+    rows = {name: {"min_ms": round(min(t), 2), "median_ms": round(statistics.median(t), 2)}
+            for name, t in times.items()}
+    rows["layer by layer"]["alone_in_kernels_median_ms"] = round(statistics.median(kernel_ms), 2)
+    report = {"environment": environment(torch.device("cpu")), "kernels": native.isa(), "batch": args.batch,
+              "input_size": size, "threads": args.threads, "repeats": args.repeats, "same_bits": same,
+              "passes": rows, "times_ms": {k: [round(v, 2) for v in t] for k, t in times.items()}}
+    print(f"{report['environment']['cpu']} · {native.isa()} · batch {args.batch} · {size} px · "
+          f"{args.threads} thread(s) · wall ms, {args.repeats} passes in turns · same bits: {same}")
+    for name, row in rows.items():
+        kernels = row.get("alone_in_kernels_median_ms")
+        extra = f"  (alone, passes spend {kernels:.1f} in the kernels)" if kernels is not None else ""
+        print(f"{name:>15}: min {row['min_ms']:8.1f}  median {row['median_ms']:8.1f}{extra}")
+    ratio = rows["layer by layer"]["median_ms"] / rows["replay"]["median_ms"]
+    print(f"replay: {ratio:.3f}× the layer-by-layer speed (medians)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
