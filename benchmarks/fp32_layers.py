@@ -9,7 +9,10 @@ least disturbed by other processes), the totals the mean of whole passes. With o
 time (another process inflates it less than wall time), with more wall time.
 
     PYTHONPATH=src python benchmarks/fp32_layers.py [--batch 8] [--input-size 299] [--repeats 3] [--threads 1] \\
-        [--json out.json]
+        [--ours-only] [--json out.json]
+
+``--ours-only`` times our passes back to back, without the peers' passes between them (whose worker threads
+may still spin on the cores when our next pass starts).
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=299)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="for all three; above 1 the times are wall time")
+    parser.add_argument("--ours-only", action="store_true", help="our passes alone, no peers between them")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     import onnx
@@ -151,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "paper.onnx"
         onnx.save(onnx_proto(model, torch.zeros(2, *x.shape[1:])), str(path))
-        contenders = {"ours": ours(model, x, args.repeats),
-                      "onnxruntime": onnxruntime(path, x, args.repeats, Path(tmp), args.threads),
-                      "openvino": openvino(path, x, args.repeats, args.threads)}
+        contenders = {"ours": ours(model, x, args.repeats)}
+        if not args.ours_only:
+            contenders.update(onnxruntime=onnxruntime(path, x, args.repeats, Path(tmp), args.threads),
+                              openvino=openvino(path, x, args.repeats, args.threads))
         totals = {name: 0.0 for name in contenders}
         for _ in range(args.repeats):  # in turns: the host's speed drifts from minute to minute
             for name, (run, _) in contenders.items():
@@ -166,26 +171,28 @@ def main(argv: list[str] | None = None) -> int:
               "threads": args.threads, "clock": "cpu" if args.threads == 1 else "wall",
               "repeats": args.repeats, "ours": reports["ours"],
               "ours_by_stage_ms": {k: round(v, 1) for k, v in stages.items()},
-              "onnxruntime": reports["onnxruntime"], "openvino_f32": reports["openvino"]}
+              "onnxruntime": reports.get("onnxruntime"), "openvino_f32": reports.get("openvino")}
     total = reports["ours"]["total_ms"]
     print(f"{report['environment']['cpu']} · batch {args.batch} · {size} px · {args.threads} thread(s) · "
           f"{report['clock']} ms per pass")
-    print(f"ours ({reports['ours']['kernels']}): {total} ms; ONNX Runtime {reports['onnxruntime']['total_ms']} ms "
-          f"({reports['onnxruntime']['total_ms'] / total:.2f}×); OpenVINO f32 {reports['openvino']['total_ms']} ms "
-          f"({reports['openvino']['total_ms'] / total:.2f}×)")
+    peers = "".join(f"; {label} {reports[key]['total_ms']} ms ({reports[key]['total_ms'] / total:.2f}×)"
+                    for key, label in (("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO f32")) if key in reports)
+    print(f"ours ({reports['ours']['kernels']}): {total} ms{peers}")
     print("ours by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in report["ours_by_stage_ms"].items()))
     print(f"{'ms':>8} {'min ms':>8} {'GMAC/s':>7} {'K':>5}  {'output':<20} layer")
     for name, entry in reports["ours"]["layers"].items():
         rate = f"{entry['gmac_s']:.1f}" if entry["gmac_s"] else "-"
         print(f"{entry['ms']:8.2f} {entry['min_ms']:8.2f} {rate:>7} {entry['k']:5d}  "
               f"{tuple(entry['out'])!s:<20} {name}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.ours_only:
+        return 0
     print("ONNX Runtime by operator: "
           + ", ".join(f"{k} {v:.1f}" for k, v in reports["onnxruntime"]["by_operator"].items()))
     print("ONNX Runtime nodes in order (mean, min ms): "
           + ", ".join(f"{k} {v[0]:.1f} {v[1]:.1f}" for k, v in reports["onnxruntime"]["nodes"].items()))
     print("OpenVINO by kernel: " + ", ".join(f"{k} {v:.1f}" for k, v in reports["openvino"]["by_kernel"].items()))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

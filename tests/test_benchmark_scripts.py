@@ -206,6 +206,35 @@ def test_fp32_layers_times_every_kernel_call_beside_onnxruntime_and_openvino(tmp
     assert "ONNX Runtime by operator" in out and "OpenVINO by kernel" in out
 
 
+def test_fp32_layers_ours_only_times_our_passes_without_the_peers(tmp_path):
+    from xception.fast import native
+
+    if not native.available():
+        pytest.skip("no compiled float32 kernels for this CPU")
+    out = run_script("fp32_layers.py", "--batch", "1", "--input-size", "71", "--repeats", "2", "--ours-only",
+                     "--json", str(tmp_path / "layers.json"), tiny=False)
+    report = json.loads((tmp_path / "layers.json").read_text())
+    assert report["onnxruntime"] is None and report["openvino_f32"] is None
+    assert len(report["ours"]["layers"]) == 2 + 3 * 4 + 8 * 3 + 4 + 2
+    assert "ONNX Runtime" not in out
+
+
+def test_replay_ab_times_both_copies_and_checks_their_bits(tmp_path):
+    from xception.fast import native
+
+    if not native.available():
+        pytest.skip("no compiled float32 kernels for this CPU")
+    out = run_script("replay_ab.py", "--batch", "2", "--input-size", "71", "--repeats", "3", "--threads", "1",
+                     "--json", str(tmp_path / "replay.json"), tiny=False)
+    report = json.loads((tmp_path / "replay.json").read_text())
+    assert report["same_bits"] is True
+    assert {len(t) for t in report["times_ms"].values()} == {3}
+    passes = report["passes"]
+    assert 0 < passes["replay"]["min_ms"] <= passes["replay"]["median_ms"]
+    assert 0 < passes["layer by layer"]["alone_in_kernels_median_ms"]
+    assert "the layer-by-layer speed" in out
+
+
 @pytest.mark.slow  # builds the kernel library twice
 def test_kernel_ab_builds_each_variant_and_gives_the_same_logits(tmp_path):
     """Two builds of the kernel library that differ only in loop order compute the same bits, and both are
