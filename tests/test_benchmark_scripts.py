@@ -231,7 +231,7 @@ def test_replay_ab_times_both_copies_and_checks_their_bits(tmp_path):
     assert {len(t) for t in report["times_ms"].values()} == {3}
     passes = report["passes"]
     assert 0 < passes["replay"]["min_ms"] <= passes["replay"]["median_ms"]
-    assert 0 < passes["layer by layer"]["alone_in_kernels_median_ms"]
+    assert passes["layer by layer"]["alone_in_kernels_median_ms"] > 0
     assert "the layer-by-layer speed" in out
 
 
