@@ -181,8 +181,7 @@ def optimize(
             (both: Triton per depthwise layer wherever it beats cuDNN on the first batch).
         keep_memory: CPU only: keep freed memory for reuse (process-wide, see :mod:`xception.fast.memory`);
             default on for CPU.
-        replay: float32 on the native kernels: record each input shape's kernel calls on its first pass and
-            replay them on the next ones (:mod:`.replay`: the same bits, without the Python between layers).
+        replay: float32 on the native kernels: replay each input shape's recorded kernel calls (:mod:`.replay`).
     """
     if not isinstance(model, Xception):
         raise TypeError(f"optimize() expects an xception.Xception, got {type(model).__name__}")
@@ -192,26 +191,31 @@ def optimize(
 
     program, folded = _fused_program(model, kernels, device, dtype, channels_last)
     backend, use_triton, use_cudnn = _choose_kernels(program, kernels, device, dtype, compile, cuda_graphs)
-    # Only the CPU allocator benefits; CUDA tensors come from PyTorch's caching allocator already.
     keep_memory = (keep_memory is None or keep_memory) and device.type == "cpu" and keep_freed_memory()
 
     settings = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last,
                 "folded_batch_norms": folded, "kernels": backend, "compile": compile, "cuda_graphs": cuda_graphs,
-                "keep_memory": keep_memory}
-    replay = replay and backend.startswith("native") and dtype == torch.float32 and not compile
-    settings["replay"] = replay
-    runner: Callable[[torch.Tensor], torch.Tensor] | None = FrozenCompiled(program) if compile else None
-    if replay:
-        runner = NativeReplay(program)
-    if cuda_graphs:
-        runner = CudaGraphRunner(runner or program)
+                "keep_memory": keep_memory,
+                "replay": replay and backend.startswith("native") and dtype == torch.float32 and not compile}
     fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings,
-                        runner=runner, choose_depthwise=use_triton and kernels == "experimental",
+                        runner=_runner(program, compile, settings["replay"], cuda_graphs),
+                        choose_depthwise=use_triton and kernels == "experimental",
                         base_backend="cudnn" if use_cudnn else "torch")
     if batch_size is not None:
         size = input_size or (model.preprocessing.input_size if model.preprocessing is not None else 299)
         settings["warmup_seconds"] = _warm_up(fast, batch_size, model.config.in_chans, size, device)
     return fast
+
+
+def _runner(program: FusedXception, compile: bool, replay: bool,
+            cuda_graphs: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What runs ``program``'s passes, if not the program itself: compiled, replayed, and/or graphed."""
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = FrozenCompiled(program) if compile else None
+    if replay:
+        runner = NativeReplay(program)
+    if cuda_graphs:
+        runner = CudaGraphRunner(runner or program)
+    return runner
 
 
 def _fused_program(model: Xception, kernels: str, device: torch.device, dtype: torch.dtype,
