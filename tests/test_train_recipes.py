@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from xception.train import ModelEma, Recipe, apply_overrides, list_recipes, load_recipe, lr_at
+from xception.train import ModelEma, Recipe, apply_overrides, list_recipes, load_recipe, lr_at, note_changes
 
 
 def test_the_three_recipes_ship_with_the_package():
@@ -66,6 +66,11 @@ def test_overrides_set_any_setting_and_model_option():
                                                         "nesterov=false", "optim.epochs=3"])
     assert (r.lr, r.model_options["width"], r.scale, r.nesterov, r.epochs) == (0.05, 0.5, (0.5, 1.0), False, 3)
     assert r.model_options["stem"] == "small"  # the other model options stay
+    # The recipe's description no longer fits it: the run's config.toml says what changed.
+    base = load_recipe("fashion-mnist")
+    assert note_changes(base, r).description == base.description + (
+        "; changed: scale=[0.5, 1.0], epochs=3, lr=0.05, nesterov=false, model.width=0.5")
+    assert note_changes(base, base) == base
 
 
 @pytest.mark.parametrize("text, message", [
@@ -115,7 +120,8 @@ def test_train_command_lists_and_shows_recipes_with_flag_overrides(capsys):
     # No data argument: the Fashion-MNIST recipe; flags and --set override it.
     assert main(["train", "--show-recipe", "--epochs", "3", "--lr", "0.05", "--set", "model.width=0.5"]) == 0
     shown = Recipe.from_toml(capsys.readouterr().out, "shown")
-    expected = apply_overrides(load_recipe("fashion-mnist"), ["epochs=3", "lr=0.05", "model.width=0.5"])
+    base = load_recipe("fashion-mnist")
+    expected = note_changes(base, apply_overrides(base, ["epochs=3", "lr=0.05", "model.width=0.5"]))
     assert shown == expected.replace(name="shown")
     assert main(["train", "some/folder", "--show-recipe"]) == 0
     assert Recipe.from_toml(capsys.readouterr().out, "modern") == load_recipe("modern")
@@ -155,7 +161,8 @@ def test_show_recipe_round_trips_every_setting_changed(capsys):
                "model.residual=false", "model.output_stride=8", "model.global_pool=\"max\"", "warmup_epochs=2"]
     assert main(["train", "--show-recipe", *[a for c in changes for a in ("--set", c)]]) == 0
     shown = Recipe.from_toml(capsys.readouterr().out, "fashion-mnist")
-    assert shown == apply_overrides(load_recipe("fashion-mnist"), changes)
+    base = load_recipe("fashion-mnist")
+    assert shown == note_changes(base, apply_overrides(base, changes))
     assert shown.model_options["output_stride"] == 8 and shown.erase_scale == (0.05, 0.3)
 
 

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from ..data import FASHION_MNIST
     from ..distributed import is_main_process
-    from ..train import apply_overrides, load_recipe, resume_settings, train
+    from ..train import apply_overrides, load_recipe, note_changes, resume_settings, train
     from ._common import print_json, stop_status
 
     if args.resume:
@@ -120,10 +120,13 @@ def _train(args: argparse.Namespace) -> int:
     else:
         fashion = args.data is None or args.data == FASHION_MNIST
         recipe = load_recipe(args.recipe or ("fashion-mnist" if fashion else "modern"))
+    base = recipe
     changes = {setting: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, setting, _, _ in OVERRIDES}
     changes.update(compile=args.compile, deterministic=args.deterministic, model=args.model, sync_bn=args.sync_bn,
                    freeze_bn=args.freeze_bn)
     recipe = apply_overrides(recipe.replace(**{k: v for k, v in changes.items() if v is not None}), args.set)
+    if not args.resume:
+        recipe = note_changes(base, recipe)
     if args.show_recipe:
         print(recipe.to_toml(), end="")
         return 0

@@ -19,7 +19,7 @@ from .epoch import EpochEnd, NonFiniteLoss, train_one_epoch
 from .finetune import freeze_backbone, freeze_batchnorm
 from .finish import TrainResult, finish
 from .loop import FitResult, end_epoch, fit, open_log, train
-from .recipe import Recipe, apply_overrides, list_recipes, load_recipe
+from .recipe import Recipe, apply_overrides, list_recipes, load_recipe, note_changes
 from .run import Compute, Run, RunData, build_optimizer, build_run, open_run, restore, resume_settings
 from .schedule import lr_at
 from .stop import StopRequest
@@ -55,6 +55,7 @@ __all__ = [
     "load_checkpoint",
     "load_recipe",
     "lr_at",
+    "note_changes",
     "open_log",
     "open_run",
     "read_metrics",

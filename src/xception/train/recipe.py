@@ -383,3 +383,16 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
         else:
             changes[key.split(".")[-1]] = parse_value(value)
     return recipe.replace(**changes, model_options=options)
+
+
+def note_changes(base: Recipe, recipe: Recipe) -> Recipe:
+    """``recipe`` with ``base``'s description followed by the settings that now differ from ``base``'s (a run's
+    config.toml then does not describe a recipe it no longer is)."""
+    old, new = base.to_dict(), recipe.to_dict()
+    changed = [f"{k}={toml_value(v)}" for k, v in new.items() if k not in ("name", "description", "model_options")
+               and v != old[k]]
+    changed += [f"model.{k}={toml_value(v)}" for k, v in new["model_options"].items()
+                if old["model_options"].get(k) != v]
+    if not changed or not base.description or recipe.description != base.description:
+        return recipe
+    return recipe.replace(description=f"{base.description}; changed: {', '.join(changed)}")
