@@ -3,15 +3,17 @@
 Each variant is the library compiled with its own preprocessor flags (``--variant NAME=FLAGS``; the name
 ``base`` with no flags is the code as it is), loaded side by side in this process, and the float32 fast path
 of the paper's network (random weights, real BatchNorm statistics, as ``fp32_layers.py``) runs its layers on
-one variant after the other, pass after pass, on one thread: on a noisy host only differences within one such
-run mean anything. Every variant's logits are checked against the first's. Reports per layer and per stage the
-minimum and the median of the passes (ms, wall time).
+one variant after the other, pass after pass, on one thread (``--threads``: more): on a noisy host only
+differences within one such run mean anything. Every variant's logits are checked against the first's.
+Reports per layer and per stage the minimum and the median of the passes (ms, wall time).
 
     PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant all=-DXC_GROUP=0 \\
         [--batch 8] [--input-size 299] [--repeats 10] [--json out.json]
 
 The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
-next slice comes; 0: all of them) and ``XC_L2`` (the KB of A and of C's group columns a pixel block may take).
+next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group columns a pixel block may take),
+``XC_TASKS`` (the fewest tasks per thread a GEMM is split into) and ``XC_SPIN`` (the pauses an idle worker
+spins before it sleeps).
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input-size", type=int, default=299)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="kernel threads (default 1; with more, each build's pool spins about 0.3 ms after a "
+                        "layer, far less than a pass, so the builds' passes in turns do not overlap)")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) if "=" in v else (v, "") for v in args.variant)
@@ -72,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if not native.available():
         print("no compiled kernels for this CPU", file=sys.stderr)
         return 1
-    # One thread: each library has its own thread pool, and one's spinning workers would slow the other's.
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)  # each build's pool takes its size from here
     torch.manual_seed(1)
     size = args.input_size
     model = float_model(torch.randn(8, 3, size, size))
@@ -103,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             for turn in range(args.repeats + 1):  # the first turn warms up
                 for name, lib in libs.items():
                     use(lib)
+                    time.sleep(0.05)  # the last build's idle workers stop spinning before this one's pass
                     times.clear()
                     start = time.perf_counter()
                     logits[name] = fast(x)
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(logits.values()))
     scale = first.abs().max().item()
     report: dict[str, Any] = {"environment": environment(torch.device("cpu")), "batch": args.batch,
-                              "input_size": size, "repeats": args.repeats, "variants": variants, "results": {}}
+                              "input_size": size, "repeats": args.repeats, "threads": args.threads,
+                              "variants": variants, "results": {}}
     for name, runs in passes.items():
         layers = {layer: [run[layer] for run in runs] for layer in runs[0]}
         stages: dict[str, list[float]] = {}
@@ -124,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                    for key, v in {**layers, **stages}.items()}
         report["results"][name] = {"max_err": (logits[name] - first).abs().max().item() / scale, **summary}
     names = list(libs)
-    print(f"{report['environment']['cpu']} · batch {args.batch} · {size} px · 1 thread · ms, min / median "
-          f"of {args.repeats} passes in turns")
+    print(f"{report['environment']['cpu']} · batch {args.batch} · {size} px · {args.threads} thread(s) · ms, "
+          f"min / median of {args.repeats} passes in turns")
     print(f"{'':24}" + "".join(f"{n:>20}" for n in names))
     for key in report["results"][names[0]]:
         if key == "max_err":

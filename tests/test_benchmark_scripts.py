@@ -237,17 +237,17 @@ def test_replay_ab_times_both_copies_and_checks_their_bits(tmp_path):
 
 @pytest.mark.slow  # builds the kernel library twice
 def test_kernel_ab_builds_each_variant_and_gives_the_same_logits(tmp_path):
-    """Two builds of the kernel library that differ only in loop order compute the same bits, and both are
-    timed layer by layer in the same passes."""
+    """Two builds of the kernel library that differ only in loop order and task split compute the same bits,
+    and both are timed layer by layer in the same passes, on two threads."""
     from xception.fast import native
 
     if not native.available():
         pytest.skip("no compiled kernels for this CPU")
-    out = run_script("kernel_ab.py", "--variant", "base=", "--variant", "all=-DXC_GROUP=0", "--batch", "1",
-                     "--input-size", "71", "--repeats", "2", "--json", str(tmp_path / "ab.json"), tiny=False,
-                     timeout=900)
+    out = run_script("kernel_ab.py", "--variant", "base=", "--variant", "all=-DXC_GROUP=0 -DXC_TASKS=8", "--batch",
+                     "1", "--input-size", "71", "--repeats", "2", "--threads", "2", "--json", str(tmp_path / "ab.json"),
+                     tiny=False, timeout=900)
     report = json.loads((tmp_path / "ab.json").read_text())
-    assert report["variants"] == {"base": "", "all": "-DXC_GROUP=0"}
+    assert report["variants"] == {"base": "", "all": "-DXC_GROUP=0 -DXC_TASKS=8"} and report["threads"] == 2
     for result in report["results"].values():
         assert result["max_err"] == 0.0
         assert result["middle flow"]["min"] <= result["middle flow"]["median"]

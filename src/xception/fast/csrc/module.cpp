@@ -57,6 +57,10 @@ struct Scratch {
 
 // ---- the pool ------------------------------------------------------------------------------------------
 
+#ifndef XC_SPIN
+#define XC_SPIN 20000  // pauses an idle worker spins before it sleeps (about 0.3 ms; -DXC_SPIN=N for A/B builds)
+#endif
+
 class Pool {
 public:
     ~Pool() { resize(1); }
@@ -124,7 +128,7 @@ private:
         uint64_t seen = generation_.load(std::memory_order_acquire);
         for (;;) {
             // Spin a little (layers follow each other within microseconds), then sleep.
-            for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen; ++spin)
+            for (int spin = 0; spin < XC_SPIN && generation_.load(std::memory_order_acquire) == seen; ++spin)
                 _mm_pause_();
             std::unique_lock<std::mutex> lock(mu_);
             cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
@@ -186,11 +190,14 @@ struct Plan {
     long first(long block) const { return std::min(m, block * tiles / m_blocks * mr); }
 };
 
+#ifndef XC_TASKS
+#define XC_TASKS 2  // the fewest tasks per thread a GEMM is split into (-DXC_TASKS=N for A/B builds)
+#endif
 Plan plan_tasks(long m, int rows, int mr, int nr, int cout) {
     const int threads = pool().size();
     const long tiles = (m + mr - 1) / mr;
     // Enough blocks to keep every thread busy: smaller pixel blocks first, then split the channels.
-    const long want = 2L * threads;
+    const long want = long(XC_TASKS) * threads;
     long m_blocks = (m + rows - 1) / rows;
     if (m_blocks < want) m_blocks = want;
     else m_blocks = (m_blocks + threads - 1) / threads * threads;
