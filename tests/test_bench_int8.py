@@ -34,8 +34,8 @@ NOT_FLOAT = 1e-3
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The int8 contenders of one run, built as the benchmark builds them, and the run's shared networks."""
-    cfg = BenchConfig(model_options=OPTIONS, input_size=SIZE, batch_size=BATCH, threads=1,
-                      calibration_images=CALIBRATION, modes=INT8).resolved()
+    cfg = BenchConfig(model_options=OPTIONS, input_size=SIZE, batch_size=BATCH, threads=1, weight_bits=8,
+                      activation_bits=8, calibration_images=CALIBRATION, modes=INT8).resolved()  # not "auto": one file
     models = Models(cfg, tmp_path_factory.mktemp("int8"))
     x = torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     before = torch.get_num_threads()
@@ -115,6 +115,12 @@ def test_seven_bit_activations_reach_fast_int8_and_the_onnx_contender_keeps_eigh
     if native_int8.available() and native_int8.isa() == "avx2":
         assert "byte octets" in rows["fast-int8"]["details"]["kernels"]
     assert all(rows[name]["status"] == "ok" for name in ("fast-int8", "ort-int8"))
+
+
+def test_the_int8_contenders_default_to_the_bits_this_cpu_runs_fastest():
+    cfg = BenchConfig().resolved()
+    assert (cfg.weight_bits, cfg.activation_bits) == native_int8.fastest_bits()
+    assert (BenchConfig(weight_bits=8).resolved().activation_bits) == 8
 
 
 def test_calibration_needs_an_image():

@@ -349,6 +349,35 @@ def test_seven_bit_activations_halve_the_grid_and_refuse_onnx(weights, data, tmp
     with pytest.raises(ConfigError, match="no 7-bit activations"):
         quantize(weights, data["calibration"], held_out=data["held"], images=12, onnx=tmp_path / "a7.onnx",
                  activation_bits=7)
-    with pytest.raises(ConfigError, match="activation_bits must be 8 or 7"):
+    with pytest.raises(ConfigError, match=r"activation_bits must be 8, 7 or 'auto'"):
         quantize(weights, data["calibration"], held_out=data["held"], activation_bits=4)
     assert not (tmp_path / "a7.onnx").exists()
+
+
+@pytest.mark.parametrize(("isa", "onnx", "expected"), [
+    ("avx2", False, (7, 7)),  # 8-bit weights would need the int16 pairs, half the byte quads' rate
+    ("avx2", True, (7, 8)),  # ONNX's QDQ format has 8-bit activations only
+    ("avx512-vnni", False, (8, 8)),  # vpdpbusd multiplies any 8-bit operands exactly
+    ("none", False, (8, 8)),  # no kernels: the reference, whose speed the bits do not change
+])
+def test_auto_bits_are_what_the_cpus_int8_kernels_run_fastest(monkeypatch, isa, onnx, expected):
+    from xception.quantize import native, resolve_bits
+
+    monkeypatch.setattr(native, "isa", lambda: isa)
+    assert resolve_bits("auto", "auto", onnx=onnx) == expected
+    assert resolve_bits(8, "auto", onnx=onnx) == (8, 8)  # 7-bit activations speed up 7-bit weights only
+    assert resolve_bits("auto", 8, onnx=onnx) == (expected[0], 8)
+    assert resolve_bits(7, 7) == (7, 7)
+
+
+def test_a_quantisation_reports_the_bits_auto_chose(weights, data, tmp_path, capsys):
+    from xception.quantize import native
+
+    out = tmp_path / "auto.safetensors"
+    assert main(["quantize", "--weights", str(weights), "--calibration", str(data["calibration"]), "--held-out",
+                 str(data["held"]), "--images", "12", "--methods", "minmax", "--out", str(out), "--workers", "0",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = native.fastest_bits()
+    assert (printed["weight_bits"], printed["activation_bits"]) == expected
+    assert load_quantized(out).activation_bits == expected[1] and read_header(out)["activation_bits"] == expected[1]

@@ -124,6 +124,11 @@ def print_results(results: Sequence[Any], as_json: bool) -> bool:
     return all(r.ok for r in results)
 
 
+def bits(text: str) -> int | str:
+    """An int8 width option's value: ``auto``, or a number of bits (checked against the option's choices)."""
+    return text if text == "auto" else int(text)
+
+
 def add_calibration_options(p: Any, *, required: bool = False, int8: str = "") -> None:
     """The options that choose calibration and held-out images, as ``xception quantize`` and the int8 edge
     exports read them (``int8``: a prefix for their help, where the options apply to int8 only)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_model_options, print_json
+from ._common import add_model_options, bits, print_json
 
 MODES_PLACEHOLDER = "{modes}"
 
@@ -72,11 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--calibration-images", type=int, default=16, metavar="N",
                    help="random images every int8 contender is calibrated on, the same for all (default: 16)")
-    p.add_argument("--weight-bits", type=int, choices=(8, 7), default=8,
-                   help="the int8 contenders' weights: 8 (default) or 7 bits (see xception quantize --help)")
-    p.add_argument("--activation-bits", type=int, choices=(8, 7), default=8,
-                   help="fast-int8's activations: 8 (default) or 7 bits (see xception quantize --help); the ONNX "
-                   "contenders keep 8, which ONNX's QDQ format is limited to")
+    p.add_argument("--weight-bits", type=bits, choices=("auto", 8, 7), default="auto",
+                   help="the int8 contenders' weights: 8 or 7 bits, or auto (default: what this CPU runs fastest; "
+                   "see xception quantize --help)")
+    p.add_argument("--activation-bits", type=bits, choices=("auto", 8, 7), default="auto",
+                   help="fast-int8's activations: 8 or 7 bits, or auto (default; see xception quantize --help); the "
+                   "ONNX contenders keep 8, which ONNX's QDQ format is limited to")
     p.add_argument("--json", action="store_true", help="print the full report as JSON instead of the table")
     p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")
     add_model_options(p)

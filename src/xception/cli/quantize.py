@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_calibration_options
+from ._common import add_calibration_options, bits
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,12 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "QDQ ONNX model beside --out (same name, .onnx) and check it on ONNX Runtime")
     p.add_argument("--methods", metavar="M,M", help="calibration methods to try (default: minmax, "
                    "percentile-99.99, percentile-99.9, mse, entropy)")
-    p.add_argument("--weight-bits", type=int, choices=(8, 7), default=8, help="8 (default): weights in [-127, 127]; "
-                   "7: in [-63, 63], which AVX2 CPUs without VNNI multiply exactly about 1.4x as fast (the report "
-                   "shows what it costs in agreement with float32)")
-    p.add_argument("--activation-bits", type=int, choices=(8, 7), default=8, help="8 (default): activation codes "
-                   "0-255; 7: 0-127 (FBGEMM's reduced range), which with --weight-bits 7 AVX2 CPUs without VNNI run "
-                   "about 1.3x as fast again (no ONNX model: its QDQ format has no 7-bit type)")
+    p.add_argument("--weight-bits", type=bits, choices=("auto", 8, 7), default="auto", help="8: weights in "
+                   "[-127, 127]; 7: in [-63, 63], which AVX2 CPUs without VNNI multiply exactly about 1.4x as fast "
+                   "(the report shows what it costs in agreement with float32); auto (default): 7 on such CPUs, "
+                   "else 8")
+    p.add_argument("--activation-bits", type=bits, choices=("auto", 8, 7), default="auto", help="8: activation "
+                   "codes 0-255; 7: 0-127 (FBGEMM's reduced range), which with 7-bit weights AVX2 CPUs without VNNI "
+                   "run about 1.3x as fast again (no ONNX model: its QDQ format has no 7-bit type); auto (default): "
+                   "7 with 7-bit weights on such CPUs and no --format onnx, else 8")
     p.add_argument("--report", metavar="FILE", help="the JSON report (default: OUT with .report.json)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="image decoding processes (default: "
                    "automatic)")

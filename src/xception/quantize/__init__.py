@@ -20,7 +20,7 @@ import sys
 import types
 from typing import Any
 
-from .api import ONNX_TOLERANCE, QuantizeResult, quantize
+from .api import ONNX_TOLERANCE, QuantizeResult, quantize, resolve_bits
 from .calibrate import METHODS
 from .data import FASHION_MNIST_TEST
 from .fileformat import FORMAT, is_quantized, load_quantized, read_header, save_quantized
@@ -41,6 +41,7 @@ __all__ = [
     "load_quantized",
     "quantize",
     "read_header",
+    "resolve_bits",
     "save_quantized",
 ]
 

@@ -18,7 +18,7 @@ from ..models import Xception
 from .calibrate import METHODS, Histogram, check_method, observe, ranges
 from .data import Calibration, HeldOut, ImageSet, Reading, calibration_and_held_out
 from .fileformat import is_quantized, save_quantized
-from .native import on_kernels
+from .native import fastest_bits, on_kernels
 from .reference import QuantizedXception, check_quantizable, float_program
 from .report import Agreement, QuantizeReport, Tally, best, write_report
 from .scheme import ACTIVATION_BITS, WEIGHT_BITS, code_max
@@ -163,8 +163,8 @@ def quantize(
     workers: int | None = None,
     seed: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
-    weight_bits: int = 8,
-    activation_bits: int = 8,
+    weight_bits: int | str = "auto",
+    activation_bits: int | str = "auto",
 ) -> QuantizeResult:
     """Post-training static int8 quantisation of a float Xception (a model, or weights to load).
 
@@ -178,9 +178,10 @@ def quantize(
     quantises weights to [−63, 63]: AVX2 CPUs without VNNI then multiply them exactly at about 1.4× the speed
     (the report measures what it costs in agreement). ``activation_bits=7`` keeps every activation within codes
     0 … 127 (FBGEMM's reduced range): with 7-bit weights as well, AVX2 CPUs add two ``vpmaddubsw`` results before
-    widening them, about 1.3× faster again; ONNX has no such type, so there is no ``onnx`` file then.
+    widening them, about 1.3× faster again; ONNX has no such type, so there is no ``onnx`` file then. ``"auto"``
+    (the default for both): what this CPU runs fastest (:func:`resolve_bits`); the report says what was used.
     """
-    _check_settings(methods, out, onnx, weight_bits, activation_bits)
+    weight_bits, activation_bits = _check_settings(methods, out, onnx, weight_bits, activation_bits)
     float_model, source = _float_model(model)
     program, names = float_program(float_model)  # refuses what cannot be quantised before any image is read
     from ..api import inference_preprocessing
@@ -204,13 +205,25 @@ def quantize(
     return QuantizeResult(qmodel, result)
 
 
+def resolve_bits(weight_bits: int | str, activation_bits: int | str, *, onnx: bool = False) -> tuple[int, int]:
+    """The (weight, activation) bits a quantisation uses: 8 and 7 as given, each ``"auto"`` what this CPU's int8
+    kernels run fastest (:func:`.native.fastest_bits`: 7-bit on AVX2 without VNNI, else 8; activations 8 for an
+    ONNX export). 7-bit activations speed up only 7-bit weights, so beside 8-bit weights ``"auto"`` is 8."""
+    for name, value, allowed in (("weight_bits", weight_bits, WEIGHT_BITS),
+                                 ("activation_bits", activation_bits, ACTIVATION_BITS)):
+        if value != "auto" and value not in allowed:
+            raise ConfigError(f"{name} must be 8, 7 or 'auto', got {value!r}")
+    fast_weights, fast_activations = fastest_bits(onnx=onnx)
+    weights = fast_weights if weight_bits == "auto" else int(weight_bits)
+    if activation_bits != "auto":
+        return weights, int(activation_bits)
+    return weights, fast_activations if weights == 7 else 8
+
+
 def _check_settings(methods: Sequence[str], out: str | os.PathLike[str] | None, onnx: str | os.PathLike[str] | None,
-                    weight_bits: int, activation_bits: int) -> None:
-    """Refuse what :func:`quantize` cannot do before any image is read."""
-    if weight_bits not in WEIGHT_BITS:
-        raise ConfigError(f"weight_bits must be 8 or 7, got {weight_bits!r}")
-    if activation_bits not in ACTIVATION_BITS:
-        raise ConfigError(f"activation_bits must be 8 or 7, got {activation_bits!r}")
+                    weight_bits: int | str, activation_bits: int | str) -> tuple[int, int]:
+    """Refuse what :func:`quantize` cannot do before any image is read; the bits it uses."""
+    weight_bits, activation_bits = resolve_bits(weight_bits, activation_bits, onnx=onnx is not None)
     if activation_bits != 8 and onnx is not None:
         raise ConfigError("ONNX's QDQ format has no 7-bit activations (its QuantizeLinear saturates at 255): "
                           "export an ONNX model from a quantisation with activation_bits=8")
@@ -220,6 +233,7 @@ def _check_settings(methods: Sequence[str], out: str | os.PathLike[str] | None, 
         raise ConfigError(f"the int8 format is safetensors: name the file *.safetensors, not {Path(out).name!r}")
     for method in methods:
         check_method(method)
+    return weight_bits, activation_bits
 
 
 def _describe(qmodel: QuantizedXception, float_model: Xception, result: QuantizeReport) -> QuantizedXception:

@@ -78,6 +78,16 @@ def available() -> bool:
     return isa() != "none"
 
 
+def fastest_bits(*, onnx: bool = False) -> tuple[int, int]:
+    """(weight bits, activation bits) this CPU's int8 kernels run fastest, exactly: 7 and 7 on AVX2 without
+    VNNI, where 8-bit weights need the int16 pairs (half the byte quads' rate) and 7-bit operands let two
+    ``vpmaddubsw`` sums add before widening; 8 and 8 where VNNI multiplies any 8-bit operands exactly, or where
+    no kernels run (the reference's speed does not depend on them). ``onnx``: activations stay 8, the only
+    width ONNX's QDQ format has."""
+    seven = 7 if isa() == "avx2" else 8
+    return seven, 8 if onnx else seven
+
+
 def _padded(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     out = torch.zeros((len(values) + PAD - 1) // PAD * PAD, dtype=dtype)
     out[: len(values)] = values.to(dtype)
