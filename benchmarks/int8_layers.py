@@ -47,7 +47,7 @@ def ours(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tensor, bit
     labels = torch.zeros(len(calibration), dtype=torch.long)
     quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], weight_bits=bits,
              activation_bits=activation_bits, out=path)
-    network = native.NativeQuantizedXception(load_quantized(path))
+    network = native.NativeQuantizedXception(load_quantized(path), replay=False)  # layer by layer: the hooks run
     layers: dict[str, dict[str, Any]] = {}
 
     def timed(name: str, module: torch.nn.Module) -> None:

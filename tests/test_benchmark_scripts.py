@@ -235,6 +235,20 @@ def test_replay_ab_times_both_copies_and_checks_their_bits(tmp_path):
     assert "the layer-by-layer speed" in out
 
 
+def test_replay_ab_of_the_int8_network_checks_bits_and_times_the_input_quantisation(tmp_path):
+    from xception.quantize import native
+
+    if not native.available():
+        pytest.skip("no compiled int8 kernels for this CPU")
+    out = run_script("replay_ab.py", "--int8", "--batch", "1", "--input-size", "71", "--repeats", "3", "--threads",
+                     "1", "--json", str(tmp_path / "replay.json"), tiny=False)
+    report = json.loads((tmp_path / "replay.json").read_text())
+    assert report["same_bits"] is True and report["kernels"].startswith(f"int8 {native.isa()}, ")
+    assert report["passes"]["layer by layer"]["alone_in_kernels_median_ms"] > 0
+    assert set(report["input_quantisation_ms"]) == {"pytorch_ops_then_nhwc_copy", "kernel"}
+    assert "the input's quantisation" in out
+
+
 @pytest.mark.slow  # builds the kernel library twice
 def test_kernel_ab_builds_each_variant_and_gives_the_same_logits(tmp_path):
     """Two builds of the kernel library that differ only in loop order and task split compute the same bits,

@@ -217,3 +217,58 @@ def test_a_forced_instruction_set_gives_the_same_codes():
                              check=True)
         found = json.loads(out.stdout.strip().splitlines()[-1])
         assert found["agree"] == [True, True] and found["agree_7"] == [True, True], (isa, found)
+
+
+def test_the_input_codes_kernel_quantises_as_the_reference_does():
+    """NCHW floats to NHWC codes in one call: round half to even at the exact ties, saturation both ways, odd
+    widths (the vector loop's tail), 7-bit codes; a NaN becomes code 0."""
+    reference, _ = quantized("xception", {})
+    kernels = native.NativeQuantizedXception(reference)
+    scale = reference.input_params.scale
+    ties = (torch.arange(-300, 300, dtype=torch.float64) + 0.5) * scale  # k + ½ codes exactly, where representable
+    x = torch.randn(2, 3, 71, 83) * 3  # 83 columns: 20 vectors of 4 and a tail of 3
+    special = torch.cat([ties.float(), torch.tensor([1e30, -1e30, float("inf"), -float("inf")])])
+    x.view(-1)[: len(special)] = special
+    x.view(-1)[-len(special):] = special.flip(0)
+    for bits in (8, 7):
+        reference.activation_bits = bits  # the top code: 255, then 127
+        expected = reference.quantize_input(x).q.permute(0, 2, 3, 1)
+        assert int(expected.max()) == reference.code_max and torch.equal(kernels.input_codes(x), expected), bits
+    x[0, 1, 2, 5] = float("nan")
+    assert kernels.input_codes(x)[0, 2, 5, 1] == 0
+
+
+def test_replayed_passes_equal_the_step_by_step_ones_shape_after_shape(monkeypatch):
+    """A shape's first pass is recorded, its later ones replayed (the Python layers are not called again); the
+    logits equal the reference's on every pass, for two shapes in turns and on two threads."""
+    reference, x = quantized("xception", {}, weight_bits=7, activation_bits=7)
+    kernels = native.NativeQuantizedXception(reference)
+    with torch.no_grad():
+        expected = {n: reference(x[:n]) for n in (2, 3)}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)  # the one_thread fixture restores it
+            for n in (2, 3, 2, 3):
+                assert torch.equal(kernels(x[:n]), expected[n]), (threads, n)
+    assert kernels.replay.replayable() == {(2, 3, 71, 71): True, (3, 3, 71, 71): True}
+    calls, forward = [], native.NativeQConv.forward
+    monkeypatch.setattr(native.NativeQConv, "forward", lambda self, *a: calls.append(self) or forward(self, *a))
+    with torch.no_grad():
+        assert torch.equal(kernels(x[:2]), expected[2])
+    assert calls == [kernels.head]  # the classifier runs in the head; every other conv was replayed
+
+
+def test_a_step_the_kernels_did_not_make_runs_the_shape_step_by_step():
+    reference, x = quantized("xception", {})
+    kernels = native.NativeQuantizedXception(reference)
+    first = kernels.stem[0]
+
+    class Copied(torch.nn.Module):  # the same codes, in a tensor no kernel call wrote
+        def forward(self, h):
+            out = first(h)
+            return QTensor(out.q.clone(), out.scale, out.zero_point)
+
+    kernels.stem[0] = Copied()
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(kernels(x), reference(x))
+    assert kernels.replay.replayable() == {tuple(x.shape): False}

@@ -8,7 +8,8 @@ arguments ready, into activation buffers planned once (a buffer takes a new valu
 been read for the last time). Same kernels, same inputs: the same bits as the pass it replaces.
 
 A program with a step the kernels do not run (a bfloat16 program's oneDNN convs, say) is not replayable: its
-shapes run step by step, as before.
+shapes run step by step, as before. The int8 network replays the same way (:class:`NativeReplay`'s ``prepare``,
+``features`` and ``head``: its kernels start from the input's codes and end in codes).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from . import native
-from .fused import FusedXception
 
 INPUT = -1  # the source of a call's operand that is the pass's input
 
@@ -40,13 +41,14 @@ class _Step:
 class _Plan:
     """The recorded calls of one input shape, their buffers, and where the features come out."""
 
-    def __init__(self, steps: list[_Step], buffers: list[torch.Tensor], features: torch.Tensor) -> None:
+    def __init__(self, steps: list[_Step], buffers: list[torch.Tensor], features: torch.Tensor,
+                 isa: Callable[[], str]) -> None:
         self.steps, self.buffers, self.features = steps, buffers, features
-        self.isa = native.isa()
+        self.isa, self._isa_now = isa(), isa
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        if native.isa() != self.isa:
-            raise RuntimeError(f"calls recorded for {self.isa} kernels, but {native.isa()} ones are in use")
+        if self._isa_now() != self.isa:
+            raise RuntimeError(f"calls recorded for {self.isa} kernels, but {self._isa_now()} ones are in use")
         address = x.data_ptr()
         lib = native._library()
         with native._lock:
@@ -61,8 +63,10 @@ class _Plan:
         return self.features
 
     @classmethod
-    def build(cls, calls: list[native.Call], x: torch.Tensor, features: torch.Tensor) -> _Plan | None:
-        """The plan of a recorded pass, or None if something other than the kernels made one of its operands."""
+    def build(cls, calls: list[native.Call], x: torch.Tensor, features: torch.Tensor,
+              isa: Callable[[], str] = native.isa) -> _Plan | None:
+        """The plan of a recorded pass, or None if something other than the kernels made one of its operands;
+        ``isa`` names the kernels in use (a plan refuses to run on others)."""
         made: dict[int, int] = {}  # output address -> the call that wrote it
         reads: list[list[int]] = []  # per call: the calls whose outputs it reads (INPUT for the pass's input)
 
@@ -114,45 +118,57 @@ class _Plan:
                 c.op.residual = buffers[home[add]].data_ptr()
             steps.append(_Step(c.call, c.op, INPUT if src == INPUT else buffers[home[src]].data_ptr(),
                                buffers[home[i]].data_ptr(), add == INPUT, c.checked))
-        out = calls[last].out  # the features: a channels-last view of their buffer
-        n, ch, h, w = out.shape
-        view = buffers[home[last]][: out.numel()].view(n, h, w, ch).permute(0, 3, 1, 2)
-        return cls(steps, buffers, view)
+        out = calls[last].out  # the features: their buffer, viewed as the recorded pass's tensor was laid out
+        view = buffers[home[last]].as_strided(out.shape, out.stride())
+        return cls(steps, buffers, view, isa)
 
 
 class NativeReplay:
     """Runs ``program`` (a float32 program on the native kernels) by replaying the recorded kernel calls of
-    each input shape; keeps the plans (and their activation buffers) of the ``max_shapes`` shapes last used."""
+    each input shape; keeps the plans (and their activation buffers) of the ``max_shapes`` shapes last used.
 
-    def __init__(self, program: FusedXception, max_shapes: int = 4) -> None:
+    Another network on the kernels gives its own three steps: ``prepare`` (the input → the tensor the first kernel
+    reads), ``features`` (that tensor → the last kernel's output, step by step: the pass that is recorded) and
+    ``head`` (that output → the result), and ``isa`` (the name of its kernels in use). A shape whose pass is not
+    replayable runs ``head(features(prepare(x)))``."""
+
+    def __init__(self, program: Any, max_shapes: int = 4, *,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 head: Callable[[torch.Tensor], Any] | None = None, isa: Callable[[], str] = native.isa) -> None:
         self.program = program
         self.max_shapes = max_shapes
+        self.prepare = prepare or (lambda x: x.contiguous(memory_format=torch.channels_last))
+        self.features = features or program.forward_features
+        self.head = head or program.head
+        self.isa = isa
         self._plans: OrderedDict[tuple, _Plan | None] = OrderedDict()
         self._lock = threading.Lock()  # one pass at a time uses a plan's buffers
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
+    def __call__(self, x: torch.Tensor) -> Any:
         key = (tuple(x.shape), x.dtype)
         with self._lock:
+            x = self.prepare(x)
             if key not in self._plans:
                 return self._record(x, key)
             self._plans.move_to_end(key)
             plan = self._plans[key]
             if plan is None:
-                return self.program(x)
-            out = self.program.head(plan.run(x))
+                return self.head(self.features(x))
+            out = self.head(plan.run(x))
             # A head that hands the features back (no pooling, no classifier) must not return a buffer.
-            shared = out.untyped_storage().data_ptr() == plan.features.untyped_storage().data_ptr()
+            shared = isinstance(out, torch.Tensor) and \
+                out.untyped_storage().data_ptr() == plan.features.untyped_storage().data_ptr()
             return out.clone() if shared else out
 
-    def _record(self, x: torch.Tensor, key: tuple) -> torch.Tensor:
+    def _record(self, x: torch.Tensor, key: tuple) -> Any:
         """Run the pass step by step, recording its calls; keep the plan they make for this shape."""
         with native.recording() as calls:
-            features = self.program.forward_features(x)
-        self._plans[key] = _Plan.build(calls, x, features)
+            features = self.features(x)
+        self._plans[key] = _Plan.build(calls, x, features, self.isa)
         while len(self._plans) > self.max_shapes:
             self._plans.popitem(last=False)
-        return self.program.head(features)
+        return self.head(features)
 
     def replayable(self) -> dict[tuple[int, ...], bool]:
         """The input shapes recorded so far, and whether each replays (True) or runs step by step."""

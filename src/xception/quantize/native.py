@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..fast import native
+from ..fast.replay import NativeReplay
 from ..hardware import INT8_KERNEL_ISAS
 from .reference import QBlock, QConv, QHead, QMaxPool, QReLU, QuantizedXception
 from .scheme import QParams, QTensor
@@ -64,6 +65,8 @@ def _library() -> ctypes.CDLL | None:
     lib.xc_qpack_weights.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.xc_qconv_forward.argtypes = [ctypes.POINTER(_QConvOp), ctypes.c_void_p, ctypes.c_void_p]
     lib.xc_qpool_forward.argtypes = [ctypes.POINTER(native._Pool), ctypes.c_void_p, ctypes.c_void_p]
+    lib.xc_quantize_input.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 4, ctypes.c_float, ctypes.c_int,
+                                      ctypes.c_int, ctypes.c_void_p]
     return lib
 
 
@@ -228,7 +231,9 @@ class NativeQConv(nn.Module):
                       native._ptr(self.bias), native._ptr(self.mult), native._ptr(None if add is None else add.q),
                       0 if add is None else add.zero_point, self.residual_multiplier, out_zero,
                       _lowest(out_zero, self.relu_out), self.code_max, int(logits), self.kernels)
+        lib = _library()
         _call(lambda lib: lib.xc_qconv_forward(ctypes.byref(op), x.q.data_ptr(), out.data_ptr()))
+        native._record(native.Call(lib.xc_qconv_forward, op, x.q, out, None if add is None else add.q, checked=True))
         return out if self.output is None else QTensor(out, *self.output)
 
 
@@ -247,6 +252,7 @@ class NativeQMaxPool(nn.Module):
         out = torch.empty((n, oh, ow, c), dtype=torch.uint8)
         op = native._Pool(n, h, w, c, oh, ow, k, s, top, left, None, 0)
         _call(lambda lib: lib.xc_qpool_forward(ctypes.byref(op), x.q.data_ptr(), out.data_ptr()))
+        native._record(native.Call(_library().xc_qpool_forward, op, x.q, out, None, checked=True))
         return QTensor(out, x.scale, x.zero_point)
 
 
@@ -297,9 +303,11 @@ class NativeQBlock(QBlock):
 class NativeQuantizedXception(nn.Module):
     """``model(images)``: float batch in, float32 logits out, equal to the reference's
     (:class:`~.reference.QuantizedXception`) on the int8 kernels. Built from it; raises ``ValueError`` for a
-    network with a step the kernels do not cover."""
+    network with a step the kernels do not cover. ``replay``: each input shape's kernel calls are recorded on its
+    first pass and replayed on later ones (:mod:`xception.fast.replay`; the same bits, without the Python
+    between the calls)."""
 
-    def __init__(self, reference: QuantizedXception) -> None:
+    def __init__(self, reference: QuantizedXception, replay: bool = True) -> None:
         super().__init__()
         if not available():
             raise ValueError("the int8 CPU kernels are not available here")
@@ -307,6 +315,9 @@ class NativeQuantizedXception(nn.Module):
         self.stem = nn.ModuleList(_native_steps(list(reference.stem)))
         self.blocks = nn.ModuleList(NativeQBlock(b) for b in reference.blocks)
         self.head = NativeQConv.classifier(reference.head)
+        self.features_params: QParams | None = None  # the last step's codes' scale and zero point, once seen
+        self.replay = NativeReplay(self, prepare=self.input_codes, features=self._features, head=self._head,
+                                   isa=isa) if replay else None
 
     def kernels(self) -> str:
         """What runs the GEMMs, e.g. ``"avx2: byte quads, vpmaddubsw (37 layers), int16 pairs, vpmaddwd (1)"``."""
@@ -317,22 +328,44 @@ class NativeQuantizedXception(nn.Module):
         return f"{isa()}: " + ", ".join(f"{KERNEL_NAMES[k]} ({n} layers)" for k, n in sorted(counts.items(),
                                                                                          key=lambda kv: -kv[1]))
 
-    def forward_features(self, x: torch.Tensor) -> QTensor:
+    def input_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The images' uint8 codes, NHWC, as the reference's ``quantize_input`` makes them (one kernel call)."""
         self.reference.check_input(x)
-        q = self.reference.quantize_input(x.detach().cpu())
-        h = QTensor(q.q.permute(0, 2, 3, 1).contiguous(), q.scale, q.zero_point)
+        x = x.detach().to("cpu", torch.float32).contiguous()
+        n, c, h, w = x.shape
+        out = torch.empty((n, h, w, c), dtype=torch.uint8)
+        params = self.reference.input_params
+        _call(lambda lib: lib.xc_quantize_input(x.data_ptr(), n, c, h, w, params.scale, params.zero_point,
+                                                self.reference.code_max, out.data_ptr()))
+        return out
+
+    def _features(self, codes: torch.Tensor) -> torch.Tensor:
+        h = QTensor(codes, *self.reference.input_params)
         for step in self.stem:
             h = step(h)
         for block in self.blocks:
             h = block(h)
-        return h
+        self.features_params = QParams(h.scale, h.zero_point)
+        return h.q
+
+    def _head(self, codes: torch.Tensor) -> torch.Tensor:
+        assert self.features_params is not None  # set by the pass that made these codes
+        pooled = _global_pool(self.reference.head, QTensor(codes, *self.features_params))
+        logits = self.head(pooled)
+        return logits.reshape(len(logits), -1)
+
+    def forward_features(self, x: torch.Tensor) -> QTensor:
+        """The last module's codes (N, H, W, C), step by step."""
+        with torch.no_grad():
+            codes = self._features(self.input_codes(x))
+        assert self.features_params is not None
+        return QTensor(codes, *self.features_params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            h = self.forward_features(x)
-            pooled = _global_pool(self.reference.head, h)
-            logits = self.head(pooled)
-        return logits.reshape(len(logits), -1)
+            if self.replay is not None:
+                return self.replay(x)
+            return self._head(self._features(self.input_codes(x)))
 
 
 def _global_pool(head: QHead, x: QTensor) -> QTensor:

@@ -99,6 +99,9 @@ XC_API size_t xc_qpacked_bytes(int k_dim, int cout, int kernels);
 XC_API void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, int kernels, void* packed);
 XC_API int xc_qconv_forward(const struct xc_qconv* op, const uint8_t* input, void* output);  // 0 on success
 XC_API int xc_qpool_forward(const struct xc_pool* op, const uint8_t* input, uint8_t* output);  // no residual
+// float32 NCHW images → uint8 NHWC codes of scale and zero point, 0 … qmax; 0 on success
+XC_API int xc_quantize_input(const float* input, int n, int c, int h, int w, float scale, int zero, int qmax,
+                             uint8_t* output);
 }
 
 // What each instruction-set build provides (kernels_avx2.cpp, kernels_avx512.cpp).

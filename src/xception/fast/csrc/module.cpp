@@ -21,6 +21,10 @@
 
 #include "api.h"
 
+#if XC_X86
+#include <emmintrin.h>  // SSE2, in every x86-64 CPU: the input quantisation below
+#endif
+
 namespace {
 
 int detect_isa() {
@@ -378,12 +382,44 @@ int xc_qpool_forward(const xc_pool* op, const uint8_t* input, uint8_t* output) {
     run_rows(long(op->n) * op->oh, [&](long r0, long r1) { xc_q_avx2::pool_rows(op, input, output, r0, r1); });
     return 0;
 }
+
+// float32 NCHW in, uint8 NHWC codes out, as ONNX's QuantizeLinear and the reference compute them:
+// clamp(round_half_even(x / scale), -zero, qmax - zero) + zero. Clamping first gives the same codes (rounding is
+// monotonic and the bounds are integers) and keeps the conversion in range; cvtps2dq rounds half to even in the
+// default rounding mode. A NaN becomes code 0 (maxps returns its second operand when either is NaN).
+int xc_quantize_input(const float* input, int n, int c, int h, int w, float scale, int zero, int qmax,
+                      uint8_t* output) {
+    if (!xc_qisa()) return 1;
+    const __m128 s = _mm_set1_ps(scale), lo = _mm_set1_ps(float(-zero)), hi = _mm_set1_ps(float(qmax - zero));
+    run_rows(long(n) * h, [&](long r0, long r1) {
+        for (long row = r0; row < r1; ++row) {
+            const long image = row / h, y = row % h;
+            uint8_t* dst = output + row * w * c;
+            for (int ch = 0; ch < c; ++ch) {
+                const float* src = input + ((image * c + ch) * h + y) * w;
+                int x = 0;
+                for (; x + 4 <= w; x += 4) {
+                    const __m128 v = _mm_min_ps(_mm_max_ps(_mm_div_ps(_mm_loadu_ps(src + x), s), lo), hi);
+                    alignas(16) int32_t q[4];
+                    _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm_cvtps_epi32(v));
+                    for (int k = 0; k < 4; ++k) dst[(x + k) * c + ch] = uint8_t(q[k] + zero);
+                }
+                for (; x < w; ++x) {
+                    const __m128 v = _mm_min_ss(_mm_max_ss(_mm_div_ss(_mm_set_ss(src[x]), s), lo), hi);
+                    dst[x * c + ch] = uint8_t(_mm_cvtss_si32(v) + zero);
+                }
+            }
+        }
+    });
+    return 0;
+}
 #else
 int xc_qisa(void) { return 0; }
 size_t xc_qpacked_bytes(int, int, int) { return 0; }
 void xc_qpack_weights(const int8_t*, int, int, int, void*) {}
 int xc_qconv_forward(const xc_qconv*, const uint8_t*, void*) { return 1; }
 int xc_qpool_forward(const xc_pool*, const uint8_t*, uint8_t*) { return 1; }
+int xc_quantize_input(const float*, int, int, int, int, float, int, int, uint8_t*) { return 1; }
 #endif
 
 int xc_pool_forward(const xc_pool* op, const void* input, void* output) {
