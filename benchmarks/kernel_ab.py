@@ -4,16 +4,17 @@ Each variant is the library compiled with its own preprocessor flags (``--varian
 ``base`` with no flags is the code as it is), loaded side by side in this process, and the float32 fast path
 of the paper's network (random weights, real BatchNorm statistics, as ``fp32_layers.py``) runs its layers on
 one variant after the other, pass after pass, on one thread (``--threads``: more): on a noisy host only
-differences within one such run mean anything. Every variant's logits are checked against the first's.
+differences within one such run mean anything; ``--int8`` times the int8 network (quantised as ``xception
+quantize`` does by default) instead. Every variant's logits are checked against the first's.
 Reports per layer and per stage the minimum and the median of the passes (ms, wall time).
 
     PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant all=-DXC_GROUP=0 \\
-        [--batch 8] [--input-size 299] [--repeats 10] [--json out.json]
+        [--int8] [--batch 8] [--input-size 299] [--repeats 10] [--threads 1] [--json out.json]
 
 The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
 next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group columns a pixel block may take),
-``XC_TASKS`` (the fewest tasks per thread a GEMM is split into) and ``XC_SPIN`` (the pauses an idle worker
-spins before it sleeps).
+``XC_TASKS`` (the fewest tasks per thread a GEMM is split into), ``XC_SPIN`` (the pauses an idle worker
+spins before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import xception
 from int8_layers import float_model, stage
 from xception.bench import environment
 from xception.fast import native
+from xception.quantize import load_quantized, quantize
+from xception.quantize import native as int8_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,10 +56,23 @@ def build(name: str, flags: str, folder: Path) -> Path:
 
 
 def use(lib: ctypes.CDLL) -> None:
-    """Make the fast path's kernel calls go to ``lib`` from now on."""
+    """Make the fast path's kernel calls (float32 and int8) go to ``lib`` from now on."""
     native.load_kernels = lambda: lib
     native._library.cache_clear()
+    int8_kernels._library.cache_clear()
     native._library()
+    int8_kernels._library()
+
+
+def network(model: torch.nn.Module, calibration: torch.Tensor, int8: bool, folder: Path) -> torch.nn.Module:
+    """The float32 fast path of ``model`` or, with ``int8``, its int8 network (the widths this CPU runs fastest,
+    min/max on ``calibration``), both layer by layer so that the timing hooks run."""
+    if not int8:
+        return xception.optimize(model, kernels="native", replay=False)
+    path = folder / "paper.int8.safetensors"
+    labels = torch.zeros(len(calibration), dtype=torch.long)
+    quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], out=path)
+    return int8_kernels.NativeQuantizedXception(load_quantized(path), replay=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="kernel threads (default 1; with more, each build's pool spins about 0.3 ms after a "
                         "layer, far less than a pass, so the builds' passes in turns do not overlap)")
+    parser.add_argument("--int8", action="store_true", help="the int8 network (quantised as xception quantize "
+                        "does by default) instead of the float32 one")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) if "=" in v else (v, "") for v in args.variant)
@@ -80,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)  # each build's pool takes its size from here
     torch.manual_seed(1)
     size = args.input_size
-    model = float_model(torch.randn(8, 3, size, size))
+    calibration = torch.randn(8, 3, size, size)
+    model = float_model(calibration)
     x = torch.randn(args.batch, 3, size, size)
     with tempfile.TemporaryDirectory() as tmp:
         libs = {}
@@ -88,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"building {name} ({flags or 'no flags'})", flush=True)
             libs[name] = ctypes.CDLL(str(build(name, flags, Path(tmp))))
         use(libs[next(iter(libs))])
-        fast = xception.optimize(model, kernels="native", replay=False)  # layer by layer: the timing hooks run
+        fast = network(model, calibration, args.int8, Path(tmp))
+        layers = (int8_kernels.NativeQConv, int8_kernels.NativeQMaxPool) if args.int8 else \
+            (native.NativeConv, native.NativeMaxPool)
         times: dict[str, float] = {}
         for name, module in fast.named_modules():
-            if isinstance(module, (native.NativeConv, native.NativeMaxPool)):
+            if isinstance(module, layers):
                 forward = module.forward
 
                 def timed(*a: Any, forward: Any = forward, name: str = name.removeprefix("program."), **k: Any) -> Any:
@@ -116,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(logits.values()))
     scale = first.abs().max().item()
     report: dict[str, Any] = {"environment": environment(torch.device("cpu")), "batch": args.batch,
-                              "input_size": size, "repeats": args.repeats, "threads": args.threads,
+                              "input_size": size, "repeats": args.repeats, "threads": args.threads, "int8": args.int8,
                               "variants": variants, "results": {}}
     for name, runs in passes.items():
         layers = {layer: [run[layer] for run in runs] for layer in runs[0]}

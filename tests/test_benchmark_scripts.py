@@ -268,3 +268,17 @@ def test_kernel_ab_builds_each_variant_and_gives_the_same_logits(tmp_path):
         assert result["total"]["min"] >= result["middle flow"]["min"] > 0
         assert "blocks.3.main.0" in result and "stem" in result
     assert "max err vs base: all 0.0e+00" in out
+
+
+@pytest.mark.slow  # builds the kernel library twice
+def test_kernel_ab_of_the_int8_network_gives_the_same_logits(tmp_path):
+    """Two builds that copy int8 patch rows differently compute the same int8 network, timed layer by layer."""
+    from xception.quantize import native
+
+    if not native.available():
+        pytest.skip("no compiled int8 kernels for this CPU")
+    run_script("kernel_ab.py", "--int8", "--variant", "base=", "--variant", "pixels=-DXC_QROWS=0", "--batch", "1",
+               "--input-size", "71", "--repeats", "2", "--json", str(tmp_path / "ab.json"), tiny=False, timeout=900)
+    report = json.loads((tmp_path / "ab.json").read_text())
+    assert report["int8"] is True and report["results"]["pixels"]["max_err"] == 0.0
+    assert {"stem.0", "stem.1", "head", "blocks.3.main.0"} <= set(report["results"]["base"])

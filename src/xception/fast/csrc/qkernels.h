@@ -261,6 +261,9 @@ inline void copy_codes(AType* __restrict out, const std::uint8_t* __restrict src
 
 // k×k patches of output pixels [m0, m0 + rows): row r holds the window in (dy, dx, channel) order, the
 // input's zero point outside the image (the stem's convs, strided 1×1 shortcuts, conv="standard").
+#ifndef XC_QROWS
+#define XC_QROWS 1  // -DXC_QROWS=0: a window row copied channel group by channel group (A/B builds)
+#endif
 void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, AType* __restrict a,
                   long lda) {
     const QGeometry g = geometry(op);
@@ -272,8 +275,17 @@ void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0
         locate(g, m0 + r, n, oy, ox);
         const std::uint8_t* img = in + n * long(g.h) * g.w * c;
         AType* dst = a + long(r) * lda;
+        const int ix0 = ox * g.stride - g.pad_left;
+        // A window row inside the image is k·c consecutive codes: one copy instead of k (the stem's first conv
+        // copies 9 bytes three times instead of 3 bytes nine times).
+        const bool whole_rows = XC_QROWS && std::is_same_v<AType, std::uint8_t> && g.dilation == 1 &&
+                                !op->relu_in && ix0 >= 0 && ix0 + kk <= g.w;
         for (int dy = 0; dy < kk; ++dy) {
             const int iy = oy * g.stride - g.pad_top + dy * g.dilation;
+            if (whole_rows && iy >= 0 && iy < g.h) {
+                std::memcpy(dst + dy * kk * c, img + (long(iy) * g.w + ix0) * c, std::size_t(kk) * c);
+                continue;
+            }
             for (int dx = 0; dx < kk; ++dx) {
                 const int ix = ox * g.stride - g.pad_left + dx * g.dilation;
                 AType* out = dst + (dy * kk + dx) * c;
