@@ -80,7 +80,25 @@ def test_ratios_come_from_the_same_runs_medians(report):
     assert report["ratios"]["fast"]["of_gemm"] == pytest.approx(ips["fast"] / at_gemm)
     if "ort-ours" in ok:
         assert report["ratios"]["ort-ours"]["vs_eager"] == pytest.approx(ips["ort-ours"] / ips["eager"])
+    per_turn = [e / f for f, e in zip(ok["fast"]["times_ms"], ok["eager"]["times_ms"], strict=True)]
+    assert report["paired_ratios"]["fast"]["vs_eager"] == pytest.approx(statistics.median(per_turn))
     assert "vs_eager" not in report["ratios"]["eager"]
+
+
+def test_paired_ratios_follow_the_turns_where_the_ratio_of_medians_does_not():
+    """A host that drifts between turns: turn by turn the contender is 1.2× the baseline in two turns of three,
+    while the ratio of the two medians pairs different turns and reads 1.0×."""
+    from xception.bench.report import _paired_ratios, _ratios
+    from xception.bench.stats import Result
+
+    fast = Result("fast-int8", "inference", batch_size=1, times_ms=[10.0, 30.0, 20.0], precision="int8")
+    ov = Result("ov-int8", "inference", batch_size=1, times_ms=[12.0, 20.0, 60.0], precision="int8")
+    eager = Result("eager", "inference", batch_size=1, times_ms=[5.0, 5.0, 5.0], precision="float32")
+    by_name = {r.name: r for r in (fast, ov, eager)}
+    assert _ratios(fast, by_name, {})["vs_ov_int8"] == pytest.approx(1.0)
+    assert _paired_ratios(fast, by_name) == {"vs_ov_int8": pytest.approx(1.2)}  # not against float32 eager
+    ov.times_ms = ov.times_ms[:2]  # not timed in the same turns: no pairs
+    assert _paired_ratios(fast, by_name) == {}
 
 
 def test_every_inference_contender_is_checked_against_float32_eager(report):

@@ -100,6 +100,9 @@ def test_the_json_report_has_int8_rows_compared_only_with_int8_rows(capsys):
     assert ratios["fast-int8"]["vs_ort_int8"] == pytest.approx(ips["fast-int8"] / ips["ort-int8"])
     table = format_report(report)
     assert "reduced precision: fast-int8, ort-int8" in table and "against ort-int8 and ov-int8" in table
+    paired = report["paired_ratios"]["fast-int8"]["vs_ort_int8"]
+    assert f"turn by turn (median of the per-turn ratios, steadier on a drifting host): fast-int8 ort-int8 " \
+        f"{paired:.2f}×" in table
 
 
 def test_seven_bit_activations_reach_fast_int8_and_the_onnx_contender_keeps_eight(capsys):

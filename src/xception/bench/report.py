@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import time
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +44,8 @@ RATIO_COLUMNS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("of GEMM", ("of_gemm",), ()),
 )
 PACKAGES = ("timm", "onnxruntime", "openvino", "triton")
+# The per-turn ratios the table's footer shows: against the other runtimes (the JSON has every baseline).
+PAIRED_SHOWN = ("ort_timm", "ov_timm", "ov_timm_bf16", "ort_int8", "ov_int8")
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -77,6 +80,8 @@ def make_report(cfg: BenchConfig, results: list[Result], env: dict[str, Any], *,
     anchors = _anchors(by_name.get("gemm"), flops)
     ratios = {r.name: _ratios(r, by_name, anchors) for r in results
               if r.status == "ok" and r.kind != "anchor" and r.images_per_s}
+    paired = {name: row for name, row in ((r.name, _paired_ratios(r, by_name)) for r in results
+                                          if r.status == "ok" and r.kind != "anchor") if row}
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -93,6 +98,7 @@ def make_report(cfg: BenchConfig, results: list[Result], env: dict[str, Any], *,
         "results": [r.to_dict() for r in results],
         "anchors": anchors,
         "ratios": ratios,
+        "paired_ratios": paired,
     }
 
 
@@ -115,6 +121,23 @@ def _ratios(r: Result, by_name: dict[str, Result], anchors: dict[str, Any]) -> d
     gemm = anchors.get("gemm")
     if r.kind == "inference" and gemm is not None and gemm["dtype"] == r.precision:
         row["of_gemm"] = ips / gemm["images_per_s_at_gemm_rate"]
+    return row
+
+
+def _paired_ratios(r: Result, by_name: dict[str, Result]) -> dict[str, float]:
+    """``r``'s throughput over each same-precision baseline's, turn by turn, the median of those ratios: the two
+    calls of a turn ran back to back, so a host whose speed drifts between turns moves both alike (the ratio of
+    medians can pair a fast minute of one with a slow minute of the other)."""
+    row: dict[str, float] = {}
+    for ref in BASELINES[r.kind]:
+        other = by_name.get(ref)
+        if other is None or ref == r.name or other.precision != r.precision or not r.times_ms \
+                or len(other.times_ms) != len(r.times_ms):
+            continue
+        per_turn = [(r.batch_size / mine) / (other.batch_size / theirs)
+                    for mine, theirs in zip(r.times_ms, other.times_ms, strict=True) if mine > 0 and theirs > 0]
+        if per_turn:
+            row[f"vs_{ref.replace('-', '_')}"] = statistics.median(per_turn)
     return row
 
 
@@ -145,6 +168,11 @@ def format_report(report: dict[str, Any]) -> str:
                      "GFLOP/image")
     lines.append("training rows: 'vs timm' columns compare with train-timm / train-timm-compiled; max err: "
                  "max |Δ| / max |logit| against the float32 eager model")
+    paired = [f"{name} {key.removeprefix('vs_').replace('_', '-')} {value:.2f}×"
+              for name, row in report.get("paired_ratios", {}).items() for key, value in row.items()
+              if key.removeprefix("vs_") in PAIRED_SHOWN]
+    if paired:
+        lines.append("turn by turn (median of the per-turn ratios, steadier on a drifting host): " + ", ".join(paired))
     reduced = [r["name"] for r in shown if r.get("precision", "float32") != "float32"]
     if reduced:
         lines.append(f"reduced precision: {', '.join(reduced)}; ratios are only taken between rows of the same "

@@ -3,7 +3,7 @@ each → time them all in turns (with the GEMM anchor) → the report.
 
 Timing in turns (repeat 1 of every contender, then repeat 2 of every contender, …) means that a noisy
 neighbour slows all of them alike; figures are medians over the repeats, and ratios are only ever taken
-between contenders of the same run.
+between contenders of the same run (of their medians, and turn by turn: the report's ``paired_ratios``).
 """
 
 from __future__ import annotations
