@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,11 +114,7 @@ def _anchors(gemm: Result | None, flops: int) -> dict[str, Any]:
 def _ratios(r: Result, by_name: dict[str, Result], anchors: dict[str, Any]) -> dict[str, float]:
     """``r``'s throughput over each baseline's of the same precision, and over the GEMM rate (same dtype)."""
     ips = r.images_per_s or 0.0
-    row: dict[str, float] = {}
-    for ref in BASELINES[r.kind]:
-        other = by_name.get(ref)
-        if other is not None and other.images_per_s and ref != r.name and other.precision == r.precision:
-            row[f"vs_{ref.replace('-', '_')}"] = ips / other.images_per_s
+    row = {key: ips / other.images_per_s for key, other in _baselines(r, by_name) if other.images_per_s}
     gemm = anchors.get("gemm")
     if r.kind == "inference" and gemm is not None and gemm["dtype"] == r.precision:
         row["of_gemm"] = ips / gemm["images_per_s_at_gemm_rate"]
@@ -129,16 +126,22 @@ def _paired_ratios(r: Result, by_name: dict[str, Result]) -> dict[str, float]:
     calls of a turn ran back to back, so a host whose speed drifts between turns moves both alike (the ratio of
     medians can pair a fast minute of one with a slow minute of the other)."""
     row: dict[str, float] = {}
-    for ref in BASELINES[r.kind]:
-        other = by_name.get(ref)
-        if other is None or ref == r.name or other.precision != r.precision or not r.times_ms \
-                or len(other.times_ms) != len(r.times_ms):
+    for key, other in _baselines(r, by_name):
+        if not r.times_ms or len(other.times_ms) != len(r.times_ms):
             continue
         per_turn = [(r.batch_size / mine) / (other.batch_size / theirs)
                     for mine, theirs in zip(r.times_ms, other.times_ms, strict=True) if mine > 0 and theirs > 0]
         if per_turn:
-            row[f"vs_{ref.replace('-', '_')}"] = statistics.median(per_turn)
+            row[key] = statistics.median(per_turn)
     return row
+
+
+def _baselines(r: Result, by_name: dict[str, Result]) -> Iterator[tuple[str, Result]]:
+    """(ratio key, result) of each baseline of ``r``'s kind that ran at ``r``'s precision, ``r`` itself excluded."""
+    for ref in BASELINES[r.kind]:
+        other = by_name.get(ref)
+        if other is not None and ref != r.name and other.precision == r.precision:
+            yield f"vs_{ref.replace('-', '_')}", other
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:

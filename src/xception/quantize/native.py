@@ -231,9 +231,7 @@ class NativeQConv(nn.Module):
                       native._ptr(self.bias), native._ptr(self.mult), native._ptr(None if add is None else add.q),
                       0 if add is None else add.zero_point, self.residual_multiplier, out_zero,
                       _lowest(out_zero, self.relu_out), self.code_max, int(logits), self.kernels)
-        lib = _library()
-        _call(lambda lib: lib.xc_qconv_forward(ctypes.byref(op), x.q.data_ptr(), out.data_ptr()))
-        native._record(native.Call(lib.xc_qconv_forward, op, x.q, out, None if add is None else add.q, checked=True))
+        _run("xc_qconv_forward", op, x.q, out, None if add is None else add.q)
         return out if self.output is None else QTensor(out, *self.output)
 
 
@@ -251,8 +249,7 @@ class NativeQMaxPool(nn.Module):
         oh, ow = (h + top + bottom - k) // s + 1, (w + left + right - k) // s + 1
         out = torch.empty((n, oh, ow, c), dtype=torch.uint8)
         op = native._Pool(n, h, w, c, oh, ow, k, s, top, left, None, 0)
-        _call(lambda lib: lib.xc_qpool_forward(ctypes.byref(op), x.q.data_ptr(), out.data_ptr()))
-        native._record(native.Call(_library().xc_qpool_forward, op, x.q, out, None, checked=True))
+        _run("xc_qpool_forward", op, x.q, out)
         return QTensor(out, x.scale, x.zero_point)
 
 
@@ -263,6 +260,13 @@ def _call(fn: Callable[[ctypes.CDLL], int]) -> None:
         status = fn(lib)
     if status:
         raise MemoryError("the int8 CPU kernels could not run (no scratch memory, or no kernels for this CPU)")
+
+
+def _run(entry: str, op: ctypes.Structure, x: torch.Tensor, out: torch.Tensor, add: torch.Tensor | None = None) -> None:
+    """The kernel ``entry`` on ``op`` from ``x`` into ``out``, recorded for a replay (:func:`native.recording`)."""
+    kernel = getattr(_library(), entry)
+    _call(lambda _lib: kernel(ctypes.byref(op), x.data_ptr(), out.data_ptr()))
+    native._record(native.Call(kernel, op, x, out, add, checked=True))
 
 
 def _native_steps(steps: list[nn.Module]) -> list[nn.Module]:
