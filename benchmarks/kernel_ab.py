@@ -1,14 +1,15 @@
 """A/B of builds of the native kernel library: the same network, each build's kernels called in turns.
 
 Each variant is the library compiled with its own preprocessor flags (``--variant NAME=FLAGS``; the name
-``base`` with no flags is the code as it is), loaded side by side in this process, and the float32 fast path
-of the paper's network (random weights, real BatchNorm statistics, as ``fp32_layers.py``) runs its layers on
-one variant after the other, pass after pass, on one thread (``--threads``: more): on a noisy host only
-differences within one such run mean anything; ``--int8`` times the int8 network (quantised as ``xception
-quantize`` does by default) instead. Every variant's logits are checked against the first's.
-Reports per layer and per stage the minimum and the median of the passes (ms, wall time).
+``base`` with no flags is the code as it is; ``NAME=@REV`` the kernels as git revision REV has them), loaded
+side by side in this process, and the float32 fast path of the paper's network (random weights, real BatchNorm
+statistics, as ``fp32_layers.py``) runs its layers on one variant after the other, pass after pass, on one
+thread (``--threads``: more): on a noisy host only differences within one such run mean anything; ``--int8``
+times the int8 network (quantised as ``xception quantize`` does by default) instead. Every variant's logits
+are checked against the first's. Reports per layer and per stage the minimum and the median of the passes
+(ms, wall time).
 
-    PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant all=-DXC_GROUP=0 \\
+    PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant all=-DXC_GROUP=0 [--variant old=@HEAD] \\
         [--int8] [--batch 8] [--input-size 299] [--repeats 10] [--threads 1] [--json out.json]
 
 The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
@@ -44,10 +45,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(name: str, flags: str, folder: Path) -> Path:
-    """The kernel library compiled with ``flags`` (``CPPFLAGS``), in ``folder``/``name``."""
+    """The kernel library compiled with ``flags`` (``CPPFLAGS``), in ``folder``/``name``; flags that start with
+    ``@REV`` build the kernels' sources as git revision REV has them (then any flags after a space)."""
     out = folder / name
+    tree = ROOT
+    if flags.startswith("@"):
+        rev, _, flags = flags[1:].partition(" ")
+        tree = out / "tree"
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", rev, "setup.py", "src/xception/fast/csrc"], cwd=ROOT,
+                                 capture_output=True)
+        if archive.returncode:
+            raise SystemExit(f"git archive {rev} failed: {archive.stderr.decode(errors='replace').strip()}")
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     proc = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-temp", str(out / "tmp"),
-                           "--build-lib", str(out / "lib")], cwd=ROOT, capture_output=True, text=True,
+                           "--build-lib", str(out / "lib")], cwd=tree, capture_output=True, text=True,
                           env={**os.environ, "CPPFLAGS": flags})
     found = sorted((out / "lib").rglob("_cpu*.so"))
     if proc.returncode or not found:
@@ -78,7 +90,8 @@ def network(model: torch.nn.Module, calibration: torch.Tensor, int8: bool, folde
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", required=True, metavar="NAME=FLAGS",
-                        help="a build to compare: its name and its preprocessor flags (repeatable, two or more)")
+                        help="a build to compare: its name and its preprocessor flags, or @REV: the kernels of "
+                        "git revision REV (repeatable, two or more)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input-size", type=int, default=299)
     parser.add_argument("--repeats", type=int, default=10)

@@ -272,12 +272,13 @@ def test_kernel_ab_builds_each_variant_and_gives_the_same_logits(tmp_path):
 
 @pytest.mark.slow  # builds the kernel library twice
 def test_kernel_ab_of_the_int8_network_gives_the_same_logits(tmp_path):
-    """Two builds that copy int8 patch rows differently compute the same int8 network, timed layer by layer."""
+    """Two builds, one of them the committed kernels (@HEAD) copying int8 patch rows pixel by pixel, compute the
+    same int8 network, timed layer by layer."""
     from xception.quantize import native
 
     if not native.available():
         pytest.skip("no compiled int8 kernels for this CPU")
-    run_script("kernel_ab.py", "--int8", "--variant", "base=", "--variant", "pixels=-DXC_QROWS=0", "--batch", "1",
+    run_script("kernel_ab.py", "--int8", "--variant", "base=", "--variant", "pixels=@HEAD -DXC_QROWS=0", "--batch", "1",
                "--input-size", "71", "--repeats", "2", "--json", str(tmp_path / "ab.json"), tiny=False, timeout=900)
     report = json.loads((tmp_path / "ab.json").read_text())
     assert report["int8"] is True and report["results"]["pixels"]["max_err"] == 0.0

@@ -131,70 +131,58 @@ struct QDepthwise {
         }
     }
 
-    // `count` neighbouring output pixels of a 3×3, stride-1 conv whose windows lie inside the image: for each
-    // vector of channels a 3×3 window of input vectors slides along the row, so each input is read and
-    // converted once per output row (not once per tap).
+    // `count` neighbouring output pixels of a 3×3, stride-1 conv whose windows lie inside the image, one vector
+    // of channels at a time. Each input column (a vector from each of the window's three rows) is read and
+    // converted once and feeds the three outputs whose windows hold it: with the window's right column it
+    // finishes output i − 2, with the middle one it adds to output i − 1, with the left one it starts output i.
+    // Two running sums and the column in hand are all that live: the sliding window stays in registers.
     template <bool Folded, bool Relu>
-    struct Window {
-        const QDepthwise& dw;
-        const std::uint8_t* p;  // the window's top-left input, at this vector of channels
-        long step, down;
-        int ch, left;
-        V start, mult;
-        V x[3][3];              // [row][column % 3]: the columns are a ring, rotated by unrolling in threes
-        alignas(32) float w[9][LANES];  // the taps' weights, at fixed offsets for the whole row
-
-        V input(const std::uint8_t* q) const { return dw.input(q, left, Relu, Folded); }
-        V tap(int t) const { return vload(w[t]); }
-        void prime() {  // the weights, and the first two columns of the window
-            for (int t = 0; t < 9; ++t) vstoreu(w[t], dw.weight(t, ch, left));
-            for (int dy = 0; dy < 3; ++dy) {
-                x[dy][0] = input(p + dy * down);
-                x[dy][1] = input(p + dy * down + step);
-            }
-        }
-
-        // Output pixel i of the row, its window's columns i, i + 1 and i + 2 (J = i % 3): the last one is new.
-        template <int J>
-        void next(int r, int i) {
-            const std::uint8_t* q = p + (i + 2) * step;
-#pragma GCC unroll 3
-            for (int dy = 0; dy < 3; ++dy) x[dy][(J + 2) % 3] = input(q + dy * down);
-            V acc[3];  // one sum per row of the window: three short dependency chains
-#pragma GCC unroll 3
-            for (int dy = 0; dy < 3; ++dy) {
-                acc[dy] = vfma(x[dy][J], tap(3 * dy), dy == 0 ? start : vzero());
-                acc[dy] = vfma(x[dy][(J + 1) % 3], tap(3 * dy + 1), acc[dy]);
-                acc[dy] = vfma(x[dy][(J + 2) % 3], tap(3 * dy + 2), acc[dy]);
-            }
-            const V sum = vadd(vadd(acc[0], acc[1]), acc[2]);
-            if constexpr (Folded) dw.store(r + i, ch, left, vmul(sum, mult));
-            else dw.finish(r + i, ch, left, sum);
-        }
-    };
-
-    template <bool Folded>
     void row(int r, const std::uint8_t* img, int oy, int ox, int count) const {
-        if (op->relu_in) slide<Folded, true>(r, img, oy, ox, count);
-        else slide<Folded, false>(r, img, oy, ox, count);
-    }
-
-    template <bool Folded, bool Relu>
-    void slide(int r, const std::uint8_t* img, int oy, int ox, int count) const {
         const long step = g.c, down = long(g.w) * g.c;
         const std::uint8_t* top = img + ((oy - g.pad_top) * down + (ox - g.pad_left) * step);
-        for (int ch = 0; ch < g.c; ch += LANES) {
-            Window<Folded, Relu> win{*this, top + ch, step, down, ch, g.c - ch,
-                                     Folded ? vloadu(op->dw_start + ch) : vzero(), vloadu(op->dw_mult + ch), {}, {}};
-            win.prime();
-            int i = 0;
-            for (; i + 3 <= count; i += 3) {
-                win.template next<0>(r, i);
-                win.template next<1>(r, i + 1);
-                win.template next<2>(r, i + 2);
-            }
-            if (i < count) win.template next<0>(r, i);
-            if (i + 1 < count) win.template next<1>(r, i + 1);
+        int ch = 0;
+        for (; ch + LANES <= g.c; ch += LANES) slide<Folded, Relu, true>(r, top + ch, step, down, ch, count);
+        if (ch < g.c) slide<Folded, Relu, false>(r, top + ch, step, down, ch, count);
+    }
+
+    template <bool Folded, bool Relu, bool Full>
+    void slide(int r, const std::uint8_t* p, long step, long down, int ch, int count) const {
+        const int left = Full ? LANES : g.c - ch;
+        alignas(32) float w[9][LANES];  // the taps' weights, at fixed offsets for the whole row
+        for (int t = 0; t < 9; ++t) vstoreu(w[t], weight(t, ch, left));
+        const V start = Folded ? vloadu(op->dw_start + ch) : vzero(), mult = vloadu(op->dw_mult + ch);
+        V x0, x1, x2;
+        auto column = [&](int i) {
+            const std::uint8_t* q = p + i * step;
+            x0 = input(q, left, Relu, Folded);
+            x1 = input(q + down, left, Relu, Folded);
+            x2 = input(q + 2 * down, left, Relu, Folded);
+        };
+        auto dot = [&](V acc, int dx) {  // acc + the column times the window's column dx
+            acc = vfma(x0, vload(w[dx]), acc);
+            acc = vfma(x1, vload(w[3 + dx]), acc);
+            return vfma(x2, vload(w[6 + dx]), acc);
+        };
+        auto emit = [&](int i, V sum) {
+            if constexpr (Folded) store(r + i, ch, left, vmul(sum, mult));
+            else finish(r + i, ch, left, sum);
+        };
+        column(0);
+        V a = dot(start, 0), b = start;  // the sums of outputs i − 2 and i − 1
+        column(1);
+        if (count > 1) b = dot(start, 0);
+        a = dot(a, 1);
+        int i = 2;
+        for (; i < count; ++i) {
+            column(i);
+            emit(i - 2, dot(a, 2));
+            a = dot(b, 1);
+            b = dot(start, 0);
+        }
+        for (; i < count + 2; ++i) {  // the last two columns only finish outputs
+            column(i);
+            emit(i - 2, dot(a, 2));
+            a = dot(b, 1);
         }
     }
 
@@ -219,9 +207,9 @@ struct QDepthwise {
                 pixel(r, img, oy, ox);
                 done = 1;
             } else if (op->dw_start) {
-                row<true>(r, img, oy, ox, done);
+                op->relu_in ? row<true, true>(r, img, oy, ox, done) : row<true, false>(r, img, oy, ox, done);
             } else {
-                row<false>(r, img, oy, ox, done);
+                op->relu_in ? row<false, true>(r, img, oy, ox, done) : row<false, false>(r, img, oy, ox, done);
             }
             if (lda > g.c)
                 for (int p = r; p < r + done; ++p) std::fill(a + long(p) * lda + g.c, a + long(p + 1) * lda, T(0));
@@ -235,13 +223,37 @@ void q_depthwise_rows(const xc_qconv* op, const std::uint8_t* in, long m0, int r
     QDepthwise<T>{op, geometry(op), in, m0, a, lda}.run(rows);
 }
 
+// `len` bytes in fixed-size moves, the last one overlapping the one before (a call to memcpy costs more than
+// the copy for the short rows of patches: the stem's 9 and 96 bytes, a shortcut's pixel).
+template <int N>
+inline void move_bytes(std::uint8_t* __restrict dst, const std::uint8_t* __restrict src) {
+    std::uint8_t part[N];
+    std::memcpy(part, src, N);
+    std::memcpy(dst, part, N);
+}
+
+inline void copy_bytes(std::uint8_t* __restrict dst, const std::uint8_t* __restrict src, int len) {
+    if (len >= 32) {
+        for (int i = 0; i + 32 < len; i += 32) move_bytes<32>(dst + i, src + i);
+        move_bytes<32>(dst + len - 32, src + len - 32);
+    } else if (len >= 16) {
+        move_bytes<16>(dst, src);
+        move_bytes<16>(dst + len - 16, src + len - 16);
+    } else if (len >= 8) {
+        move_bytes<8>(dst, src);
+        move_bytes<8>(dst + len - 8, src + len - 8);
+    } else {
+        for (int i = 0; i < len; ++i) dst[i] = src[i];
+    }
+}
+
 // c input codes into A (with the input ReLU, max(q, z)). Byte-wide A takes them as they are: a copy, or a
 // byte-wise max the compiler vectorises 32 at a time; wider A goes through int32 lanes.
 inline void copy_codes(AType* __restrict out, const std::uint8_t* __restrict src, int c, bool relu, int z, VI zin) {
     if constexpr (std::is_same_v<AType, std::uint8_t>) {
         (void)zin;
         if (!relu) {
-            std::memcpy(out, src, std::size_t(c));
+            copy_bytes(reinterpret_cast<std::uint8_t*>(out), src, c);
             return;
         }
         const std::uint8_t floor = std::uint8_t(z);
@@ -269,10 +281,10 @@ void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0
     const QGeometry g = geometry(op);
     const int c = g.c, kk = g.k, z = op->in_zero;
     const VI zin = vi_set1(z);
+    long n;
+    int oy, ox;
+    locate(g, m0, n, oy, ox);  // then stepped pixel by pixel
     for (int r = 0; r < rows; ++r) {
-        long n;
-        int oy, ox;
-        locate(g, m0 + r, n, oy, ox);
         const std::uint8_t* img = in + n * long(g.h) * g.w * c;
         AType* dst = a + long(r) * lda;
         const int ix0 = ox * g.stride - g.pad_left;
@@ -283,11 +295,12 @@ void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0
         for (int dy = 0; dy < kk; ++dy) {
             const int iy = oy * g.stride - g.pad_top + dy * g.dilation;
             if (whole_rows && iy >= 0 && iy < g.h) {
-                std::memcpy(dst + dy * kk * c, img + (long(iy) * g.w + ix0) * c, std::size_t(kk) * c);
+                copy_bytes(reinterpret_cast<std::uint8_t*>(dst + dy * kk * c), img + (long(iy) * g.w + ix0) * c,
+                           kk * c);
                 continue;
             }
             for (int dx = 0; dx < kk; ++dx) {
-                const int ix = ox * g.stride - g.pad_left + dx * g.dilation;
+                const int ix = ix0 + dx * g.dilation;
                 AType* out = dst + (dy * kk + dx) * c;
                 if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
                     std::fill(out, out + c, AType(z));
@@ -298,6 +311,13 @@ void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0
             }
         }
         std::fill(dst + op->k_dim, dst + lda, AType(0));
+        if (++ox == g.ow) {
+            ox = 0;
+            if (++oy == g.oh) {
+                oy = 0;
+                ++n;
+            }
+        }
     }
 }
 
@@ -414,29 +434,48 @@ void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0,
     }
 }
 
-// k×k max-pool on codes (exact: the map from code to value is increasing), no residual.
+// k×k max-pool on codes (exact: the map from code to value is increasing), no residual. The max of the codes
+// is their byte-wise max, 32 channels at a time; a window inside the input takes its taps at fixed offsets.
 void q_maxpool_rows(const xc_pool* op, const std::uint8_t* __restrict in, std::uint8_t* __restrict out, long row0,
                     long row1) {
     const int c = op->c, k = std::min(op->kernel, 7);
+    long inside[49];  // the taps' offsets from the window's first input, for a window inside the input
+    for (int dy = 0; dy < k; ++dy)
+        for (int dx = 0; dx < k; ++dx) inside[dy * k + dx] = (long(dy) * op->w + dx) * c;
     for (long row = row0; row < row1; ++row) {
         const long n = row / op->oh;
-        const int oy = int(row % op->oh);
+        const int oy = int(row % op->oh), iy0 = oy * op->stride - op->pad_top;
         const std::uint8_t* img = in + n * long(op->h) * op->w * c;
         for (int ox = 0; ox < op->ow; ++ox) {
-            long offs[49];
+            const int ix0 = ox * op->stride - op->pad_left;
+            long edge[49];
+            const long* offs = edge;
+            const std::uint8_t* src = img;
             int taps = 0;
-            for (int dy = 0; dy < k; ++dy) {
-                const int iy = oy * op->stride - op->pad_top + dy;
-                if (iy < 0 || iy >= op->h) continue;
-                for (int dx = 0; dx < k; ++dx) {
-                    const int ix = ox * op->stride - op->pad_left + dx;
-                    if (ix >= 0 && ix < op->w) offs[taps++] = (long(iy) * op->w + ix) * c;
+            if (iy0 >= 0 && iy0 + k <= op->h && ix0 >= 0 && ix0 + k <= op->w) {
+                offs = inside;
+                src = img + (long(iy0) * op->w + ix0) * c;
+                taps = k * k;
+            } else {  // the taps inside the input only: padding never wins
+                for (int dy = 0; dy < k; ++dy) {
+                    const int iy = iy0 + dy;
+                    if (iy < 0 || iy >= op->h) continue;
+                    for (int dx = 0; dx < k; ++dx) {
+                        const int ix = ix0 + dx;
+                        if (ix >= 0 && ix < op->w) edge[taps++] = (long(iy) * op->w + ix) * c;
+                    }
                 }
             }
             std::uint8_t* dst = out + (row * op->ow + ox) * c;
-            for (int ch = 0; ch < c; ch += LANES) {
+            int ch = 0;
+            for (; ch + BYTES <= c; ch += BYTES) {
+                VB m = vb_loadu(src + offs[0] + ch);  // every window holds an input
+                for (int t = 1; t < taps; ++t) m = vb_max(m, vb_loadu(src + offs[t] + ch));
+                vb_storeu(dst + ch, m);
+            }
+            for (; ch < c; ch += LANES) {
                 VI m = vi_set1(0);
-                for (int t = 0; t < taps; ++t) m = vi_max(m, vi_load_u8_n(img + offs[t] + ch, c - ch));
+                for (int t = 0; t < taps; ++t) m = vi_max(m, vi_load_u8_n(src + offs[t] + ch, c - ch));
                 vi_store_u8_n(dst + ch, m, c - ch);
             }
         }

@@ -98,4 +98,10 @@ inline void vi_store_i16_n(std::int16_t* p, VI x, int n) {
         std::memcpy(p, part, sizeof(std::int16_t) * std::size_t(std::max(n, 0)));
     }
 }
+// 32 uint8 codes as bytes (the int8 max-pool: the byte-wise max is the max of the codes).
+using VB = __m256i;
+constexpr int BYTES = 32;
+inline VB vb_loadu(const std::uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline VB vb_max(VB a, VB b) { return _mm256_max_epu8(a, b); }
+inline void vb_storeu(std::uint8_t* p, VB x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x); }
 }  // namespace
