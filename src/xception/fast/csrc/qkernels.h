@@ -29,6 +29,10 @@
 
 namespace {
 
+// The sliding depthwise window's helpers must inline into each of its instantiations, or its sums leave the
+// registers at every call.
+#define XC_INLINE __attribute__((always_inline))
+
 inline int padded_depth(int k_dim) { return (k_dim + KG - 1) / KG * KG; }
 
 inline void store_codes(std::int16_t* p, VI x, int n) { vi_store_i16_n(p, x, n); }
@@ -86,7 +90,7 @@ struct QDepthwise {
 
     // Input codes as floats: q − z, or (Folded) q itself; max(q, z) first under an input ReLU.
     V input(const std::uint8_t* p, int left) const { return input(p, left, op->relu_in, false); }
-    V input(const std::uint8_t* p, int left, bool relu, bool folded) const {
+    XC_INLINE V input(const std::uint8_t* p, int left, bool relu, bool folded) const {
         VI q = vi_load_u8_n(p, left);
         if (relu) q = vi_max(q, zin);
         return vi_to_float(folded ? q : vi_sub(q, zin));
@@ -96,14 +100,14 @@ struct QDepthwise {
         return left >= LANES ? vloadu(w) : vload_n(w, left);
     }
     // Row r's channels [ch, ch + left) from their scaled sums f32(Σ + bias)·M.
-    void store(int r, int ch, int left, V v) const {
+    XC_INLINE void store(int r, int ch, int left, V v) const {
         if (residual) {
             const VI res = vi_sub(vi_load_u8_n(residual + (m0 + r) * long(g.c) + ch, left), rzero);
             v = vadd(v, vmul(vi_to_float(res), rmult));
         }
         store_codes(a + long(r) * lda + ch, rq.codes(v), left);
     }
-    void finish(int r, int ch, int left, V acc) const {
+    XC_INLINE void finish(int r, int ch, int left, V acc) const {
         const VI sum = vi_add(v_trunc_to_int(acc), vi_loadu(op->dw_bias + ch));
         store(r, ch, left, vmul(vi_to_float(sum), vloadu(op->dw_mult + ch)));
     }
@@ -131,39 +135,63 @@ struct QDepthwise {
         }
     }
 
-    // `count` neighbouring output pixels of a 3×3, stride-1 conv whose windows lie inside the image, one vector
-    // of channels at a time. Each input column (a vector from each of the window's three rows) is read and
-    // converted once and feeds the three outputs whose windows hold it: with the window's right column it
-    // finishes output i − 2, with the middle one it adds to output i − 1, with the left one it starts output i.
-    // Two running sums and the column in hand are all that live: the sliding window stays in registers.
+    // `count` neighbouring output pixels of a 3×3, stride-1 conv, one vector of channels at a time. Each input
+    // column (a vector from each of the window's three rows) is read and converted once and feeds the three
+    // outputs whose windows hold it: with the window's right column it finishes output i − 2, with the middle
+    // one it adds to output i − 1, with the left one it starts output i. Two running sums and the column in hand
+    // are all that live: the sliding window stays in registers. A window may reach one pixel past the border
+    // on each side (the 'same' padding of a 3×3 conv): a column or a row (Outside: 1 the top, 2 the bottom)
+    // there is the zero point's value.
     template <bool Folded, bool Relu>
     void row(int r, const std::uint8_t* img, int oy, int ox, int count) const {
-        const long step = g.c, down = long(g.w) * g.c;
-        const std::uint8_t* top = img + ((oy - g.pad_top) * down + (ox - g.pad_left) * step);
+        const int iy0 = oy - g.pad_top, ix0 = ox - g.pad_left;
+        const int outside = (iy0 < 0 ? 1 : 0) | (iy0 + 2 >= g.h ? 2 : 0);
+        const long down = long(g.w) * g.c;
+        const std::uint8_t* mid = img + (iy0 + 1) * down;  // the window's middle row: always inside
         int ch = 0;
-        for (; ch + LANES <= g.c; ch += LANES) slide<Folded, Relu, true>(r, top + ch, step, down, ch, count);
-        if (ch < g.c) slide<Folded, Relu, false>(r, top + ch, step, down, ch, count);
+        for (; ch + LANES <= g.c; ch += LANES) {
+            switch (outside) {
+            case 0: slide<Folded, Relu, true, 0>(r, mid, down, ix0, ch, count); break;
+            case 1: slide<Folded, Relu, true, 1>(r, mid, down, ix0, ch, count); break;
+            case 2: slide<Folded, Relu, true, 2>(r, mid, down, ix0, ch, count); break;
+            default: slide<Folded, Relu, true, 3>(r, mid, down, ix0, ch, count); break;
+            }
+        }
+        if (ch < g.c) {
+            switch (outside) {
+            case 0: slide<Folded, Relu, false, 0>(r, mid, down, ix0, ch, count); break;
+            case 1: slide<Folded, Relu, false, 1>(r, mid, down, ix0, ch, count); break;
+            case 2: slide<Folded, Relu, false, 2>(r, mid, down, ix0, ch, count); break;
+            default: slide<Folded, Relu, false, 3>(r, mid, down, ix0, ch, count); break;
+            }
+        }
     }
 
-    template <bool Folded, bool Relu, bool Full>
-    void slide(int r, const std::uint8_t* p, long step, long down, int ch, int count) const {
+    template <bool Folded, bool Relu, bool Full, int Outside>
+    void slide(int r, const std::uint8_t* mid, long down, int ix0, int ch, int count) const {
         const int left = Full ? LANES : g.c - ch;
         alignas(32) float w[9][LANES];  // the taps' weights, at fixed offsets for the whole row
         for (int t = 0; t < 9; ++t) vstoreu(w[t], weight(t, ch, left));
         const V start = Folded ? vloadu(op->dw_start + ch) : vzero(), mult = vloadu(op->dw_mult + ch);
+        const V padding = Folded ? vset1(float(op->in_zero)) : vzero();  // the zero point, as input() gives it
         V x0, x1, x2;
-        auto column = [&](int i) {
-            const std::uint8_t* q = p + i * step;
-            x0 = input(q, left, Relu, Folded);
-            x1 = input(q + down, left, Relu, Folded);
-            x2 = input(q + 2 * down, left, Relu, Folded);
+        auto inside = [&](int i) XC_INLINE {  // column i of the run, at input column ix0 + i inside the image
+            const std::uint8_t* q = mid + (long(ix0) + i) * g.c + ch;
+            x0 = Outside & 1 ? padding : input(q - down, left, Relu, Folded);
+            x1 = input(q, left, Relu, Folded);
+            x2 = Outside & 2 ? padding : input(q + down, left, Relu, Folded);
         };
-        auto dot = [&](V acc, int dx) {  // acc + the column times the window's column dx
+        auto column = [&](int i) XC_INLINE {  // any column: the first and the last may lie on the padding
+            const int ix = ix0 + i;
+            if (ix >= 0 && ix < g.w) inside(i);
+            else x0 = x1 = x2 = padding;
+        };
+        auto dot = [&](V acc, int dx) XC_INLINE {  // acc + the column times the window's column dx
             acc = vfma(x0, vload(w[dx]), acc);
             acc = vfma(x1, vload(w[3 + dx]), acc);
             return vfma(x2, vload(w[6 + dx]), acc);
         };
-        auto emit = [&](int i, V sum) {
+        auto emit = [&](int i, V sum) XC_INLINE {
             if constexpr (Folded) store(r + i, ch, left, vmul(sum, mult));
             else finish(r + i, ch, left, sum);
         };
@@ -173,8 +201,8 @@ struct QDepthwise {
         if (count > 1) b = dot(start, 0);
         a = dot(a, 1);
         int i = 2;
-        for (; i < count; ++i) {
-            column(i);
+        for (; i < count; ++i) {  // columns 2 … count − 1 lie inside the image
+            inside(i);
             emit(i - 2, dot(a, 2));
             a = dot(b, 1);
             b = dot(start, 0);
@@ -186,12 +214,13 @@ struct QDepthwise {
         }
     }
 
-    // How many output pixels from (oy, ox) on, at most `rows_left`, row() can take: 0 if none.
+    // How many output pixels from (oy, ox) on, at most `rows_left`, row() can take: 0 if none. Its windows
+    // reach at most one pixel past each border.
     int row_length(int rows_left, int oy, int ox) const {
         if (g.k != 3 || g.stride != 1 || g.dilation != 1) return 0;
         const int iy = oy - g.pad_top;
-        if (iy < 0 || iy + 3 > g.h) return 0;
-        const int first = g.pad_left, last = std::min(g.ow - 1, g.w - 3 + g.pad_left);  // ox with 0 ≤ ix ≤ w − 3
+        if (iy < -1 || iy + 2 > g.h) return 0;
+        const int first = std::max(0, g.pad_left - 1), last = std::min(g.ow - 1, g.w - 2 + g.pad_left);
         if (ox < first || ox > last) return 0;
         return std::min(rows_left, last - ox + 1);
     }
