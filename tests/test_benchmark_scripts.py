@@ -6,6 +6,7 @@ up here first, not there; the CPU ones on a few updates or images.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,24 @@ def test_kernel_ab_of_the_int8_network_gives_the_same_logits(tmp_path):
     report = json.loads((tmp_path / "ab.json").read_text())
     assert report["int8"] is True and report["results"]["pixels"]["max_err"] == 0.0
     assert {"stem.0", "stem.1", "head", "blocks.3.main.0"} <= set(report["results"]["base"])
+
+
+@pytest.mark.slow  # compiles a C++ program
+def test_the_int8_microbenchmark_builds_against_the_kernels_and_reports_each_part(tmp_path):
+    """benchmarks/int8_micro.cpp includes the kernels' sources as they are: it must still compile with them and
+    print every figure it promises (GEMM rates that are positive numbers, not nan)."""
+    from xception.quantize import native
+
+    compiler = shutil.which("g++")
+    if compiler is None or native.isa() == "none":
+        pytest.skip("needs g++ and a CPU with the AVX2 int8 kernels")
+    exe = tmp_path / "int8_micro"
+    subprocess.run([compiler, "-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off", "-I",
+                    str(ROOT / "src/xception/fast/csrc"), str(ROOT / "benchmarks/int8_micro.cpp"), "-o", str(exe)],
+                   check=True, capture_output=True, timeout=300)
+    out = subprocess.run([str(exe), "1"], check=True, capture_output=True, text=True, timeout=300).stdout
+    rates = [float(r) for r in re.findall(r"([\d.]+) GMAC/s", out)]
+    depthwise = re.findall(r"channels: (-?\d+\.\d+) ns", out)  # a difference of two timings
+    assert len(rates) == 4 and all(r > 0 for r in rates), out
+    assert len(depthwise) == 4, out
+    assert re.search(r"FMA: [\d.]+ G instructions/s", out) and out.count(" -> ") == 7, out
