@@ -46,6 +46,8 @@ SEPARABLE = [  # (channels in, out, size, stride, dilation, relu_in, relu_mid + 
     (128, 256, 15, 2, 1, True, False, False, True),
     (37, 33, 9, 1, 2, True, True, True, True),
     (3, 5, 7, 2, 2, False, False, False, False),
+    (20, 12, 2, 1, 1, True, True, False, False),  # windows past the border above and below at once, runs of 2
+    (16, 8, 1, 1, 1, False, False, True, True),  # a 1 × 1 map: one output, its window all padding but the centre
 ]
 
 

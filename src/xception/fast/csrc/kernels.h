@@ -117,6 +117,10 @@ struct Geometry {  // where output pixel m of the GEMM reads its input window
 // outputs read DW_GROUP + 2 input vectors per row once (and apply the input ReLU once to each) instead of
 // three times. Pixels near the border, and strided or dilated windows, take the checked path.
 constexpr int DW_GROUP = LANES == 16 ? 8 : 4;
+#ifndef XC_DWSLIDE
+#define XC_DWSLIDE 1  // -DXC_DWSLIDE=0: stride-1 runs take the grouped path below (A/B builds)
+#endif
+#define XC_ALWAYS_INLINE __attribute__((always_inline))
 
 template <bool ReluIn>
 inline V dw_pixel(const float* const rows[3], const bool row_ok[3], const Geometry& g, int ox, int ch, int left,
@@ -138,11 +142,95 @@ inline V dw_pixel(const float* const rows[3], const bool row_ok[3], const Geomet
     return acc;
 }
 
+// A run of a 3×3, stride-1 conv's output row whose windows reach at most one pixel past the border, where the
+// padding is a real zero (Outside: 1 the row above the image, 2 the one below), one vector of channels: each
+// input column is read once and feeds the three outputs that hold it, as in the int8 prologue (qkernels.h):
+// with the window's right column it finishes output i − 2, with the middle one it adds to output i − 1, with the
+// left one it starts output i. The nine taps, two running sums and the column in hand stay in registers.
+template <bool ReluIn, bool Full, int Outside>
+void depthwise3_slide(const float* __restrict mid, long down, const Geometry& g, int ix0, int count, int ch,
+                      const float* __restrict w, V b0, bool relu_mid, float* __restrict out) {
+    const int c = g.c, left = Full ? LANES : c - ch;
+    V wt[9];
+    for (int t = 0; t < 9; ++t) wt[t] = Full ? vloadu(w + long(t) * c + ch) : vload_n(w + long(t) * c + ch, left);
+    V x0, x1, x2;
+    auto load = [&](const float* p) XC_ALWAYS_INLINE {
+        V x = Full ? vloadu(p) : vload_n(p, left);
+        if constexpr (ReluIn) x = vmax(x, vzero());
+        return x;
+    };
+    auto inside = [&](int i) XC_ALWAYS_INLINE {  // column i of the run, at input column ix0 + i inside the image
+        const float* q = mid + (long(ix0) + i) * c + ch;
+        x0 = Outside & 1 ? vzero() : load(q - down);
+        x1 = load(q);
+        x2 = Outside & 2 ? vzero() : load(q + down);
+    };
+    auto column = [&](int i) XC_ALWAYS_INLINE {  // any column: the first and the last may lie on the padding
+        const int ix = ix0 + i;
+        if (ix >= 0 && ix < g.w) inside(i);
+        else x0 = x1 = x2 = vzero();
+    };
+    auto dot = [&](V acc, int dx) XC_ALWAYS_INLINE {  // acc + the column times the window's column dx
+        acc = vfma(x0, wt[dx], acc);
+        acc = vfma(x1, wt[3 + dx], acc);
+        return vfma(x2, wt[6 + dx], acc);
+    };
+    auto emit = [&](int i, V acc) XC_ALWAYS_INLINE {
+        if (relu_mid) acc = vmax(acc, vzero());
+        float* dst = out + long(i) * c + ch;
+        if (Full) vstoreu(dst, acc); else vstore_n(dst, acc, left);
+    };
+    column(0);
+    V a = dot(b0, 0), b = b0;  // the sums of outputs i − 2 and i − 1
+    column(1);
+    if (count > 1) b = dot(b0, 0);
+    a = dot(a, 1);
+    int i = 2;
+    for (; i < count; ++i) {  // columns 2 … count − 1 lie inside the image
+        inside(i);
+        emit(i - 2, dot(a, 2));
+        a = dot(b, 1);
+        b = dot(b0, 0);
+    }
+    for (; i < count + 2; ++i) {  // the last two columns only finish outputs
+        column(i);
+        emit(i - 2, dot(a, 2));
+        a = dot(b, 1);
+    }
+}
+
+template <bool ReluIn, bool Full>
+void depthwise3_slide_any(int outside, const float* mid, long down, const Geometry& g, int ix0, int count, int ch,
+                          const float* w, V b0, bool relu_mid, float* out) {
+    switch (outside) {
+    case 0: depthwise3_slide<ReluIn, Full, 0>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out); break;
+    case 1: depthwise3_slide<ReluIn, Full, 1>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out); break;
+    case 2: depthwise3_slide<ReluIn, Full, 2>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out); break;
+    default: depthwise3_slide<ReluIn, Full, 3>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out); break;
+    }
+}
+
 template <bool ReluIn>
 void depthwise3_run(const float* __restrict img, const Geometry& g, int oy, int ox0, int count,
                     const float* __restrict w, const float* __restrict bias, bool relu_mid, float* __restrict out) {
     const int c = g.c, s = g.stride, d = g.dilation;
     const int iy0 = oy * s - g.pad_top;
+    const int ix_first = ox0 - g.pad_left, ix_last = ox0 + count - 1 - g.pad_left;  // at stride 1
+    if (XC_DWSLIDE && s == 1 && d == 1 && iy0 >= -1 && iy0 + 2 <= g.h && ix_first >= -1 && ix_last + 2 <= g.w) {
+        const long down = long(g.w) * c;
+        const float* mid = img + long(iy0 + 1) * down;  // the windows' middle row: always inside
+        const int outside = (iy0 < 0 ? 1 : 0) | (iy0 + 2 >= g.h ? 2 : 0);
+        int ch = 0;
+        for (; ch + LANES <= c; ch += LANES) {
+            const V b0 = bias ? vloadu(bias + ch) : vzero();
+            depthwise3_slide_any<ReluIn, true>(outside, mid, down, g, ix_first, count, ch, w, b0, relu_mid, out);
+        }
+        if (ch < c) {
+            const V b0 = bias ? vload_n(bias + ch, c - ch) : vzero();
+            depthwise3_slide_any<ReluIn, false>(outside, mid, down, g, ix_first, count, ch, w, b0, relu_mid, out);
+        }
+        return;
+    }
     bool row_ok[3];
     const float* rows[3];
     for (int dy = 0; dy < 3; ++dy) {
