@@ -62,14 +62,14 @@ def test_resolved_toml_round_trips_and_reads_back_as_a_recipe(tmp_path):
 
 
 def test_overrides_set_any_setting_and_model_option():
-    r = apply_overrides(load_recipe("fashion-mnist"), ["lr=0.05", "model.width=0.5", "scale=[0.5, 1.0]",
+    r = apply_overrides(load_recipe("fashion-mnist"), ["lr=0.05", "model.width=0.75", "scale=[0.5, 1.0]",
                                                         "nesterov=false", "optim.epochs=3"])
-    assert (r.lr, r.model_options["width"], r.scale, r.nesterov, r.epochs) == (0.05, 0.5, (0.5, 1.0), False, 3)
+    assert (r.lr, r.model_options["width"], r.scale, r.nesterov, r.epochs) == (0.05, 0.75, (0.5, 1.0), False, 3)
     assert r.model_options["stem"] == "small"  # the other model options stay
     # The recipe's description no longer fits it: the run's config.toml says what changed.
     base = load_recipe("fashion-mnist")
     assert note_changes(base, r).description == base.description + (
-        "; changed: scale=[0.5, 1.0], epochs=3, lr=0.05, nesterov=false, model.width=0.5")
+        "; changed: scale=[0.5, 1.0], epochs=3, lr=0.05, nesterov=false, model.width=0.75")
     assert note_changes(base, base) == base
 
 
