@@ -13,7 +13,7 @@ setup(
                      f"{CSRC}/qkernels_avx2.cpp", f"{CSRC}/qkernels_avx2_s7.cpp",
                      f"{CSRC}/qkernels_avx512_vnni.cpp", f"{CSRC}/qkernels_avx2_s7a7.cpp"],
             depends=[f"{CSRC}/api.h", f"{CSRC}/kernels.h", f"{CSRC}/qkernels.h", f"{CSRC}/qdot_tile.h",
-                     f"{CSRC}/simd_avx2.h"],
+                     f"{CSRC}/slide.h", f"{CSRC}/simd_avx2.h"],
             include_dirs=[CSRC],
             extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno", "-fvisibility=hidden",
                                 "-ffp-contract=off"],

@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "api.h"
+#include "slide.h"
 
 namespace {
 
@@ -143,10 +144,8 @@ inline V dw_pixel(const float* const rows[3], const bool row_ok[3], const Geomet
 }
 
 // A run of a 3×3, stride-1 conv's output row whose windows reach at most one pixel past the border, where the
-// padding is a real zero (Outside: 1 the row above the image, 2 the one below), one vector of channels: each
-// input column is read once and feeds the three outputs that hold it, as in the int8 prologue (qkernels.h):
-// with the window's right column it finishes output i − 2, with the middle one it adds to output i − 1, with the
-// left one it starts output i. The nine taps, two running sums and the column in hand stay in registers.
+// padding is a real zero (Outside: 1 the row above the image, 2 the one below), one vector of channels, its
+// window slid along the row (slide.h) with the nine taps in registers.
 template <bool ReluIn, bool Full, int Outside>
 void depthwise3_slide(const float* __restrict mid, long down, const Geometry& g, int ix0, int count, int ch,
                       const float* __restrict w, V b0, bool relu_mid, float* __restrict out) {
@@ -180,23 +179,7 @@ void depthwise3_slide(const float* __restrict mid, long down, const Geometry& g,
         float* dst = out + long(i) * c + ch;
         if (Full) vstoreu(dst, acc); else vstore_n(dst, acc, left);
     };
-    column(0);
-    V a = dot(b0, 0), b = b0;  // the sums of outputs i − 2 and i − 1
-    column(1);
-    if (count > 1) b = dot(b0, 0);
-    a = dot(a, 1);
-    int i = 2;
-    for (; i < count; ++i) {  // columns 2 … count − 1 lie inside the image
-        inside(i);
-        emit(i - 2, dot(a, 2));
-        a = dot(b, 1);
-        b = dot(b0, 0);
-    }
-    for (; i < count + 2; ++i) {  // the last two columns only finish outputs
-        column(i);
-        emit(i - 2, dot(a, 2));
-        a = dot(b, 1);
-    }
+    slide_window(count, b0, column, inside, dot, emit);
 }
 
 template <bool ReluIn, bool Full>

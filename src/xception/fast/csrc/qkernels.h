@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "api.h"
+#include "slide.h"
 
 namespace {
 
@@ -135,13 +136,9 @@ struct QDepthwise {
         }
     }
 
-    // `count` neighbouring output pixels of a 3×3, stride-1 conv, one vector of channels at a time. Each input
-    // column (a vector from each of the window's three rows) is read and converted once and feeds the three
-    // outputs whose windows hold it: with the window's right column it finishes output i − 2, with the middle
-    // one it adds to output i − 1, with the left one it starts output i. Two running sums and the column in hand
-    // are all that live: the sliding window stays in registers. A window may reach one pixel past the border
-    // on each side (the 'same' padding of a 3×3 conv): a column or a row (Outside: 1 the top, 2 the bottom)
-    // there is the zero point's value.
+    // `count` neighbouring output pixels of a 3×3, stride-1 conv, their window slid along the row (slide.h). A
+    // window may reach one pixel past the border on each side (the 'same' padding of a 3×3 conv): a column or a
+    // row (Outside: 1 the top, 2 the bottom) there is the zero point's value.
     template <bool Folded, bool Relu>
     void row(int r, const std::uint8_t* img, int oy, int ox, int count) const {
         const int iy0 = oy - g.pad_top, ix0 = ox - g.pad_left;
@@ -195,23 +192,7 @@ struct QDepthwise {
             if constexpr (Folded) store(r + i, ch, left, vmul(sum, mult));
             else finish(r + i, ch, left, sum);
         };
-        column(0);
-        V a = dot(start, 0), b = start;  // the sums of outputs i − 2 and i − 1
-        column(1);
-        if (count > 1) b = dot(start, 0);
-        a = dot(a, 1);
-        int i = 2;
-        for (; i < count; ++i) {  // columns 2 … count − 1 lie inside the image
-            inside(i);
-            emit(i - 2, dot(a, 2));
-            a = dot(b, 1);
-            b = dot(start, 0);
-        }
-        for (; i < count + 2; ++i) {  // the last two columns only finish outputs
-            column(i);
-            emit(i - 2, dot(a, 2));
-            a = dot(b, 1);
-        }
+        slide_window(count, start, column, inside, dot, emit);
     }
 
     // How many output pixels from (oy, ox) on, at most `rows_left`, row() can take: 0 if none. Its windows
