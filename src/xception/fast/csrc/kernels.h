@@ -121,7 +121,6 @@ constexpr int DW_GROUP = LANES == 16 ? 8 : 4;
 #ifndef XC_DWSLIDE
 #define XC_DWSLIDE 1  // -DXC_DWSLIDE=0: stride-1 runs take the grouped path below (A/B builds)
 #endif
-#define XC_ALWAYS_INLINE __attribute__((always_inline))
 
 template <bool ReluIn>
 inline V dw_pixel(const float* const rows[3], const bool row_ok[3], const Geometry& g, int ox, int ch, int left,
@@ -153,28 +152,28 @@ void depthwise3_slide(const float* __restrict mid, long down, const Geometry& g,
     V wt[9];
     for (int t = 0; t < 9; ++t) wt[t] = Full ? vloadu(w + long(t) * c + ch) : vload_n(w + long(t) * c + ch, left);
     V x0, x1, x2;
-    auto load = [&](const float* p) XC_ALWAYS_INLINE {
+    auto load = [&](const float* p) XC_INLINE {
         V x = Full ? vloadu(p) : vload_n(p, left);
         if constexpr (ReluIn) x = vmax(x, vzero());
         return x;
     };
-    auto inside = [&](int i) XC_ALWAYS_INLINE {  // column i of the run, at input column ix0 + i inside the image
+    auto inside = [&](int i) XC_INLINE {  // column i of the run, at input column ix0 + i inside the image
         const float* q = mid + (long(ix0) + i) * c + ch;
         x0 = Outside & 1 ? vzero() : load(q - down);
         x1 = load(q);
         x2 = Outside & 2 ? vzero() : load(q + down);
     };
-    auto column = [&](int i) XC_ALWAYS_INLINE {  // any column: the first and the last may lie on the padding
+    auto column = [&](int i) XC_INLINE {  // any column: the first and the last may lie on the padding
         const int ix = ix0 + i;
         if (ix >= 0 && ix < g.w) inside(i);
         else x0 = x1 = x2 = vzero();
     };
-    auto dot = [&](V acc, int dx) XC_ALWAYS_INLINE {  // acc + the column times the window's column dx
+    auto dot = [&](V acc, int dx) XC_INLINE {  // acc + the column times the window's column dx
         acc = vfma(x0, wt[dx], acc);
         acc = vfma(x1, wt[3 + dx], acc);
         return vfma(x2, wt[6 + dx], acc);
     };
-    auto emit = [&](int i, V acc) XC_ALWAYS_INLINE {
+    auto emit = [&](int i, V acc) XC_INLINE {
         if (relu_mid) acc = vmax(acc, vzero());
         float* dst = out + long(i) * c + ch;
         if (Full) vstoreu(dst, acc); else vstore_n(dst, acc, left);

@@ -30,10 +30,6 @@
 
 namespace {
 
-// The sliding depthwise window's helpers must inline into each of its instantiations, or its sums leave the
-// registers at every call.
-#define XC_INLINE __attribute__((always_inline))
-
 inline int padded_depth(int k_dim) { return (k_dim + KG - 1) / KG * KG; }
 
 inline void store_codes(std::int16_t* p, VI x, int n) { vi_store_i16_n(p, x, n); }

@@ -9,10 +9,14 @@
 //   dot(acc, dx): acc + the loaded column times the window's column dx;  emit(i, sum): finish output i.
 #pragma once
 
+// The window's helpers (and the loads and stores they call) must inline into each instantiation, or its sums
+// leave the registers at every call.
+#define XC_INLINE __attribute__((always_inline))
+
 namespace {  // each build's own copy, compiled for its instruction set
 
 template <typename V, typename Column, typename Inside, typename Dot, typename Emit>
-__attribute__((always_inline)) inline void slide_window(int count, V start, const Column& column,
+XC_INLINE inline void slide_window(int count, V start, const Column& column,
                                                         const Inside& inside, const Dot& dot, const Emit& emit) {
     column(0);
     V a = dot(start, 0), b = start;  // the sums of outputs i − 2 and i − 1
