@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                     return out
 
                 module.forward = timed
+        print(f"timing {len(libs)} builds, {args.repeats} passes each after a warm-up", flush=True)
         passes: dict[str, list[dict[str, float]]] = {name: [] for name in libs}
         logits: dict[str, torch.Tensor] = {}
         with torch.inference_mode():

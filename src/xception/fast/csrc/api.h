@@ -112,7 +112,7 @@ XC_API int xc_quantize_input(const float* input, int n, int c, int h, int w, flo
     int mr();                                                                                                \
     int block_rows(const xc_conv* op);                                                                       \
     void conv_task(const xc_conv* op, const float* in, float* out, long m0, int rows, int n0, int n1,        \
-                   float* abuf);                                                                             \
+                   float* abuf, long next_m0, int next_rows);                                                \
     void pool_rows(const xc_pool* op, const void* in, void* out, long row0, long row1);                      \
     }
 XC_DECLARE_ISA(xc_avx2)

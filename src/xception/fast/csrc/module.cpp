@@ -165,9 +165,10 @@ int nr_of(int isa) { return isa == 2 ? xc_avx512::nr() : xc_avx2::nr(); }
 int kc_of(int isa) { return isa == 2 ? xc_avx512::kc() : xc_avx2::kc(); }
 int mr_of(int isa) { return isa == 2 ? xc_avx512::mr() : xc_avx2::mr(); }
 int block_rows_of(int isa, const xc_conv* op) { return isa == 2 ? xc_avx512::block_rows(op) : xc_avx2::block_rows(op); }
-void conv_task_of(int isa, const xc_conv* op, const float* in, float* out, long m0, int rows, int n0, int n1, float* abuf) {
-    if (isa == 2) xc_avx512::conv_task(op, in, out, m0, rows, n0, n1, abuf);
-    else xc_avx2::conv_task(op, in, out, m0, rows, n0, n1, abuf);
+void conv_task_of(int isa, const xc_conv* op, const float* in, float* out, long m0, int rows, int n0, int n1, float* abuf,
+                  long next_m0, int next_rows) {
+    if (isa == 2) xc_avx512::conv_task(op, in, out, m0, rows, n0, n1, abuf, next_m0, next_rows);
+    else xc_avx2::conv_task(op, in, out, m0, rows, n0, n1, abuf, next_m0, next_rows);
 }
 void pool_rows_of(int isa, const xc_pool* op, const void* in, void* out, long r0, long r1) {
     if (isa == 2) xc_avx512::pool_rows(op, in, out, r0, r1);
@@ -178,7 +179,7 @@ int nr_of(int) { return 0; }
 int kc_of(int) { return 0; }
 int mr_of(int) { return 0; }
 int block_rows_of(int, const xc_conv*) { return 0; }
-void conv_task_of(int, const xc_conv*, const float*, float*, long, int, int, int, float*) {}
+void conv_task_of(int, const xc_conv*, const float*, float*, long, int, int, int, float*, long, int) {}
 void pool_rows_of(int, const xc_pool*, const void*, void*, long, long) {}
 #endif
 
@@ -212,17 +213,22 @@ Plan plan_tasks(long m, int rows, int mr, int nr, int cout) {
     return {m, m_blocks, tiles, mr, block_rows, n_split, (panels + n_split - 1) / n_split * nr, cout};
 }
 
-// Run task(m0, rows, n0, n1, abuf) for every part of the plan, each with its thread's scratch of a_floats.
+// Run task(m0, rows, n0, n1, abuf, next_m0, next_rows) for every part of the plan, each with its thread's
+// scratch of a_floats. [next_m0, next_m0 + next_rows) are the pixels of the block the same thread most likely
+// takes next (the threads take blocks in turns), for the task to fetch ahead; none when channels are split.
 template <typename Task>
 int run_plan(const Plan& p, size_t a_floats, const Task& task) {
+    const int threads = pool().size();
     try {
         pool().run(int(p.m_blocks * p.n_split), [&](int i, int thread) {
-            const long m0 = p.first(i / p.n_split), m1 = p.first(i / p.n_split + 1);
+            const long block = i / p.n_split, m0 = p.first(block), m1 = p.first(block + 1);
             const int part = i % p.n_split;
             const int n0 = part * p.cols_per, n1 = std::min(p.cout, (part + 1) * p.cols_per);
             if (n0 >= n1) return;
             float* abuf = a_floats ? pool().scratch(thread, a_floats) : nullptr;
-            if (m1 > m0) task(m0, int(m1 - m0), n0, n1, abuf);
+            const long next = p.n_split == 1 ? block + threads : p.m_blocks;
+            const long next_m0 = p.first(next), next_rows = next < p.m_blocks ? p.first(next + 1) - next_m0 : 0;
+            if (m1 > m0) task(m0, int(m1 - m0), n0, n1, abuf, next_m0, int(next_rows));
         });
     } catch (const std::bad_alloc&) {
         return 2;
@@ -286,8 +292,8 @@ int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
     const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, block_rows_of(isa, op), mr_of(isa), nr_of(isa), op->cout);
     const bool needs_a = op->kind != XC_POINTWISE || op->relu_in;
     const size_t a_floats = needs_a ? size_t(plan.rows) * op->k_dim : 0;
-    return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf) {
-        conv_task_of(isa, op, input, output, m0, rows, n0, n1, abuf);
+    return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf, long next_m0, int next_rows) {
+        conv_task_of(isa, op, input, output, m0, rows, n0, n1, abuf, next_m0, next_rows);
     });
 }
 
@@ -372,7 +378,7 @@ int xc_qconv_forward(const xc_qconv* op, const uint8_t* input, void* output) {
     const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, XC_QDISPATCH(k, block_rows(op)), XC_QDISPATCH(k, mr()),
                                  nr, cols);
     const size_t a_floats = (XC_QDISPATCH(k, abuf_bytes(op, plan.rows)) + sizeof(float) - 1) / sizeof(float);
-    return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf) {
+    return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf, long, int) {
         XC_QDISPATCH(k, conv_task(op, input, output, m0, rows, n0, n1, abuf));
     });
 }
