@@ -4,7 +4,8 @@ Each variant is the library compiled with its own preprocessor flags (``--varian
 ``base`` with no flags is the code as it is; ``NAME=@REV`` the kernels as git revision REV has them), loaded
 side by side in this process, and the float32 fast path of the paper's network (random weights, real BatchNorm
 statistics, as ``fp32_layers.py``) runs its layers on one variant after the other, pass after pass, on one
-thread (``--threads``: more): on a noisy host only differences within one such run mean anything; ``--int8``
+thread (``--threads``: more), each with the weights packed by its own build (so that builds may lay B out
+differently, e.g. ``-DXC_KC=N``): on a noisy host only differences within one such run mean anything; ``--int8``
 times the int8 network (quantised as ``xception quantize`` does by default) instead. Every variant's logits
 are checked against the first's. Reports per layer and per stage the minimum and the median of the passes
 (ms, wall time).
@@ -14,8 +15,9 @@ are checked against the first's. Reports per layer and per stage the minimum and
 
 The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
 next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group columns a pixel block may take),
-``XC_TASKS`` (the fewest tasks per thread a GEMM is split into), ``XC_SPIN`` (the pauses an idle worker
-spins before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel).
+``XC_TASKS`` (the fewest tasks per thread a GEMM is split into), ``XC_KC`` (AVX2: the depth of B's panels),
+``XC_AHEAD`` (0: no fetching of the next block; 2: k×k patches too), ``XC_SPIN`` (the pauses an idle worker spins
+before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel).
 """
 
 from __future__ import annotations
@@ -119,22 +121,25 @@ def main(argv: list[str] | None = None) -> int:
         for name, flags in variants.items():
             print(f"building {name} ({flags or 'no flags'})", flush=True)
             libs[name] = ctypes.CDLL(str(build(name, flags, Path(tmp))))
-        use(libs[next(iter(libs))])
-        fast = network(model, calibration, args.int8, Path(tmp))
         layers = (int8_kernels.NativeQConv, int8_kernels.NativeQMaxPool) if args.int8 else \
             (native.NativeConv, native.NativeMaxPool)
         times: dict[str, float] = {}
-        for name, module in fast.named_modules():
-            if isinstance(module, layers):
-                forward = module.forward
+        nets = {}
+        for variant, lib in libs.items():  # each build packs its own weights: the layout may differ between builds
+            use(lib)
+            nets[variant] = fast = network(model, calibration, args.int8, Path(tmp) / variant)
+            for name, module in fast.named_modules():
+                if isinstance(module, layers):
+                    forward = module.forward
 
-                def timed(*a: Any, forward: Any = forward, name: str = name.removeprefix("program."), **k: Any) -> Any:
-                    start = time.perf_counter()
-                    out = forward(*a, **k)
-                    times[name] = (time.perf_counter() - start) * 1000
-                    return out
+                    def timed(*a: Any, forward: Any = forward, name: str = name.removeprefix("program."),
+                              **k: Any) -> Any:
+                        start = time.perf_counter()
+                        out = forward(*a, **k)
+                        times[name] = (time.perf_counter() - start) * 1000
+                        return out
 
-                module.forward = timed
+                    module.forward = timed
         print(f"timing {len(libs)} builds, {args.repeats} passes each after a warm-up", flush=True)
         passes: dict[str, list[dict[str, float]]] = {name: [] for name in libs}
         logits: dict[str, torch.Tensor] = {}
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.05)  # the last build's idle workers stop spinning before this one's pass
                     times.clear()
                     start = time.perf_counter()
-                    logits[name] = fast(x)
+                    logits[name] = nets[name](x)
                     if turn:
                         passes[name].append({**times, "total": (time.perf_counter() - start) * 1000})
     first = next(iter(logits.values()))

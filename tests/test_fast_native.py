@@ -48,6 +48,7 @@ SEPARABLE = [  # (channels in, out, size, stride, dilation, relu_in, relu_mid + 
     (3, 5, 7, 2, 2, False, False, False, False),
     (20, 12, 2, 1, 1, True, True, False, False),  # windows past the border above and below at once, runs of 2
     (16, 8, 1, 1, 1, False, False, True, True),  # a 1 × 1 map: one output, its window all padding but the centre
+    (1000, 40, 5, 1, 1, True, False, True, True),  # K past one panel depth (768 on AVX2): partial sums, a short last
 ]
 
 
