@@ -12,8 +12,8 @@
 //     (a plain conv, "im2col" one block of rows at a time);
 //   * epilogue: bias, residual add, ReLU, written once.
 // The GEMM is blocked the usual way: a block of MC rows of A (computed by the prologue into a buffer
-// that stays in L2), K in chunks of KC so that a KC×NR panel of B stays in L1, and an MR×NR tile of C
-// held in registers while the k loop runs.
+// that stays in L2), K in chunks of KC so that an MR-row slice of A stays in L1 while B's KC×NR panels
+// stream past it from L2, and an MR×NR tile of C held in registers while the k loop runs.
 
 #include <algorithm>
 #include <cstdint>

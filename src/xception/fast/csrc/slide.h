@@ -16,8 +16,8 @@
 namespace {  // each build's own copy, compiled for its instruction set
 
 template <typename V, typename Column, typename Inside, typename Dot, typename Emit>
-XC_INLINE inline void slide_window(int count, V start, const Column& column,
-                                                        const Inside& inside, const Dot& dot, const Emit& emit) {
+XC_INLINE inline void slide_window(int count, V start, const Column& column, const Inside& inside, const Dot& dot,
+                                   const Emit& emit) {
     column(0);
     V a = dot(start, 0), b = start;  // the sums of outputs i − 2 and i − 1
     column(1);
