@@ -194,3 +194,14 @@ def test_the_published_report_is_what_its_stored_values_give(tmp_path):
     rebuilt, files = rebuild_report(DOCS / "report.json", tmp_path)
     assert files[0].read_text() == (DOCS / "report.md").read_text()
     assert rebuilt == json.loads((DOCS / "report.json").read_text())
+
+
+def test_the_statistics_line_gives_t_at_the_seeds_run_so_far(written, tmp_path):
+    _, _, files = written
+    assert "n − 1 degrees of freedom for n seeds (n = 3: t = 4.30, intervals are wide)." in files[0].read_text()
+    # A sweep planned for 5 seeds with 3 run: t of 2 degrees of freedom, not of 4 (2.78).
+    config = SweepConfig(out=tmp_path, variants=tuple(TEST), seeds=5)
+    _, partial = write_report(config, [result(v, s) for s in SEEDS for v in TEST], tmp_path)
+    text = partial[0].read_text()
+    assert "(n = 3 so far, of 5: t = 4.30, intervals are wide)." in text
+    assert "Incomplete" in text

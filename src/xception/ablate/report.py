@@ -283,9 +283,9 @@ def _md_setup(report: dict[str, Any]) -> list[str]:
         "images and their augmentation — the same for every variant of that seed — and the initialisation.",
         f"- **Evaluation**: validation top-1 {report['evals_per_epoch']} times per epoch; the final model (not the "
         f"best checkpoint) on {report['test_data'] or 'no test set (final validation top-1 instead)'}.",
-        f"- **Statistics**: mean ± standard deviation over seeds. Each claim compares variants seed by seed "
-        f"(same data order) with a 95 % t-interval of the mean difference, n − 1 = {max(n - 1, 0)} degrees of "
-        f"freedom" + (f" (t = {_t_text(report)}: with {n} seeds intervals are wide)." if n > 1 else "."),
+        "- **Statistics**: mean ± standard deviation over seeds. Each claim compares variants seed by seed "
+        "(same data order) with a 95 % t-interval of the mean difference, n − 1 degrees of freedom for n seeds"
+        + _t_sentence(report, n),
         f"  Each comparison gets its own verdict: it **agrees with the paper** when its interval lies wholly on the "
         f"side the paper claims (above 0; for \"about equal\", within ±{report['margin']:g} points; for \"buys "
         f"little\", at most +{report['margin']:g}), **contradicts the paper** when wholly on the other side, and is "
@@ -423,9 +423,13 @@ def _md_runs(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _t_text(report: dict[str, Any]) -> str:
-    for claim in report["claims"]:
-        for row in claim["comparisons"]:
-            if row["interval"] and row["interval"]["t"] is not None:
-                return f"{row['interval']['t']:.2f}"
-    return "?"
+def _t_sentence(report: dict[str, Any], planned: int) -> str:
+    """The end of the statistics line: t at the seeds the comparisons have so far (fewer than planned while a
+    sweep is incomplete)."""
+    t_by_n = {len(row["seeds"]): row["interval"]["t"] for claim in report["claims"]
+              for row in claim["comparisons"] if row["interval"] and row["interval"]["t"] is not None}
+    if not t_by_n:
+        return "."
+    n = max(t_by_n)
+    so_far = f" so far, of {planned}" if n < planned else ""
+    return f" (n = {n}{so_far}: t = {t_by_n[n]:.2f}{', intervals are wide' if n < 6 else ''})."
