@@ -57,8 +57,9 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     folder = stripes_folder(root / "data", per_class=16)
     recipe = root / "tiny.toml"
-    # Dropout and EMA make the RNG state and the averaged weights part of what must be restored.
-    recipe.write_text(tiny_recipe(epochs=EPOCHS, ema_decay=0.8, workers=1, hflip=0.5,
+    # Dropout and EMA make the RNG state and the averaged weights part of what must be restored; mixup and
+    # CutMix, the mixing of each batch.
+    recipe.write_text(tiny_recipe(epochs=EPOCHS, ema_decay=0.8, workers=1, hflip=0.5, mixup=0.4, cutmix=1.0,
                                   model_options={"stem": "small", "width": 0.25, "middle_repeats": 1,
                                                  "drop_rate": 0.3}).to_toml())
     reference = root / "reference"

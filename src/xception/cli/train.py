@@ -34,6 +34,8 @@ OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("--warmup-epochs", "warmup_epochs", float, "linear warm-up length"),
     ("--weight-decay", "weight_decay", float, "decay of conv and linear weights"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing of the loss"),
+    ("--mixup", "mixup", float, "mixup's Beta α: blend image pairs of a batch, labels alike (0: off; 0.2 usual)"),
+    ("--cutmix", "cutmix", float, "CutMix's Beta α: paste a box of another image, labels by area (0: off; 1.0 usual)"),
     ("--grad-clip", "grad_clip", float, "clip the gradient norm (0: off)"),
     ("--ema-decay", "ema_decay", float, "Polyak averaging decay per update (0: off)"),
     ("--freeze-epochs", "freeze_epochs", int, "fine-tuning: train only the new head for N epochs"),

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -23,6 +22,7 @@ from ..weights.checkpoint import LAST, PREVIOUS
 from . import artifacts
 from .checkpoint import EpochSums, TrainState, save_checkpoint
 from .finetune import freeze_backbone, freeze_batchnorm
+from .mixing import Mixed, batch_generator, mix_batch
 from .run import Run
 from .stop import StopRequest
 
@@ -68,7 +68,7 @@ def train_one_epoch(
         if len(labels) == 0:
             continue
         update = batch % recipe.accum_steps == 0 or batch == data.batches_per_epoch
-        _forward_backward(run, images, labels, update, tally)
+        _forward_backward(run, images, labels, update, tally, batch)
         if not update:
             continue
         _optimizer_step(state, recipe.grad_clip)
@@ -146,16 +146,21 @@ def _prepare_model(run: Run) -> None:
         freeze_batchnorm(model)
 
 
-def _forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor, update: bool, tally: _Tally) -> None:
-    """One micro-batch: forward under autocast, backward of the scaled loss, sums updated."""
+def _forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor, update: bool, tally: _Tally,
+                      batch: int) -> None:
+    """One micro-batch (the epoch's ``batch``-th): mixed if the recipe says so, forward under autocast, backward
+    of the scaled loss, sums updated (the accuracy counts each image's own label)."""
     compute, recipe = run.compute, run.recipe
     assert run.forward is not None, "_prepare_model runs first"
-    images = images.to(compute.dtype, memory_format=compute.layout)
+    mixing = recipe.mixing()
+    mixed = mix_batch(images, mixing, batch_generator(recipe.seed, run.world.rank, run.state.epoch, batch)) \
+        if mixing.on else Mixed(images)
+    images = mixed.images.to(compute.dtype, memory_format=compute.layout)
     # Between updates gradients accumulate locally; processes exchange them once per update.
     with _no_sync(run.parallel, not update):
         with compute.autocast():
             logits = run.forward(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+            loss = mixed.loss(logits.float(), labels, label_smoothing=recipe.label_smoothing)
         run.state.scaler.scale(loss / recipe.accum_steps).backward()
     tally.add(loss, logits, labels)
 

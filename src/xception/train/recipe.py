@@ -29,6 +29,7 @@ from ..data.transforms import Augmentation
 from ..errors import ConfigError, MissingPathError
 from ..models import XceptionConfig, list_models, model_config
 from ..preprocessing import Preprocessing
+from .mixing import Mixing
 
 SECTIONS: tuple[str, ...] = ("data", "optim", "runtime")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "rmsprop")
@@ -40,7 +41,8 @@ PRECISE_BN: tuple[str, ...] = ("auto", "on", "off")
 AUTO_LR_SCALING: dict[str, str] = {"sgd": "linear", "adamw": "sqrt", "rmsprop": "sqrt"}
 # Settings added after runs had been stored, with the behaviour before them: a fully resolved recipe (a
 # checkpoint's, or a saved --show-recipe) that lacks them ran that way, and its resume or rerun still does.
-STORED_BEFORE: dict[str, Any] = {"lr_scaling": "linear", "precise_bn": "off", "precise_bn_images": 4096}
+STORED_BEFORE: dict[str, Any] = {"lr_scaling": "linear", "precise_bn": "off", "precise_bn_images": 4096,
+                                  "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0}
 # Model options a recipe leaves to the run: the table (the model's name says it), the classifier's outputs
 # (the data's class count) and the input channels (one per value of mean).
 FROM_RUN: tuple[str, ...] = ("arch", "num_classes", "in_chans")
@@ -74,6 +76,12 @@ class Recipe:
     erase: float = _f(0.0, "data", "random erasing: probability per image of a rectangle replaced by noise (0: off)")
     erase_scale: tuple[float, ...] = _f((0.02, 0.4), "data", "random erasing: range of the rectangle's area fraction")
     erase_ratio: tuple[float, ...] = _f((0.3, 3.3), "data", "random erasing: range of its aspect ratio (height/width)")
+    mixup: float = _f(0.0, "data", "mixup: α of the Beta(α, α) weight that blends each image with another of its "
+                      "batch, labels weighted alike (0: off; 0.2–0.4 usual)")
+    cutmix: float = _f(0.0, "data", "CutMix: α of the Beta(α, α) share of each image kept when a box of another image "
+                       "of its batch is pasted in, labels weighted by area (0: off; 1.0 usual)")
+    mix_prob: float = _f(1.0, "data", "share of batches mixed when mixup or cutmix is on (with both on, each mixed "
+                         "batch takes one of them at random)")
     val_fraction: float = _f(0.1, "data", "share of each class held out for validation without a val folder")
     workers: int = _f(-1, "data", "image decoding processes (-1: one per core, at most 8)")
 
@@ -163,6 +171,7 @@ class Recipe:
             raise ConfigError(f"recipe {self.name!r}: {err}") from err
         self.preprocessing()  # checks input_size, crop_pct, interpolation, mean/std
         self.augmentation()
+        self.mixing()
         return self
 
     # -- derived objects -----------------------------------------------------------------------------
@@ -180,6 +189,9 @@ class Recipe:
                             translate=self.translate, erase=self.erase,
                             erase_scale=_pair("erase_scale", self.erase_scale),
                             erase_ratio=_pair("erase_ratio", self.erase_ratio))
+
+    def mixing(self) -> Mixing:
+        return Mixing(mixup=self.mixup, cutmix=self.cutmix, prob=self.mix_prob)
 
     def lr_rule(self) -> str:
         """The lr scaling rule in force: ``linear`` or ``sqrt`` (``auto`` resolved for the optimiser)."""
