@@ -22,7 +22,9 @@ def batch(n: int = 6, seed: int = 0) -> torch.Tensor:
 
 def test_mixup_blends_each_image_with_its_partner_by_lambda():
     x = batch()
-    mixed = mix_batch(x.clone(), Mixing(mixup=0.4), batch_generator(0, 0, 0, 1))
+    given = x.clone()
+    mixed = mix_batch(given, Mixing(mixup=0.4), batch_generator(0, 0, 0, 1))
+    assert torch.equal(given, x), "the batch given is left as it was"
     assert mixed.partner is not None and 0.0 <= mixed.lam <= 1.0
     assert sorted(mixed.partner.tolist()) == list(range(6))
     expected = mixed.lam * x + (1.0 - mixed.lam) * x[mixed.partner]

@@ -66,7 +66,7 @@ def batch_generator(seed: int, rank: int, epoch: int, batch: int) -> np.random.G
 
 
 def mix_batch(images: torch.Tensor, mixing: Mixing, generator: np.random.Generator) -> Mixed:
-    """``images`` (N, C, H, W) mixed as ``mixing`` says (in place), or as they are."""
+    """``images`` (N, C, H, W) mixed as ``mixing`` says (a new tensor), or as they are."""
     n = images.shape[0]
     if not mixing.on or n < 2 or generator.random() >= mixing.prob:
         return Mixed(images)
@@ -74,15 +74,14 @@ def mix_batch(images: torch.Tensor, mixing: Mixing, generator: np.random.Generat
     alpha = mixing.cutmix if use_cutmix else mixing.mixup
     lam = float(generator.beta(alpha, alpha))
     partner = torch.from_numpy(generator.permutation(n)).to(images.device)
-    pairs = images[partner]  # a copy: the in-place change below must not read what it has written
     if not use_cutmix:
-        images.mul_(lam).add_(pairs, alpha=1.0 - lam)
-        return Mixed(images, partner, lam)
+        return Mixed(images * lam + images[partner] * (1.0 - lam), partner, lam)
     h, w = images.shape[-2:]
     cut = math.sqrt(1.0 - lam)
     box_h, box_w = round(h * cut), round(w * cut)
     cy, cx = int(generator.integers(h)), int(generator.integers(w))
     top, bottom = max(cy - box_h // 2, 0), min(cy + (box_h - box_h // 2), h)
     left, right = max(cx - box_w // 2, 0), min(cx + (box_w - box_w // 2), w)
-    images[..., top:bottom, left:right] = pairs[..., top:bottom, left:right]
-    return Mixed(images, partner, 1.0 - (bottom - top) * (right - left) / (h * w))
+    mixed = images.clone()
+    mixed[..., top:bottom, left:right] = images[partner][..., top:bottom, left:right]
+    return Mixed(mixed, partner, 1.0 - (bottom - top) * (right - left) / (h * w))
