@@ -83,5 +83,5 @@ def mix_batch(images: torch.Tensor, mixing: Mixing, generator: np.random.Generat
     top, bottom = max(cy - box_h // 2, 0), min(cy + (box_h - box_h // 2), h)
     left, right = max(cx - box_w // 2, 0), min(cx + (box_w - box_w // 2), w)
     mixed = images.clone()
-    mixed[..., top:bottom, left:right] = images[partner][..., top:bottom, left:right]
+    mixed[..., top:bottom, left:right] = images[partner, ..., top:bottom, left:right]  # the box alone is gathered
     return Mixed(mixed, partner, 1.0 - (bottom - top) * (right - left) / (h * w))
