@@ -16,7 +16,8 @@ are checked against the first's. Reports per layer and per stage the minimum and
 The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
 next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group columns a pixel block may take),
 ``XC_TASKS`` (the fewest tasks per thread a GEMM is split into), ``XC_KC`` (the depth of B's panels),
-``XC_AHEAD`` (0: no fetching of the next block; 2: k×k patches too), ``XC_SPIN`` (the pauses an idle worker spins
+``XC_AHEAD`` (0: no fetching of the next block; 2: k×k patches too), ``XC_WINDOWS`` (0: k×k convs copy their
+patches; 2: strided 1×1 convs read their input in place too), ``XC_SPIN`` (the pauses an idle worker spins
 before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel).
 """
 

@@ -364,6 +364,23 @@ void patch_rows(const float* __restrict in, const Geometry& g, long m0, int rows
     }
 }
 
+// A tile of output pixels on one output row whose windows all lie inside the image needs no patches when the
+// input is read as it is (no ReLU) and a window row's taps touch (dilation 1): row dy of pixel i's window is
+// the k·c contiguous floats at window + dy·w·c + i·stride·c, so the tile reads A from the input in place, one
+// window row at a time (the same products in the same order: the same bits). Returns the first pixel's
+// window, or null when the tile takes patches.
+#ifndef XC_WINDOWS
+#define XC_WINDOWS 1  // A/B builds: -DXC_WINDOWS=0: patches always; 2: strided 1×1 convs read in place too
+#endif
+inline const float* tile_window(const float* in, const Geometry& g, long m, int rows) {
+    const long plane = long(g.oh) * g.ow, n = m / plane;
+    const int oy = int((m % plane) / g.ow), ox = int(m % g.ow);
+    const int iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
+    if (ox + rows > g.ow || iy0 < 0 || iy0 + g.k > g.h || ix0 < 0 || ix0 + (rows - 1) * g.stride + g.k > g.w)
+        return nullptr;
+    return in + ((n * g.h + iy0) * long(g.w) + ix0) * g.c;
+}
+
 // ---- one convolution ------------------------------------------------------------------------------------
 
 // Output channels are taken in groups of GROUP panels of NR (0: all of them; the ISA's file sets GROUP, and
@@ -443,6 +460,8 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
     long lda;
     Geometry g{op->h, op->w, op->c, op->oh, op->ow, op->kernel, op->stride, op->dilation, op->pad_top,
                op->pad_left};
+    const bool in_place = op->kind == XC_PATCHES && !op->relu_in && op->dilation == 1 &&
+                          (op->kernel > 1 ? XC_WINDOWS >= 1 : XC_WINDOWS >= 2);
     switch (op->kind) {
     case XC_POINTWISE:
         if (!op->relu_in) {
@@ -469,11 +488,17 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
         lda = op->c;
         break;
     default:  // XC_PATCHES (a strided 1×1 conv is a 1×1 "patch")
-        patch_rows(in, g, t.m0, t.rows, op->relu_in, abuf);
+        if (!in_place) patch_rows(in, g, t.m0, t.rows, op->relu_in, abuf);
+        else  // patches for the tiles that cannot read their windows in place only
+            for (int i = 0; i < t.rows; i += MR) {
+                const int rows = std::min(MR, t.rows - i);
+                if (!tile_window(in, g, t.m0 + i, rows)) patch_rows(in, g, t.m0 + i, rows, false, abuf + long(i) * kdim);
+            }
         a = abuf;
         lda = kdim;
         break;
     }
+    const long win_row = long(g.k) * g.c, win_lda = long(g.stride) * g.c, img_row = long(g.w) * g.c;
     const long ldc = n_out, n_padded = long(op->cout + NR - 1) / NR * NR;
     const int group_cols = PANEL_GROUP > 0 ? PANEL_GROUP * NR : int(n_padded);
     const long tiles = long((t.rows + MR - 1) / MR) * ((kdim + KC - 1) / KC) * ((t.n1 - t.n0 + NR - 1) / NR);
@@ -486,13 +511,28 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
             const float* b_block = op->packed + long(k0) * n_padded;
             for (int i = 0; i < t.rows; i += MR) {
                 const int rows = std::min(MR, t.rows - i);
+                const float* window = in_place ? tile_window(in, g, t.m0 + i, rows) : nullptr;
                 for (int n0 = g0; n0 < g1; n0 += NR) {
                     const int n_valid = std::min(NR, n_out - n0);
                     float* c = out + (t.m0 + i) * ldc + n0;
                     const float* res = op->residual ? op->residual + (t.m0 + i) * ldc + n0 : nullptr;
+                    const float* bias = op->bias ? op->bias + n0 : nullptr;
+                    const float* b_panel = b_block + long(n0) * kc;
+                    const bool relu = op->relu_out != 0;
                     ahead.step();
-                    tile_rows<MR>(rows, kc, a + long(i) * lda + k0, lda, b_block + long(n0) * kc, c, ldc, n_valid,
-                                  first, last, op->bias ? op->bias + n0 : nullptr, res, ldc, op->relu_out != 0);
+                    if (!window) {
+                        tile_rows<MR>(rows, kc, a + long(i) * lda + k0, lda, b_panel, c, ldc, n_valid, first, last,
+                                      bias, res, ldc, relu);
+                        continue;
+                    }
+                    // The chunk's k range, window row by window row.
+                    for (long s = k0; s < k0 + kc;) {
+                        const long dy = s / win_row, e = std::min((dy + 1) * win_row, long(k0 + kc));
+                        tile_rows<MR>(rows, int(e - s), window + dy * img_row + (s - dy * win_row), win_lda,
+                                      b_panel + (s - k0) * NR, c, ldc, n_valid, s == 0, e == kdim, bias, res, ldc,
+                                      relu);
+                        s = e;
+                    }
                 }
             }
         }
