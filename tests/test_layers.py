@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xception.layers import SeparableConv2d, TFSamePad2d, make_divisible, same_padding, tf_same_padding
+from xception.layers import DepthwiseConv2d, SeparableConv2d, TFSamePad2d, make_divisible, same_padding, tf_same_padding
 
 
 def _fill(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -134,3 +134,24 @@ def test_bad_options_are_refused():
 def test_make_divisible_rounds_to_multiples_of_8():
     assert [make_divisible(c * 0.5) for c in (32, 64, 728, 2048)] == [16, 32, 368, 1024]
     assert make_divisible(3) == 8
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_depthwise_on_maps_smaller_than_the_kernel_matches_float64(size: int) -> None:
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(12, 12, 3, 1, 1, groups=12, bias=True).to(memory_format=torch.channels_last)
+    x = torch.randn(5, 12, size, size + 1).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = conv(x)
+    (y**2).sum().backward()
+
+    ref = nn.Conv2d(12, 12, 3, 1, 1, groups=12).double()
+    ref.load_state_dict({k: v.double() for k, v in conv.state_dict().items()})
+    xr = x.detach().double().requires_grad_()
+    yr = ref(xr)
+    (yr**2).sum().backward()
+    assert y.shape == yr.shape == (5, 12, size, size + 1)
+    for got, want in ((y, yr), (x.grad, xr.grad), (conv.weight.grad, ref.weight.grad),
+                      (conv.bias.grad, ref.bias.grad)):
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+    with torch.no_grad():  # inference takes PyTorch's own path: the same outputs
+        assert torch.allclose(conv(x), y, atol=1e-6)

@@ -135,6 +135,24 @@ class StridedPointwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """The depthwise step of a separable conv: exactly ``nn.Conv2d(c, c·m, k, stride, padding, dilation,
+    groups=c)`` in weights and outputs.
+
+    On a map smaller than its kernel (the exit flow sees 2×2 at a 28 px input), torch 2.14's CPU backward of
+    a depthwise conv with implicit padding takes a path about 20× slower than the same conv on the map padded
+    first (18 ms against 0.9 ms for 256 images of 192 channels at 2×2, 1 thread; ``benchmarks/NOTES.md``).
+    Training on the CPU therefore pads such maps explicitly: the same sums, the fast kernels.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if (x.device.type == "cpu" and torch.is_grad_enabled() and self.dilation == (1, 1)
+                and (ph or pw) and (x.shape[-2] < kh or x.shape[-1] < kw)):
+            return F.conv2d(F.pad(x, (pw, pw, ph, ph)), self.weight, self.bias, self.stride, 0, 1, self.groups)
+        return super().forward(x)
+
+
 def make_activation(name: str | None, inplace: bool = False) -> nn.Module | None:
     """The activations a separable conv may carry between its two steps (None: the paper's choice)."""
     if name is None or name == "none":
@@ -199,7 +217,7 @@ class SeparableConv2d(nn.Sequential):
         # The spatial step runs on whichever channels it receives; the bias, if any, goes on the last step.
         spatial = in_channels if depthwise_first else out_channels
         mid = in_channels * depth_multiplier if depthwise_first else out_channels
-        depthwise = nn.Conv2d(
+        depthwise = DepthwiseConv2d(
             spatial, spatial * depth_multiplier, kernel_size, stride, static, dilation,
             groups=spatial, bias=bias and not depthwise_first,
         )
