@@ -1,9 +1,10 @@
-"""The demo model's training step with and without the explicit padding of small depthwise maps, in turns.
+"""A training step with and without the explicit padding of small depthwise maps, in turns.
 
-    PYTHONPATH=src python benchmarks/train_step_ab.py [--threads 2] [--rounds 5] [--steps 10]
+    PYTHONPATH=src python benchmarks/train_step_ab.py [--threads 2] [--rounds 5] [--steps 10] \\
+        [--width 0.125] [--batch 256]
 
-One process, one model (width 0.125, 2 middle modules, small stem, batch 256 of 28 px, channels_last, SGD, freed memory kept
-as training keeps it):
+One process, one model (the demo's by default: width 0.125, 2 middle modules, small stem, 28 px; the full
+recipe's with --width 0.5 --batch 128), channels_last, SGD, freed memory kept as training keeps it:
 each round times `steps` updates with `DepthwiseConv2d` as built, then with the plain `nn.Conv2d` forward
 (implicit padding everywhere). Prints the median ms per update of each and their ratio.
 """
@@ -25,15 +26,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as training does
     torch.manual_seed(0)
-    model = xception.create_model("xception", num_classes=10, in_chans=1, stem="small", width=0.125,
+    model = xception.create_model("xception", num_classes=10, in_chans=1, stem="small", width=args.width,
                                   middle_repeats=2).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (256,))
+    x = torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,))
     padded = DepthwiseConv2d.forward
 
     def timed(steps: int) -> float:
@@ -52,7 +55,8 @@ def main() -> None:
             times[name].append(timed(args.steps))
     DepthwiseConv2d.forward = padded
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"{args.threads} thread(s), batch 256, {args.rounds} rounds of {args.steps} updates")
+    print(f"width {args.width}, {args.threads} thread(s), batch {args.batch}, "
+          f"{args.rounds} rounds of {args.steps} updates")
     for name, ms in medians.items():
         print(f"{name:<18} {ms:8.1f} ms per update   (rounds: {', '.join(f'{t:.0f}' for t in times[name])})")
     print(f"implicit / explicit: {medians['implicit padding'] / medians['explicit padding']:.3f}×")

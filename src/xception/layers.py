@@ -142,12 +142,13 @@ class DepthwiseConv2d(nn.Conv2d):
     On a map smaller than its kernel (the exit flow sees 2×2 at a 28 px input), torch 2.14's CPU backward of
     a depthwise conv with implicit padding takes a path about 20× slower than the same conv on the map padded
     first (18 ms against 0.9 ms for 256 images of 192 channels at 2×2, 1 thread; ``benchmarks/NOTES.md``).
-    Training on the CPU therefore pads such maps explicitly: the same sums, the fast kernels.
+    Training on the CPU therefore pads such maps explicitly: the same sums, the fast kernels. In eval mode
+    (inference, export) the layer is the plain conv, so traced graphs never see the branch.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        if (x.device.type == "cpu" and torch.is_grad_enabled() and self.dilation == (1, 1)
+        if (self.training and x.device.type == "cpu" and torch.is_grad_enabled() and self.dilation == (1, 1)
                 and (ph or pw) and (x.shape[-2] < kh or x.shape[-1] < kw)):
             return F.conv2d(F.pad(x, (pw, pw, ph, ph)), self.weight, self.bias, self.stride, 0, 1, self.groups)
         return super().forward(x)
