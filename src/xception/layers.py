@@ -140,8 +140,8 @@ class DepthwiseConv2d(nn.Conv2d):
     groups=c)`` in weights and outputs.
 
     On a map smaller than its kernel (the exit flow sees 2×2 at a 28 px input), torch 2.14's CPU backward of
-    a depthwise conv with implicit padding takes a path about 20× slower than the same conv on the map padded
-    first (18 ms against 0.9 ms for 256 images of 192 channels at 2×2, 1 thread; ``benchmarks/NOTES.md``).
+    a depthwise conv with implicit padding takes a path 10–20× slower than the same conv on the map padded
+    first (35.6 ms against 1.6 ms for 256 images of 192 channels at 2×2, 1 thread; ``benchmarks/NOTES.md``).
     Training on the CPU therefore pads such maps explicitly: the same sums, the fast kernels. In eval mode
     (inference, export) the layer is the plain conv, so traced graphs never see the branch.
     """
