@@ -1,12 +1,14 @@
-"""A training step with and without the explicit padding of small depthwise maps, in turns.
+"""A training step with and without one of the layers' CPU workarounds, in turns.
 
-    PYTHONPATH=src python benchmarks/train_step_ab.py [--threads 2] [--rounds 5] [--steps 10] \\
-        [--width 0.125] [--batch 256]
+    PYTHONPATH=src python benchmarks/train_step_ab.py [--layer depthwise|batchnorm] [--threads 2] [--rounds 5] \\
+        [--steps 10] [--width 0.125] [--batch 256]
 
 One process, one model (the demo's by default: width 0.125, 2 middle modules, small stem, 28 px; the full
-recipe's with --width 0.5 --batch 128), channels_last, SGD, freed memory kept as training keeps it:
-each round times `steps` updates with `DepthwiseConv2d` as built, then with the plain `nn.Conv2d` forward
-(implicit padding everywhere). Prints the median ms per update of each and their ratio.
+recipe's with --width 0.5 --batch 128), channels_last, SGD, freed memory kept as training keeps it: each round
+times `steps` updates with the layer as built, then with the plain PyTorch forward in its place. ``--layer
+depthwise``: `DepthwiseConv2d` (small maps padded explicitly) against `nn.Conv2d` (implicit padding);
+``--layer batchnorm``: `BatchNorm2d` (sums over the NHWC memory for maps of ≤ 8 channels) against
+`nn.BatchNorm2d`. Prints the median ms per update of each and their ratio.
 """
 
 import argparse
@@ -18,11 +20,17 @@ import torch.nn.functional as F
 
 import xception
 from xception.fast.memory import keep_freed_memory
-from xception.layers import DepthwiseConv2d
+from xception.layers import BatchNorm2d, DepthwiseConv2d
+
+LAYERS = {  # the layer, and the PyTorch forward it falls back to
+    "depthwise": (DepthwiseConv2d, torch.nn.Conv2d.forward),
+    "batchnorm": (BatchNorm2d, torch.nn.BatchNorm2d.forward),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", choices=sorted(LAYERS), default="depthwise")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
@@ -37,7 +45,8 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     x = torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,))
-    padded = DepthwiseConv2d.forward
+    layer, plain = LAYERS[args.layer]
+    built = layer.forward
 
     def timed(steps: int) -> float:
         start = time.perf_counter()
@@ -47,19 +56,19 @@ def main() -> None:
             opt.step()
         return (time.perf_counter() - start) / steps * 1e3
 
-    times: dict[str, list[float]] = {"explicit padding": [], "implicit padding": []}
+    times: dict[str, list[float]] = {"as built": [], "plain PyTorch": []}
     timed(3)
     for _ in range(args.rounds):
-        for name, forward in (("explicit padding", padded), ("implicit padding", torch.nn.Conv2d.forward)):
-            DepthwiseConv2d.forward = forward
+        for name, forward in (("as built", built), ("plain PyTorch", plain)):
+            layer.forward = forward
             times[name].append(timed(args.steps))
-    DepthwiseConv2d.forward = padded
+    layer.forward = built
     medians = {name: statistics.median(t) for name, t in times.items()}
-    print(f"width {args.width}, {args.threads} thread(s), batch {args.batch}, "
+    print(f"{args.layer}: width {args.width}, {args.threads} thread(s), batch {args.batch}, "
           f"{args.rounds} rounds of {args.steps} updates")
     for name, ms in medians.items():
-        print(f"{name:<18} {ms:8.1f} ms per update   (rounds: {', '.join(f'{t:.0f}' for t in times[name])})")
-    print(f"implicit / explicit: {medians['implicit padding'] / medians['explicit padding']:.3f}×")
+        print(f"{name:<14} {ms:8.1f} ms per update   (rounds: {', '.join(f'{t:.0f}' for t in times[name])})")
+    print(f"plain / as built: {medians['plain PyTorch'] / medians['as built']:.3f}×")
 
 
 if __name__ == "__main__":

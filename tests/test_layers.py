@@ -5,7 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xception.layers import DepthwiseConv2d, SeparableConv2d, TFSamePad2d, make_divisible, same_padding, tf_same_padding
+from xception.layers import (
+    BatchNorm2d,
+    DepthwiseConv2d,
+    SeparableConv2d,
+    TFSamePad2d,
+    make_divisible,
+    same_padding,
+    tf_same_padding,
+)
+from xception.layers import _PixelRowsBatchNorm as PixelRowsBatchNorm
 
 
 def _fill(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -155,3 +164,47 @@ def test_depthwise_on_maps_smaller_than_the_kernel_matches_float64(size: int) ->
         assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
     with torch.no_grad():  # inference takes PyTorch's own path: the same outputs
         assert torch.allclose(conv(x), y, atol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "momentum"), [((16, 8, 7, 9), 0.1), ((6, 3, 5, 5), None), ((7, 1, 3, 1), 0.3)])
+def test_batch_norm_on_few_channels_matches_float64_in_training(shape, momentum, monkeypatch) -> None:
+    calls = []
+    apply = PixelRowsBatchNorm.apply
+    monkeypatch.setattr(PixelRowsBatchNorm, "apply", lambda *a: calls.append(1) or apply(*a))
+    torch.manual_seed(0)
+    c = shape[1]
+    bn, ref = BatchNorm2d(c, eps=1e-3, momentum=momentum), nn.BatchNorm2d(c, eps=1e-3, momentum=momentum).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    ref.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in bn.state_dict().items()})
+    for _ in range(2):  # running statistics over two batches, far from zero mean and unit variance
+        x = (torch.randn(shape) * 3 + 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+        g = torch.randn(shape)
+        y = torch.relu_(bn(x))  # as the network uses it: an in-place ReLU on the output
+        y.backward(g)
+        xr = x.detach().double().requires_grad_()
+        yr = torch.relu_(ref(xr))
+        yr.backward(g.double())
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        for got, want in ((y, yr), (x.grad, xr.grad), (bn.weight.grad, ref.weight.grad),
+                          (bn.bias.grad, ref.bias.grad), (bn.running_mean, ref.running_mean),
+                          (bn.running_var, ref.running_var)):
+            assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+        assert int(bn.num_batches_tracked) == int(ref.num_batches_tracked)
+        bn.zero_grad()
+        ref.zero_grad()
+    assert len(calls) == 2  # the sums over the NHWC memory ran, not PyTorch's layer
+
+
+def test_batch_norm_is_pytorchs_layer_where_pytorch_is_not_slow() -> None:
+    torch.manual_seed(0)
+    for c, layout, train in ((16, torch.channels_last, True), (8, torch.contiguous_format, True),
+                             (8, torch.channels_last, False)):
+        bn, ref = BatchNorm2d(c).train(train), nn.BatchNorm2d(c).train(train)
+        with torch.no_grad():
+            bn.running_var.uniform_(0.5, 2)
+        ref.load_state_dict(bn.state_dict())
+        x = torch.randn(4, c, 5, 5).contiguous(memory_format=layout)
+        assert torch.equal(bn(x), ref(x))
+        assert torch.equal(bn.running_mean, ref.running_mean)

@@ -154,6 +154,78 @@ class DepthwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def _pixel_rows(x: torch.Tensor, fold: int) -> torch.Tensor:
+    """The memory of a channels_last (n, c, h, w) tensor as a matrix of ``fold`` pixels' channels a row."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).view(n * h * w // fold, fold * c)
+
+
+class _PixelRowsBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm of a channels_last tensor, its per-channel sums taken over the (pixels,
+    channels) matrix the memory already is, folded to rows of at least 64 floats (see :class:`BatchNorm2d`).
+
+    Forward: the mean, then the variance from the centred values (two passes: no cancellation), then one
+    multiply-add; the running statistics updated as ``nn.BatchNorm2d`` does (the unbiased variance, ``factor`` of
+    the new batch). Backward: PyTorch's own kernel, given the batch's mean and inverse deviation (it is not the
+    slow part).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                running_mean: torch.Tensor | None, running_var: torch.Tensor | None, factor: float) -> torch.Tensor:
+        n, c, h, w = x.shape
+        pixels = n * h * w
+        fold = max(1, 64 // c)
+        while pixels % fold:
+            fold //= 2
+        rows = _pixel_rows(x, fold)
+        mean = rows.sum(0).view(fold, c).sum(0) / pixels
+        centred = rows - mean.repeat(fold)
+        var = centred.square().sum(0).view(fold, c).sum(0) / pixels
+        invstd = torch.rsqrt(var + eps)
+        out = torch.empty_like(x)  # channels_last, as x; written through its (pixels, channels) view
+        torch.addcmul(bias.repeat(fold), centred, (weight * invstd).repeat(fold), out=_pixel_rows(out, fold))
+        if running_mean is not None and running_var is not None:
+            running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            running_var.mul_(1 - factor).add_(var * (pixels / max(pixels - 1, 1)), alpha=factor)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, mean, invstd = ctx.saved_tensors
+        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous(memory_format=torch.channels_last), x, weight, None, None, mean, invstd, True, ctx.eps,
+            list(ctx.needs_input_grad[:3]),
+        )
+        return dx, dweight, dbias, None, None, None, None
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` in weights, buffers, state-dict keys and outputs.
+
+    torch 2.14's CPU batch norm takes a slow path in training on channels_last maps of 8 channels or fewer
+    (the demo model's stem: 7.2 ms forward and 14.3 ms with the backward for 256 images of 8 × 28 × 28, 2
+    threads, where the same sums over the NHWC memory take 1.9 and 6.6; ``benchmarks/NOTES.md``). Training on
+    the CPU computes those maps' statistics and gradients with plain tensor sums instead; every other case, eval
+    mode (inference, export) included, is the PyTorch layer.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.num_features <= 8 and self.affine and x.dim() == 4 and x.device.type == "cpu"
+                and x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+                and not torch.compiler.is_compiling()):
+            return super().forward(x)
+        factor = 0.0
+        track = self.track_running_stats and self.running_mean is not None and self.running_var is not None
+        if track and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return _PixelRowsBatchNorm.apply(x, self.weight, self.bias, self.eps, self.running_mean if track else None,
+                                         self.running_var if track else None, factor)
+
+
 def make_activation(name: str | None, inplace: bool = False) -> nn.Module | None:
     """The activations a separable conv may carry between its two steps (None: the paper's choice)."""
     if name is None or name == "none":
@@ -224,7 +296,7 @@ class SeparableConv2d(nn.Sequential):
         )
         pointwise = nn.Conv2d(mid if depthwise_first else in_channels, out_channels, 1,
                               bias=bias and depthwise_first)
-        norm = nn.BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum) if norm_between else None
+        norm = BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum) if norm_between else None
         act = make_activation(activation, inplace=True)
         steps = (
             [("pad", pad), ("depthwise", depthwise), ("norm", norm), ("act", act), ("pointwise", pointwise)]

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError, DataError, model_option
-from ..layers import SeparableConv2d, StandardConv2d, StridedPointwiseConv2d, make_divisible, same_padding
+from ..layers import BatchNorm2d, SeparableConv2d, StandardConv2d, StridedPointwiseConv2d, make_divisible, same_padding
 from .config import Family, ModuleSpec, XceptionConfig
 
 if TYPE_CHECKING:  # the model never imports the weights package: the loader attaches this value
@@ -69,7 +69,7 @@ class XceptionModule(nn.Module):
         config: XceptionConfig,
     ) -> None:
         super().__init__()
-        norm = partial(nn.BatchNorm2d, eps=config.bn_eps, momentum=config.bn_momentum)
+        norm = partial(BatchNorm2d, eps=config.bn_eps, momentum=config.bn_momentum)
         preact = family == "preact"
         self.in_channels, self.out_channels = in_chs, out_chs[-1]
         self.pre = nn.Sequential(OrderedDict(bn=norm(in_chs), act=nn.ReLU(inplace=True))) if preact else None
@@ -214,7 +214,7 @@ class Xception(nn.Module):
     @staticmethod
     def _stem(config: XceptionConfig, c1: int, c2: int) -> nn.Sequential:
         """Block 1: two plain 3×3 convs. 'valid' in the paper (299 → 149 → 147); 'same' when aligned."""
-        norm = partial(nn.BatchNorm2d, eps=config.bn_eps, momentum=config.bn_momentum)
+        norm = partial(BatchNorm2d, eps=config.bn_eps, momentum=config.bn_momentum)
         small = config.stem == "small"
         same = small or config.architecture.stem_padding == "same"
         layers: OrderedDict[str, nn.Module] = OrderedDict()
