@@ -205,11 +205,11 @@ class _PixelRowsBatchNorm(torch.autograd.Function):
 class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` in weights, buffers, state-dict keys and outputs.
 
-    torch 2.14's CPU batch norm takes a slow path in training on channels_last maps of 8 channels or fewer
-    (the demo model's stem: 7.2 ms forward and 14.3 ms with the backward for 256 images of 8 × 28 × 28, 2
-    threads, where the same sums over the NHWC memory take 1.9 and 6.6; ``benchmarks/NOTES.md``). Training on
-    the CPU computes those maps' statistics and gradients with plain tensor sums instead; every other case, eval
-    mode (inference, export) included, is the PyTorch layer.
+    torch 2.14's CPU batch norm forward takes a slow path in training on channels_last maps of 8 channels or
+    fewer (the demo model's stem: 8.1 ms for 256 images of 8 × 28 × 28 on 2 threads, where sums over the NHWC
+    memory take 2.8; ``benchmarks/NOTES.md``). Training on the CPU computes those maps' statistics that way, and
+    leaves the backward to PyTorch's kernel; every other case, eval mode (inference, export) included, is the
+    PyTorch layer.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
