@@ -23,15 +23,10 @@ def median_ms(fn, repeats: int = 20) -> float:
     return statistics.median(times) * 1e3
 
 
-torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
-print(f"{torch.get_num_threads()} thread(s); ms, median of 20")
-print(f"{'shape':<20} {'torch fwd':>9} {'fwd+bwd':>8} {'sums fwd':>9} {'fwd+bwd':>8}")
-for shape in [(256, 8, 28, 28), (256, 16, 28, 28), (256, 32, 14, 14), (256, 88, 4, 4), (128, 16, 28, 28),
-              (128, 32, 28, 28), (128, 64, 28, 28)]:
-    c = shape[1]
+def row(shape: tuple[int, int, int, int]) -> str:
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
     g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-    bn = torch.nn.BatchNorm2d(c, eps=1e-3)
+    bn = torch.nn.BatchNorm2d(shape[1], eps=1e-3)
 
     def torch_fwd():
         with torch.no_grad():
@@ -47,5 +42,13 @@ for shape in [(256, 8, 28, 28), (256, 16, 28, 28), (256, 32, 14, 14), (256, 88, 
     def sums_both():
         _PixelRowsBatchNorm.apply(x, bn.weight, bn.bias, 1e-3, bn.running_mean, bn.running_var, 0.1).backward(g)
 
-    print(f"{str(shape):<20} {median_ms(torch_fwd):9.2f} {median_ms(torch_both):8.2f} {median_ms(sums_fwd):9.2f} "
-          f"{median_ms(sums_both):8.2f}")
+    return (f"{shape!s:<20} {median_ms(torch_fwd):9.2f} {median_ms(torch_both):8.2f} {median_ms(sums_fwd):9.2f} "
+            f"{median_ms(sums_both):8.2f}")
+
+
+torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+print(f"{torch.get_num_threads()} thread(s); ms, median of 20")
+print(f"{'shape':<20} {'torch fwd':>9} {'fwd+bwd':>8} {'sums fwd':>9} {'fwd+bwd':>8}")
+for shape in [(256, 8, 28, 28), (256, 16, 28, 28), (256, 32, 14, 14), (256, 88, 4, 4), (128, 16, 28, 28),
+              (128, 32, 28, 28), (128, 64, 28, 28)]:
+    print(row(shape))
