@@ -31,8 +31,8 @@ edge: $(EDGE_STAMP)
 # The demo: train the small-input Xception on Fashion-MNIST on the CPU, evaluate it on the test set, classify
 # a few test images. DEMO_ARGS cut the fashion-mnist recipe to fit 10 minutes on 2 cores: 10 epochs of a
 # model a quarter as wide, without shifts or flips (a model this small and this short a run fit more of the
-# images as they are: +0.3–0.4 points on two seeds), in batches of 256 (6–19 % more images a second than 128
-# for this small model; docs/accuracy.md has the runs and their times). OMP_WAIT_POLICY=PASSIVE keeps
+# images as they are: +0.23 points on average over three runs each), in batches of 256 (6–19 % more images a
+# second than 128 for this small model; docs/accuracy.md has the runs and their times). OMP_WAIT_POLICY=PASSIVE keeps
 # PyTorch's two threads from spinning when other work shares the cores (10× slower otherwise on a busy machine).
 DEMO      ?= $(RUNS)/demo
 DEMO_ARGS ?= --epochs 10 --set model.width=0.125 --set translate=0 --set hflip=0 --set batch_size=256
