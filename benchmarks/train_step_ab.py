@@ -14,6 +14,7 @@ depthwise``: `DepthwiseConv2d` (small maps padded explicitly) against `nn.Conv2d
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,32 @@ LAYERS = {  # the layer, and the PyTorch forward it falls back to
 }
 
 
+def training_step(width: float = 0.125, batch: int = 256, threads: int = 2) -> Callable[[], None]:
+    """One SGD update of a small-input model on a fixed random batch, set up as training runs it."""
+    torch.set_num_threads(threads)
+    keep_freed_memory()  # as training does
+    torch.manual_seed(0)
+    model = xception.create_model("xception", num_classes=10, in_chans=1, stem="small", width=width,
+                                  middle_repeats=2).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y, label_smoothing=0.1).backward()
+        opt.step()
+
+    return step
+
+
+def ms_per_step(step: Callable[[], None], steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layer", choices=sorted(LAYERS), default="depthwise")
@@ -37,31 +64,15 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as training does
-    torch.manual_seed(0)
-    model = xception.create_model("xception", num_classes=10, in_chans=1, stem="small", width=args.width,
-                                  middle_repeats=2).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(args.batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch,))
+    step = training_step(args.width, args.batch, args.threads)
     layer, plain = LAYERS[args.layer]
     built = layer.forward
-
-    def timed(steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y, label_smoothing=0.1).backward()
-            opt.step()
-        return (time.perf_counter() - start) / steps * 1e3
-
     times: dict[str, list[float]] = {"as built": [], "plain PyTorch": []}
-    timed(3)
+    ms_per_step(step, 3)
     for _ in range(args.rounds):
         for name, forward in (("as built", built), ("plain PyTorch", plain)):
             layer.forward = forward
-            times[name].append(timed(args.steps))
+            times[name].append(ms_per_step(step, args.steps))
     layer.forward = built
     medians = {name: statistics.median(t) for name, t in times.items()}
     print(f"{args.layer}: width {args.width}, {args.threads} thread(s), batch {args.batch}, "

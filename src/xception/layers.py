@@ -160,6 +160,11 @@ def _pixel_rows(x: torch.Tensor, fold: int) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).view(n * h * w // fold, fold * c)
 
 
+def _channel_sums(rows: torch.Tensor, fold: int) -> torch.Tensor:
+    """Per-channel sums of a :func:`_pixel_rows` matrix."""
+    return rows.sum(0).view(fold, -1).sum(0)
+
+
 class _PixelRowsBatchNorm(torch.autograd.Function):
     """Training-mode batch norm of a channels_last tensor, its per-channel sums taken over the (pixels,
     channels) matrix the memory already is, folded to rows of at least 64 floats (see :class:`BatchNorm2d`).
@@ -173,15 +178,15 @@ class _PixelRowsBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                 running_mean: torch.Tensor | None, running_var: torch.Tensor | None, factor: float) -> torch.Tensor:
-        n, c, h, w = x.shape
-        pixels = n * h * w
+        c = x.shape[1]
+        pixels = x.numel() // c
         fold = max(1, 64 // c)
         while pixels % fold:
             fold //= 2
         rows = _pixel_rows(x, fold)
-        mean = rows.sum(0).view(fold, c).sum(0) / pixels
+        mean = _channel_sums(rows, fold) / pixels
         centred = rows - mean.repeat(fold)
-        var = centred.square().sum(0).view(fold, c).sum(0) / pixels
+        var = _channel_sums(centred.square(), fold) / pixels
         invstd = torch.rsqrt(var + eps)
         out = torch.empty_like(x)  # channels_last, as x; written through its (pixels, channels) view
         torch.addcmul(bias.repeat(fold), centred, (weight * invstd).repeat(fold), out=_pixel_rows(out, fold))
@@ -218,12 +223,11 @@ class BatchNorm2d(nn.BatchNorm2d):
                 and not torch.compiler.is_compiling()):
             return super().forward(x)
         factor = 0.0
-        track = self.track_running_stats and self.running_mean is not None and self.running_var is not None
-        if track and self.num_batches_tracked is not None:
+        if self.track_running_stats and self.num_batches_tracked is not None:  # nn.BatchNorm2d's bookkeeping
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        return _PixelRowsBatchNorm.apply(x, self.weight, self.bias, self.eps, self.running_mean if track else None,
-                                         self.running_var if track else None, factor)
+        return _PixelRowsBatchNorm.apply(x, self.weight, self.bias, self.eps, self.running_mean, self.running_var,
+                                         factor)
 
 
 def make_activation(name: str | None, inplace: bool = False) -> nn.Module | None:
