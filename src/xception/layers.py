@@ -154,6 +154,17 @@ class DepthwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def _row_fold(x: torch.Tensor) -> tuple[int, int]:
+    """(pixels, fold) of a (n, c, h, w) tensor: how many pixels' channels make one row of at least 64 floats
+    (a power of two that divides the pixel count)."""
+    c = x.shape[1]
+    pixels = x.numel() // c
+    fold = max(1, 64 // c)
+    while pixels % fold:
+        fold //= 2
+    return pixels, fold
+
+
 def _pixel_rows(x: torch.Tensor, fold: int) -> torch.Tensor:
     """The memory of a channels_last (n, c, h, w) tensor as a matrix of ``fold`` pixels' channels a row."""
     n, c, h, w = x.shape
@@ -178,11 +189,7 @@ class _PixelRowsBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                 running_mean: torch.Tensor | None, running_var: torch.Tensor | None, factor: float) -> torch.Tensor:
-        c = x.shape[1]
-        pixels = x.numel() // c
-        fold = max(1, 64 // c)
-        while pixels % fold:
-            fold //= 2
+        pixels, fold = _row_fold(x)
         rows = _pixel_rows(x, fold)
         mean = _channel_sums(rows, fold) / pixels
         centred = rows - mean.repeat(fold)

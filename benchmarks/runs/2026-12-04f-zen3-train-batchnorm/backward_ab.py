@@ -9,17 +9,13 @@ import statistics
 import torch
 
 from train_step_ab import ms_per_step, training_step
-from xception.layers import _channel_sums, _pixel_rows, _PixelRowsBatchNorm
+from xception.layers import _channel_sums, _pixel_rows, _PixelRowsBatchNorm, _row_fold
 
 
 def sums_backward(ctx, grad):
     """dx = a·dy + b·x + c per channel, from the sums of dy and dy·x over the NHWC memory."""
     x, weight, mean, invstd = ctx.saved_tensors
-    c = x.shape[1]
-    pixels = x.numel() // c
-    fold = max(1, 64 // c)
-    while pixels % fold:
-        fold //= 2
+    pixels, fold = _row_fold(x)
     rows, dy = _pixel_rows(x, fold), _pixel_rows(grad.contiguous(memory_format=torch.channels_last), fold)
     sum_dy = _channel_sums(dy, fold)
     sum_dy_xhat = (_channel_sums(dy * rows, fold) - mean * sum_dy) * invstd
