@@ -1,13 +1,22 @@
-// The AVX2 int8 kernels (7-bit codes and weights: the byte octets) on their own, one thread, no Python: how fast
-// the GEMM runs with its operands warm, what the depthwise prologue costs per output, and the core's float32
-// FMA rate (its clock, in effect). The ceiling the network's layers are measured against (benchmarks/NOTES.md).
+// The int8 kernels on their own, one thread, no Python: how fast the GEMM runs with its operands warm, what the
+// depthwise prologue costs per output, and the core's float32 FMA rate (its clock, in effect). The ceiling the
+// network's layers are measured against (benchmarks/NOTES.md). By default the AVX2 byte octets (7-bit codes and
+// weights); with -DMICRO_VNNI the AVX-512 VNNI quads (8-bit codes and weights, for CPUs that have them).
 //
-//   g++ -O3 -std=c++17 -fno-math-errno -ffp-contract=off -I src/xception/fast/csrc
+//   g++ -O3 -std=c++17 -fno-math-errno -ffp-contract=off -I src/xception/fast/csrc [-DMICRO_VNNI]
 //       benchmarks/int8_micro.cpp -o /tmp/int8_micro && /tmp/int8_micro [rounds]
 //
 // Another revision's kernels: `git archive REV src/xception/fast/csrc | tar -x -C /tmp/rev` and -I that folder.
 // Each figure is the best of `rounds` timings (default 7): on a shared host the minimum is the kernel's own speed.
+#ifdef MICRO_VNNI
+#include "qkernels_avx512_vnni.cpp"
+namespace qk = xc_q_vnni;
+constexpr int KERNELS = XC_Q_VNNI, CODE_MAX = 255;
+#else
 #include "qkernels_avx2_s7a7.cpp"
+namespace qk = xc_q_avx2_s7a7;
+constexpr int KERNELS = XC_Q_OCTETS, CODE_MAX = 127;
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -32,7 +41,7 @@ double best_of(int reps, Fn fn) {
     return best;
 }
 
-// One conv of the network's shapes on random 7-bit codes and weights: a 1×1 conv (kind XC_POINTWISE) or a 3×3
+// One conv of the network's shapes on random codes and weights (7-bit, which every kernel takes): a 1×1 conv (kind XC_POINTWISE) or a 3×3
 // depthwise step with 'same' padding and an input ReLU joined to it (XC_SEPARABLE), h × h pixels, c → n channels.
 struct Conv {
     xc_qconv op{};
@@ -71,19 +80,19 @@ struct Conv {
         op.dw_start = dw_start.data();
         op.bias = bias.data();
         op.mult = mult.data();
-        op.code_max = 127;
-        op.kernels = XC_Q_OCTETS;
-        packed.resize(xc_q_avx2_s7a7::packed_bytes(c, n));
-        xc_q_avx2_s7a7::pack(weight.data(), c, n, packed.data());
+        op.code_max = CODE_MAX;
+        op.kernels = KERNELS;
+        packed.resize(qk::packed_bytes(c, n));
+        qk::pack(weight.data(), c, n, packed.data());
         op.packed = packed.data();
-        rows = xc_q_avx2_s7a7::block_rows(&op);
-        abuf.resize(xc_q_avx2_s7a7::abuf_bytes(&op, rows) + 64);
+        rows = qk::block_rows(&op);
+        abuf.resize(qk::abuf_bytes(&op, rows) + 64);
         out.resize(m * n);
     }
     void run() {
         const long m = long(op.h) * op.w;
         for (long m0 = 0; m0 < m; m0 += rows)
-            xc_q_avx2_s7a7::conv_task(&op, in.data(), out.data(), m0, int(std::min<long>(rows, m - m0)), 0, op.cout,
+            qk::conv_task(&op, in.data(), out.data(), m0, int(std::min<long>(rows, m - m0)), 0, op.cout,
                                       abuf.data());
     }
     double macs() const { return double(op.h) * op.w * op.c * op.cout; }

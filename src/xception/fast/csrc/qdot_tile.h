@@ -1,8 +1,8 @@
-// The int8 dot loops' shared shape, included by each int8 build (qkernels_*.cpp) after its target pragmas:
-// acc[R × 16] = A[R × depth] · B-panel in int32, two registers of 8 columns per row. Each step of the depth
+// The 256-bit int8 dot loops' shared shape, included by the AVX2 builds (qkernels_avx2*.cpp) after their target
+// pragmas: acc[R × 16] = A[R × depth] · B-panel in int32, two registers of 8 columns per row. Each step of the depth
 // takes Step::words 4-byte words of each row of A, each broadcast to every lane, and for each word 64 bytes
 // of the packed panel (two registers, lane j holding column j's 4 bytes of k); `step(c, a, b0or1)` returns c
-// plus their products, the only part an instruction set changes (vpmaddwd, vpmaddubsw, vpdpbusd).
+// plus their products, the only part an instruction set changes (vpmaddwd, vpmaddubsw).
 #pragma once
 
 namespace {  // each build's own copy, compiled for its instruction set

@@ -7,7 +7,8 @@
 //                 (int16 pairs for vpmaddwd; uint8 quads for VNNI's vpdpbusd; octets, two quads, for 7-bit codes)
 //   BType         the packed weights' elements (int16 pairs, or int8 quads)
 //   QMR, QNR      the register tile: QMR rows × QNR columns of int32 accumulators
-//   QStep         the dot loop's step (qdot_tile.h): acc[R × QNR] = A[R × groups·KG] · B-panel, int32, exact
+//   dot_tile, QStep  the register tile's dot loop, acc[R × QNR] = A[R × groups·KG] · B-panel, int32, exact:
+//                 qdot_tile.h's with the build's step, or the build's own (AVX-512 VNNI: 512-bit registers)
 //
 // The structure is the float kernels': one GEMM per convolution, C[M×N] = A[M×K]·B[K×N] over NHWC rows,
 // with a prologue that makes a block of A's rows in a buffer that stays in L2 and an epilogue that
@@ -352,18 +353,27 @@ void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows
     const Requant rq(op->out_zero, op->out_lo, op->code_max);
     const VI rzero = vi_set1(op->res_zero);
     const V rmult = vset1(op->res_mult);
-    if (n_valid == 2 * LANES && !op->out_float) {  // a whole tile of codes: per-column tables loaded once
-        const VI bias0 = vi_loadu(op->bias + n), bias1 = vi_loadu(op->bias + n + LANES);
-        const V mult0 = vloadu(op->mult + n), mult1 = vloadu(op->mult + n + LANES);
+    if (n_valid == QNR && !op->out_float) {  // a whole tile of codes: per-column tables loaded once
+        static_assert(QNR == LANES || QNR == 2 * LANES, "a tile row is one or two vectors");
+        constexpr int T = QNR / LANES;
+        VI bias[T];
+        V mult[T];
+        for (int t = 0; t < T; ++t) {
+            bias[t] = vi_loadu(op->bias + n + t * LANES);
+            mult[t] = vloadu(op->mult + n + t * LANES);
+        }
         for (int r = 0; r < rows; ++r) {
             const long row = (m + r) * long(op->cout) + n;
-            V x0 = vmul(vi_to_float(vi_add(vi_loadu(acc + r * QNR), bias0)), mult0);
-            V x1 = vmul(vi_to_float(vi_add(vi_loadu(acc + r * QNR + LANES), bias1)), mult1);
-            if (op->residual) {
-                x0 = vadd(x0, vmul(vi_to_float(vi_sub(vi_load_u8_n(op->residual + row, LANES), rzero)), rmult));
-                x1 = vadd(x1, vmul(vi_to_float(vi_sub(vi_load_u8_n(op->residual + row + LANES, LANES), rzero)), rmult));
+            VI codes[T];
+            for (int t = 0; t < T; ++t) {
+                V x = vmul(vi_to_float(vi_add(vi_loadu(acc + r * QNR + t * LANES), bias[t])), mult[t]);
+                if (op->residual)
+                    x = vadd(x, vmul(vi_to_float(vi_sub(vi_load_u8_n(op->residual + row + t * LANES, LANES), rzero)), rmult));
+                codes[t] = rq.codes(x);
             }
-            vi_store_u8_2(static_cast<std::uint8_t*>(out) + row, rq.codes(x0), rq.codes(x1));
+            std::uint8_t* dst = static_cast<std::uint8_t*>(out) + row;
+            if constexpr (T == 2) vi_store_u8_2(dst, codes[0], codes[1]);
+            else vi_store_u8_n(dst, codes[0], LANES);
         }
         return;
     }
