@@ -114,7 +114,7 @@ struct Geometry {  // where output pixel m of the GEMM reads its input window
 };
 
 // Depthwise 3×3 conv of `count` consecutive output pixels of one output row, all channels, into
-// out[count × c], channel vector by channel vector. At stride 1 the three taps of a row overlap: DW_GROUP
+// out[count × ldo], channel vector by channel vector. At stride 1 the three taps of a row overlap: DW_GROUP
 // outputs read DW_GROUP + 2 input vectors per row once (and apply the input ReLU once to each) instead of
 // three times. Pixels near the border, and strided or dilated windows, take the checked path.
 constexpr int DW_GROUP = LANES == 16 ? 8 : 4;
@@ -147,7 +147,7 @@ inline V dw_pixel(const float* const rows[3], const bool row_ok[3], const Geomet
 // window slid along the row (slide.h) with the nine taps in registers.
 template <bool ReluIn, bool Full, int Outside>
 void depthwise3_slide(const float* __restrict mid, long down, const Geometry& g, int ix0, int count, int ch,
-                      const float* __restrict w, V b0, bool relu_mid, float* __restrict out) {
+                      const float* __restrict w, V b0, bool relu_mid, float* __restrict out, long ldo) {
     const int c = g.c, left = Full ? LANES : c - ch;
     V wt[9];
     for (int t = 0; t < 9; ++t) wt[t] = Full ? vloadu(w + long(t) * c + ch) : vload_n(w + long(t) * c + ch, left);
@@ -175,7 +175,7 @@ void depthwise3_slide(const float* __restrict mid, long down, const Geometry& g,
     };
     auto emit = [&](int i, V acc) XC_INLINE {
         if (relu_mid) acc = vmax(acc, vzero());
-        float* dst = out + long(i) * c + ch;
+        float* dst = out + i * ldo + ch;
         if (Full) vstoreu(dst, acc); else vstore_n(dst, acc, left);
     };
     slide_window(count, b0, column, inside, dot, emit);
@@ -183,18 +183,19 @@ void depthwise3_slide(const float* __restrict mid, long down, const Geometry& g,
 
 template <bool ReluIn, bool Full>
 void depthwise3_slide_any(int outside, const float* mid, long down, const Geometry& g, int ix0, int count, int ch,
-                          const float* w, V b0, bool relu_mid, float* out) {
+                          const float* w, V b0, bool relu_mid, float* out, long ldo) {
     switch (outside) {
-    case 0: depthwise3_slide<ReluIn, Full, 0>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out); break;
-    case 1: depthwise3_slide<ReluIn, Full, 1>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out); break;
-    case 2: depthwise3_slide<ReluIn, Full, 2>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out); break;
-    default: depthwise3_slide<ReluIn, Full, 3>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out); break;
+    case 0: depthwise3_slide<ReluIn, Full, 0>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out, ldo); break;
+    case 1: depthwise3_slide<ReluIn, Full, 1>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out, ldo); break;
+    case 2: depthwise3_slide<ReluIn, Full, 2>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out, ldo); break;
+    default: depthwise3_slide<ReluIn, Full, 3>(mid, down, g, ix0, count, ch, w, b0, relu_mid, out, ldo); break;
     }
 }
 
 template <bool ReluIn>
 void depthwise3_run(const float* __restrict img, const Geometry& g, int oy, int ox0, int count,
-                    const float* __restrict w, const float* __restrict bias, bool relu_mid, float* __restrict out) {
+                    const float* __restrict w, const float* __restrict bias, bool relu_mid, float* __restrict out,
+                    long ldo) {
     const int c = g.c, s = g.stride, d = g.dilation;
     const int iy0 = oy * s - g.pad_top;
     const int ix_first = ox0 - g.pad_left, ix_last = ox0 + count - 1 - g.pad_left;  // at stride 1
@@ -205,11 +206,11 @@ void depthwise3_run(const float* __restrict img, const Geometry& g, int oy, int 
         int ch = 0;
         for (; ch + LANES <= c; ch += LANES) {
             const V b0 = bias ? vloadu(bias + ch) : vzero();
-            depthwise3_slide_any<ReluIn, true>(outside, mid, down, g, ix_first, count, ch, w, b0, relu_mid, out);
+            depthwise3_slide_any<ReluIn, true>(outside, mid, down, g, ix_first, count, ch, w, b0, relu_mid, out, ldo);
         }
         if (ch < c) {
             const V b0 = bias ? vload_n(bias + ch, c - ch) : vzero();
-            depthwise3_slide_any<ReluIn, false>(outside, mid, down, g, ix_first, count, ch, w, b0, relu_mid, out);
+            depthwise3_slide_any<ReluIn, false>(outside, mid, down, g, ix_first, count, ch, w, b0, relu_mid, out, ldo);
         }
         return;
     }
@@ -229,7 +230,7 @@ void depthwise3_run(const float* __restrict img, const Geometry& g, int oy, int 
         const V b0 = bias ? (full ? vloadu(bias + ch) : vload_n(bias + ch, left)) : vzero();
         auto finish = [&](int ox, V acc) {
             if (relu_mid) acc = vmax(acc, vzero());
-            float* dst = out + long(ox - ox0) * c + ch;
+            float* dst = out + (ox - ox0) * ldo + ch;
             if (full) vstoreu(dst, acc); else vstore_n(dst, acc, left);
         };
         int ox = ox0;
@@ -265,7 +266,8 @@ void depthwise3_run(const float* __restrict img, const Geometry& g, int oy, int 
 
 // Any k×k (the checked path only): for kernel sizes other than 3.
 void depthwise_any_run(const float* __restrict img, const Geometry& g, int oy, int ox0, int count, bool relu_in,
-                       const float* __restrict w, const float* __restrict bias, bool relu_mid, float* __restrict out) {
+                       const float* __restrict w, const float* __restrict bias, bool relu_mid, float* __restrict out,
+                       long ldo) {
     const int c = g.c, kk = g.k;
     for (int p = 0; p < count; ++p) {
         const int iy0 = oy * g.stride - g.pad_top, ix0 = (ox0 + p) * g.stride - g.pad_left;
@@ -286,16 +288,24 @@ void depthwise_any_run(const float* __restrict img, const Geometry& g, int oy, i
                 }
             }
             if (relu_mid) acc = vmax(acc, vzero());
-            float* dst = out + long(p) * c + ch;
+            float* dst = out + p * ldo + ch;
             if (left >= LANES) vstoreu(dst, acc); else vstore_n(dst, acc, left);
         }
     }
 }
 
-// Depthwise k×k conv (+ bias, + ReLU) of output pixels [m0, m0 + rows), all channels, into a[rows × c],
+// The row stride of A where the kernels write A themselves: k floats, and one cache line more when rows k floats
+// apart would fall in the same few L1 sets (k a multiple of 512: the exit flow's 1,024 and 1,536 channels), where
+// the MR rows a tile reads at once would evict each other (L1 holds 8 lines a set; XC_ASTRIDE=0: never padded).
+#ifndef XC_ASTRIDE
+#define XC_ASTRIDE 1
+#endif
+inline long a_stride(int k) { return XC_ASTRIDE && k % 512 == 0 ? k + 16 : k; }
+
+// Depthwise k×k conv (+ bias, + ReLU) of output pixels [m0, m0 + rows), all channels, into a[rows × lda],
 // one output row's run of pixels at a time.
 void depthwise_rows(const float* __restrict in, const Geometry& g, long m0, int rows, const float* __restrict w,
-                    const float* __restrict bias, bool relu_in, bool relu_mid, float* __restrict a) {
+                    const float* __restrict bias, bool relu_in, bool relu_mid, float* __restrict a, long lda) {
     const long plane = long(g.oh) * g.ow;
     for (int r = 0; r < rows;) {
         const long m = m0 + r;
@@ -303,10 +313,10 @@ void depthwise_rows(const float* __restrict in, const Geometry& g, long m0, int 
         const int oy = int((m % plane) / g.ow), ox = int(m % g.ow);
         const int count = std::min(rows - r, g.ow - ox);
         const float* img = in + n * long(g.h) * g.w * g.c;
-        float* out = a + long(r) * g.c;
-        if (g.k != 3) depthwise_any_run(img, g, oy, ox, count, relu_in, w, bias, relu_mid, out);
-        else if (relu_in) depthwise3_run<true>(img, g, oy, ox, count, w, bias, relu_mid, out);
-        else depthwise3_run<false>(img, g, oy, ox, count, w, bias, relu_mid, out);
+        float* out = a + long(r) * lda;
+        if (g.k != 3) depthwise_any_run(img, g, oy, ox, count, relu_in, w, bias, relu_mid, out, lda);
+        else if (relu_in) depthwise3_run<true>(img, g, oy, ox, count, w, bias, relu_mid, out, lda);
+        else depthwise3_run<false>(img, g, oy, ox, count, w, bias, relu_mid, out, lda);
         r += count;
     }
 }
@@ -469,9 +479,10 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
             lda = op->c;
             break;
         }
+        lda = a_stride(op->c);
         for (int r = 0; r < t.rows; ++r) {
             const float* src = in + (t.m0 + r) * long(op->c);
-            float* dst = abuf + long(r) * op->c;
+            float* dst = abuf + r * lda;
             for (int ch = 0; ch < op->c; ch += LANES) {
                 const int left = op->c - ch;
                 V x = left >= LANES ? vloadu(src + ch) : vload_n(src + ch, left);
@@ -480,12 +491,11 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
             }
         }
         a = abuf;
-        lda = op->c;
         break;
     case XC_SEPARABLE:
-        depthwise_rows(in, g, t.m0, t.rows, op->dw_weight, op->dw_bias, op->relu_in, op->relu_mid, abuf);
+        lda = a_stride(op->c);
+        depthwise_rows(in, g, t.m0, t.rows, op->dw_weight, op->dw_bias, op->relu_in, op->relu_mid, abuf, lda);
         a = abuf;
-        lda = op->c;
         break;
     default:  // XC_PATCHES (a strided 1×1 conv is a 1×1 "patch")
         if (!in_place) patch_rows(in, g, t.m0, t.rows, op->relu_in, abuf);

@@ -291,7 +291,7 @@ int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
     const int isa = g_isa;
     const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, block_rows_of(isa, op), mr_of(isa), nr_of(isa), op->cout);
     const bool needs_a = op->kind != XC_POINTWISE || op->relu_in;
-    const size_t a_floats = needs_a ? size_t(plan.rows) * op->k_dim : 0;
+    const size_t a_floats = needs_a ? size_t(plan.rows) * (op->k_dim + 16) : 0;  // + kernels.h's a_stride padding
     return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf, long next_m0, int next_rows) {
         conv_task_of(isa, op, input, output, m0, rows, n0, n1, abuf, next_m0, next_rows);
     });

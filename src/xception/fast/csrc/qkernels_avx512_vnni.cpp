@@ -27,6 +27,9 @@ constexpr int KG = 4;    // k quads
 #endif
 constexpr int QMR = XC_VNNI_MR;  // 2 accumulators a row of the 32 registers, 2 for B, 1 for A's broadcast quad
 constexpr int QNR = 32;          // two registers of 16 int32 columns
+#ifndef XC_VNNI_AHEAD
+#define XC_VNNI_AHEAD 4  // how many k quads ahead B's lines are fetched (-DXC_VNNI_AHEAD=N for A/B builds)
+#endif
 
 struct QStep {};
 
@@ -41,8 +44,8 @@ inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __res
 #pragma GCC unroll 2
     for (int g = 0; g < groups; ++g) {
         const __m512i b0 = _mm512_loadu_si512(b + g * 128), b1 = _mm512_loadu_si512(b + g * 128 + 64);
-        _mm_prefetch(reinterpret_cast<const char*>(b + (g + 4) * 128), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(b + (g + 4) * 128 + 64), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b + (g + XC_VNNI_AHEAD) * 128), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b + (g + XC_VNNI_AHEAD) * 128 + 64), _MM_HINT_T0);
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) {
             std::int32_t word;
