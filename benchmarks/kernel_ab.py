@@ -11,7 +11,7 @@ are checked against the first's. Reports per layer and per stage the minimum and
 (ms, wall time).
 
     PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant all=-DXC_GROUP=0 [--variant old=@HEAD] \\
-        [--int8] [--batch 8] [--input-size 299] [--repeats 10] [--threads 1] [--json out.json]
+        [--int8] [--isa avx2] [--batch 8] [--input-size 299] [--repeats 10] [--threads 1] [--json out.json]
 
 The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
 next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group columns a pixel block may take),
@@ -41,6 +41,7 @@ import xception
 from int8_layers import float_model, stage
 from xception.bench import environment
 from xception.fast import native
+from xception.hardware import KERNEL_ISAS
 from xception.quantize import load_quantized, quantize
 from xception.quantize import native as int8_kernels
 
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                         "layer, far less than a pass, so the builds' passes in turns do not overlap)")
     parser.add_argument("--int8", action="store_true", help="the int8 network (quantised as xception quantize "
                         "does by default) instead of the float32 one")
+    parser.add_argument("--isa", choices=KERNEL_ISAS[1:], help="run every build's kernels for this instruction set "
+                        "(a lower one than the CPU's best: as XCEPTION_CPU_ISA does)")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) if "=" in v else (v, "") for v in args.variant)
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, flags in variants.items():
             print(f"building {name} ({flags or 'no flags'})", flush=True)
             libs[name] = ctypes.CDLL(str(build(name, flags, Path(tmp))))
+            if args.isa:
+                libs[name].xc_select_isa(KERNEL_ISAS.index(args.isa))
         layers = (int8_kernels.NativeQConv, int8_kernels.NativeQMaxPool) if args.int8 else \
             (native.NativeConv, native.NativeMaxPool)
         times: dict[str, float] = {}
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         passes[name].append({**times, "total": (time.perf_counter() - start) * 1000})
     first = next(iter(logits.values()))
     scale = first.abs().max().item()
-    report: dict[str, Any] = {"environment": environment(torch.device("cpu")), "batch": args.batch,
+    report: dict[str, Any] = {"environment": environment(torch.device("cpu")), "isa": args.isa, "batch": args.batch,
                               "input_size": size, "repeats": args.repeats, "threads": args.threads, "int8": args.int8,
                               "variants": variants, "results": {}}
     for name, runs in passes.items():

@@ -1,6 +1,7 @@
 #!/bin/bash
 # The AVX-512 / VNNI / AVX512-BF16 CPU: int8, fp32, bf16, 1 and 2 threads, batch 8 and 1, reports into folder $1
-# (default: this one; 2026-12-04i-zen4-after/ ran its int8 and fp32 loops after the kernel changes).
+# (default: this one; 2026-12-04i-zen4-after/ ran its int8 and fp32 loops after the first kernel changes,
+# 2026-12-04j-zen4-final/ all three after the last).
 set -u
 cd "$(dirname "$0")/../../.."
 D=${1:-benchmarks/runs/2026-12-04h-zen4}
