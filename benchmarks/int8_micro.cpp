@@ -41,8 +41,9 @@ double best_of(int reps, Fn fn) {
     return best;
 }
 
-// One conv of the network's shapes on random codes and weights (7-bit, which every kernel takes): a 1×1 conv (kind XC_POINTWISE) or a 3×3
-// depthwise step with 'same' padding and an input ReLU joined to it (XC_SEPARABLE), h × h pixels, c → n channels.
+// One conv of the network's shapes on random 7-bit codes and weights (which every kernel takes): a 1×1 conv (kind
+// XC_POINTWISE) or a 3×3 depthwise step with 'same' padding and an input ReLU joined to it (XC_SEPARABLE), h × h
+// pixels, c → n channels.
 struct Conv {
     xc_qconv op{};
     std::vector<std::uint8_t> in, out, packed, abuf;
@@ -92,8 +93,7 @@ struct Conv {
     void run() {
         const long m = long(op.h) * op.w;
         for (long m0 = 0; m0 < m; m0 += rows)
-            qk::conv_task(&op, in.data(), out.data(), m0, int(std::min<long>(rows, m - m0)), 0, op.cout,
-                                      abuf.data());
+            qk::conv_task(&op, in.data(), out.data(), m0, int(std::min<long>(rows, m - m0)), 0, op.cout, abuf.data());
     }
     double macs() const { return double(op.h) * op.w * op.c * op.cout; }
 };

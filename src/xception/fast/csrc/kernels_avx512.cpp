@@ -23,9 +23,9 @@ namespace {
 constexpr int MR = XC_MR;   // 28 accumulators of 32 registers
 constexpr int NV = XC_NV;    // NR = 32 columns
 // As on AVX2 (kernels_avx2.cpp): B's panels as deep as the middle flow's 728 channels, so that C is stored once,
-// streaming from L2 past the MR-row slice of A in L1; and 4 panels of B (128 columns, 384 KB at that depth) per pass of
-// A's slices. Measured together 4 % faster on the whole network than 256-deep panels all passing each slice
-// (AMD Zen 4, benchmarks/NOTES.md), most in the middle and exit flows.
+// streaming from L2 past the MR-row slice of A in L1; and 4 panels of B (128 columns, 384 KB at that depth) per
+// pass of A's slices. Measured together 4 % faster on the whole network than 256-deep panels all passing each
+// slice (AMD Zen 4, benchmarks/NOTES.md), most in the middle and exit flows.
 constexpr int KC = XC_KC;
 constexpr int GROUP = 4;
 }  // namespace

@@ -367,8 +367,10 @@ void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows
             VI codes[T];
             for (int t = 0; t < T; ++t) {
                 V x = vmul(vi_to_float(vi_add(vi_loadu(acc + r * QNR + t * LANES), bias[t])), mult[t]);
-                if (op->residual)
-                    x = vadd(x, vmul(vi_to_float(vi_sub(vi_load_u8_n(op->residual + row + t * LANES, LANES), rzero)), rmult));
+                if (op->residual) {
+                    const VI q = vi_sub(vi_load_u8_n(op->residual + row + t * LANES, LANES), rzero);
+                    x = vadd(x, vmul(vi_to_float(q), rmult));
+                }
                 codes[t] = rq.codes(x);
             }
             std::uint8_t* dst = static_cast<std::uint8_t*>(out) + row;
