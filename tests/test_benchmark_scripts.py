@@ -207,6 +207,29 @@ def test_fp32_layers_times_every_kernel_call_beside_onnxruntime_and_openvino(tmp
     assert "ONNX Runtime by operator" in out and "OpenVINO by kernel" in out
 
 
+def test_bf16_layers_times_each_layer_both_ways_beside_openvino(tmp_path):
+    """The per-layer bf16 profile: every oneDNN layer and native max-pool of the paper's network timed, each 1×1
+    conv also on oneDNN's other route, beside OpenVINO's bf16 profile (71 px, one pass)."""
+    pytest.importorskip("openvino")
+    from xception.fast.fused import mkldnn_bf16_available
+
+    if not mkldnn_bf16_available():
+        pytest.skip("oneDNN runs no bf16 kernels on this CPU")
+    out = run_script("bf16_layers.py", "--batch", "1", "--input-size", "71", "--repeats", "1", "--json",
+                     str(tmp_path / "layers.json"), tiny=False)
+    report = json.loads((tmp_path / "layers.json").read_text())
+    layers = report["ours"]["layers"]
+    kinds = [entry["kind"] for entry in layers.values()]
+    # stem 2 convs; entry 3 × (2 depthwise, 2 pointwise, a pool, a shortcut); middle 8 × 3 × 2; exit 2 × 2 + a pool
+    # + a shortcut, then 2 × 2
+    assert kinds.count("conv (oneDNN)") == 2 and kinds.count("max-pool (native)") == 4
+    assert kinds.count("depthwise (oneDNN conv)") == 3 * 2 + 8 * 3 + 2 + 2
+    assert kinds.count("1x1 (oneDNN matmul)") == 3 * 3 + 8 * 3 + 3 + 2
+    assert all(entry["conv_min_ms"] > 0 for entry in layers.values() if entry["kind"].startswith("1x1"))
+    assert any(kernel.startswith("Convolution") for kernel in report["openvino"]["by_kernel"])
+    assert "faster route per 1x1 conv" in out and "OpenVINO by kernel" in out
+
+
 def test_fp32_layers_ours_only_times_our_passes_without_the_peers(tmp_path):
     from xception.fast import native
 
@@ -259,10 +282,11 @@ def test_kernel_ab_builds_each_variant_and_gives_the_same_logits(tmp_path):
     if not native.available():
         pytest.skip("no compiled kernels for this CPU")
     out = run_script("kernel_ab.py", "--variant", "base=", "--variant", "all=-DXC_GROUP=0 -DXC_TASKS=8", "--batch",
-                     "1", "--input-size", "71", "--repeats", "2", "--threads", "2", "--json", str(tmp_path / "ab.json"),
-                     tiny=False, timeout=900)
+                     "1", "--input-size", "71", "--repeats", "2", "--threads", "2", "--isa", "avx2", "--json",
+                     str(tmp_path / "ab.json"), tiny=False, timeout=900)
     report = json.loads((tmp_path / "ab.json").read_text())
     assert report["variants"] == {"base": "", "all": "-DXC_GROUP=0 -DXC_TASKS=8"} and report["threads"] == 2
+    assert report["isa"] == "avx2"  # the AVX2 kernels, whatever this CPU's best
     for result in report["results"].values():
         assert result["max_err"] == 0.0
         assert result["middle flow"]["min"] <= result["middle flow"]["median"]
@@ -287,16 +311,19 @@ def test_kernel_ab_of_the_int8_network_gives_the_same_logits(tmp_path):
 
 
 @pytest.mark.slow  # compiles a C++ program
-def test_the_int8_microbenchmark_builds_against_the_kernels_and_reports_each_part(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["-DMICRO_VNNI"]], ids=["avx2-octets", "vnni"])
+def test_the_int8_microbenchmark_builds_against_the_kernels_and_reports_each_part(tmp_path, flags):
     """benchmarks/int8_micro.cpp includes the kernels' sources as they are: it must still compile with them and
-    print every figure it promises (GEMM rates that are positive numbers, not nan)."""
+    print every figure it promises (GEMM rates that are positive numbers, not nan), for either kernel family."""
     from xception.quantize import native
 
     compiler = shutil.which("g++")
     if compiler is None or native.isa() == "none":
         pytest.skip("needs g++ and a CPU with the AVX2 int8 kernels")
+    if flags and native.isa() != "avx512-vnni":
+        pytest.skip("the VNNI kernels need a CPU with AVX-512 VNNI")
     exe = tmp_path / "int8_micro"
-    subprocess.run([compiler, "-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off", "-I",
+    subprocess.run([compiler, "-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off", *flags, "-I",
                     str(ROOT / "src/xception/fast/csrc"), str(ROOT / "benchmarks/int8_micro.cpp"), "-o", str(exe)],
                    check=True, capture_output=True, timeout=300)
     out = subprocess.run([str(exe), "1"], check=True, capture_output=True, text=True, timeout=300).stdout
