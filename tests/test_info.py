@@ -78,3 +78,18 @@ def test_text_says_the_same_and_where_the_dataset_was_not_found():
     assert f"torch {torch.__version__.split('+')[0]}" in text and cpu_name() in text
     assert f"native: {native.isa()}" in text
     assert "Fashion-MNIST not found (training downloads it); searched: no folder (XCEPTION_DATA_PATH is empty)" in text
+
+
+@pytest.mark.parametrize(("family", "model", "flags", "extensions"), [
+    ("25", "1", "fpu sse2 avx avx2 fma", ", AVX2"),  # AMD Zen 3
+    ("25", "17", "avx2 avx512f avx512bw avx512_vnni avx512_bf16", ", AVX-512, VNNI, AVX512-BF16"),  # AMD Zen 4
+    ("6", "143", "avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_int8", ", AVX-512, VNNI, AVX512-BF16, AMX"),
+    ("6", "15", "sse2", ""),
+])
+def test_the_cpu_name_says_the_vector_extensions_the_kernels_choose_between(monkeypatch, family, model, flags,
+                                                                             extensions):
+    from xception import hardware
+
+    monkeypatch.setattr(hardware, "_cpu_info", lambda: {"model name": "AMD EPYC", "cpu family": family,
+                                                         "model": model, "flags": flags})
+    assert hardware.cpu_name() == f"AMD EPYC (family {family} model {model}{extensions})"

@@ -39,13 +39,14 @@ def cpu_flags() -> set[str]:
 
 def cpu_name() -> str:
     """The CPU's name with what decides kernel speed: family/model (virtual machines often report a generic
-    name such as "Intel(R) Xeon(R) Processor") and the widest vector extensions."""
+    name such as "Intel(R) Xeon(R) Processor") and the widest vector extensions (VNNI: AVX-512's int8 dot
+    product, which the int8 kernels use)."""
     info = _cpu_info()
     if not info:
         return platform.processor() or platform.machine()
     flags = set(info.get("flags", "").split())
-    isa = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
-           if flag in flags] or (["AVX2"] if "avx2" in flags else [])
+    isa = [name for name, flag in (("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"), ("AVX512-BF16", "avx512_bf16"),
+                                   ("AMX", "amx_bf16")) if flag in flags] or (["AVX2"] if "avx2" in flags else [])
     name = info.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in info and "model" in info:
         name += f" (family {info['cpu family']} model {info['model']}{', ' + ', '.join(isa) if isa else ''})"
