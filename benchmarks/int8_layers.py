@@ -40,6 +40,15 @@ def float_model(calibration: torch.Tensor) -> torch.nn.Module:
     return model.eval()
 
 
+def paper_network(batch: int, size: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """``float_model`` on 8 random calibration images, and a random input batch: the same draws in every script
+    that takes them in this order."""
+    torch.manual_seed(1)
+    calibration = torch.randn(8, 3, size, size)
+    model = float_model(calibration)
+    return model, calibration, torch.randn(batch, 3, size, size)
+
+
 def ours(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tensor, bits: int, repeats: int,
          folder: Path, activation_bits: int = 8) -> tuple[Callable[[], float], Callable[[float], dict[str, Any]]]:
     """One pass of the native int8 network (CPU seconds), and the per-layer report of all passes."""

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 import xception
-from int8_layers import float_model, stage
+from int8_layers import paper_network, stage
 from xception.bench import environment
 from xception.fast import native
 from xception.hardware import KERNEL_ISAS
@@ -115,11 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no compiled kernels for this CPU", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)  # each build's pool takes its size from here
-    torch.manual_seed(1)
     size = args.input_size
-    calibration = torch.randn(8, 3, size, size)
-    model = float_model(calibration)
-    x = torch.randn(args.batch, 3, size, size)
+    model, calibration, x = paper_network(args.batch, size)
     with tempfile.TemporaryDirectory() as tmp:
         libs = {}
         for name, flags in variants.items():

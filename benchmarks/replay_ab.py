@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import xception
-from int8_layers import float_model
+from int8_layers import paper_network
 from xception.bench import environment
 from xception.fast import native
 from xception.quantize import load_quantized, quantize
@@ -81,11 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no compiled {'int8' if args.int8 else 'float32'} kernels for this CPU", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    torch.manual_seed(1)
     size = args.input_size
-    calibration = torch.randn(8, 3, size, size)
-    model = float_model(calibration)
-    x = torch.randn(args.batch, 3, size, size)
+    model, calibration, x = paper_network(args.batch, size)
     copies, entry_points, kernels_used = int8_copies(model, calibration) if args.int8 else float_copies(model)
     with torch.no_grad():
         outputs = {name: fast(x) for name, fast in copies.items()}  # the first pass records the calls
