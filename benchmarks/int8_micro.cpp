@@ -1,7 +1,8 @@
 // The int8 kernels on their own, one thread, no Python: how fast the GEMM runs with its operands warm, what the
 // depthwise prologue costs per output, and the core's float32 FMA rate (its clock, in effect). The ceiling the
 // network's layers are measured against (benchmarks/NOTES.md). By default the AVX2 byte octets (7-bit codes and
-// weights); with -DMICRO_VNNI the AVX-512 VNNI quads (8-bit codes and weights, for CPUs that have them).
+// weights); with -DMICRO_VNNI the AVX-512 VNNI quads (8-bit codes and weights, for CPUs that have them), whose
+// depthwise step runs on byte quads too unless -DMICRO_FLOAT_DEPTHWISE (the float32 step, for comparison).
 //
 //   g++ -O3 -std=c++17 -fno-math-errno -ffp-contract=off -I src/xception/fast/csrc [-DMICRO_VNNI]
 //       benchmarks/int8_micro.cpp -o /tmp/int8_micro && /tmp/int8_micro [rounds]
@@ -48,7 +49,7 @@ struct Conv {
     xc_qconv op{};
     std::vector<std::uint8_t> in, out, packed, abuf;
     std::vector<std::int8_t> weight;
-    std::vector<std::int32_t> bias, dw_bias;
+    std::vector<std::int32_t> bias, dw_bias, dw_quads, dw_start_q;
     std::vector<float> mult, dw_weight, dw_mult, dw_start;
     int rows = 0;
 
@@ -65,6 +66,13 @@ struct Conv {
         dw_bias.assign(c + 64, 3);
         dw_mult.assign(c + 64, 1e-2f);
         dw_start.assign(c + 64, 5.f);
+        const long stride = (c + 63) / 64 * 64;  // the byte quads' layout (quantize/native.py, _depthwise_quads)
+        dw_quads.assign(3 * stride, 0);
+        for (int dx = 0; dx < 3; ++dx)
+            for (int ch = 0; ch < c; ++ch)
+                for (int dy = 0; dy < 3; ++dy)
+                    dw_quads[dx * stride + ch] |= (std::int32_t(dw_weight[(3 * dy + dx) * long(c) + ch]) & 0xFF) << (8 * dy);
+        dw_start_q.assign(c + 64, 5);
         op.kind = kind;
         op.n = 1;
         op.h = op.w = op.oh = op.ow = h;
@@ -79,6 +87,10 @@ struct Conv {
         op.dw_bias = dw_bias.data();
         op.dw_mult = dw_mult.data();
         op.dw_start = dw_start.data();
+#if defined(MICRO_VNNI) && !defined(MICRO_FLOAT_DEPTHWISE)
+        op.dw_quads = dw_quads.data();
+        op.dw_start_q = dw_start_q.data();
+#endif
         op.bias = bias.data();
         op.mult = mult.data();
         op.code_max = CODE_MAX;

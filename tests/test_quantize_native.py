@@ -124,14 +124,41 @@ def test_depthwise_sums_start_at_the_folded_bias_only_where_float32_stays_exact(
 
 
 @pytest.mark.parametrize(("name", "options"), [VARIANTS[0], VARIANTS[2]])
-def test_the_depthwise_rows_without_the_folded_start_equal_the_references(name, options, monkeypatch):
-    """Where the folded start could be inexact the kernels take the general path: forced here for every layer."""
-    monkeypatch.setattr(native, "_depthwise_start", lambda *args: None)
+@pytest.mark.parametrize("path", ["float32 from the folded start", "float32, general"])
+def test_the_depthwise_rows_off_the_byte_quads_equal_the_references(name, options, path, monkeypatch):
+    """Without the byte quads (CPUs without VNNI, or a start beyond int32) the depthwise step sums in float32,
+    from the folded start where that is exact, else the general path: each forced here for every layer."""
+    monkeypatch.setattr(native, "_depthwise_quads", lambda *args: None)
+    if path.endswith("general"):
+        monkeypatch.setattr(native, "_depthwise_start", lambda *args: None)
     reference, x = quantized(name, options)
     kernels = native.NativeQuantizedXception(reference)
-    assert all(m.dw_start is None for m in kernels.modules() if isinstance(m, native.NativeQConv))
+    convs = [m for m in kernels.modules() if isinstance(m, native.NativeQConv) and m.dw_weight is not None]
+    assert convs and all(m.dw_quads is None for m in convs)
+    assert all((m.dw_start is None) == path.endswith("general") for m in convs)
     with torch.no_grad():
         assert torch.equal(kernels(x), reference(x))
+
+
+def test_the_byte_quads_hold_each_window_column_and_the_start_of_its_sums():
+    """Word (dx, channel) holds the taps (top, middle, bottom, 0) of the window's column dx, as int8; the sums
+    start at bias − z·Σw: the dot products of codes with the quads then give Σ (q − z)·w + bias."""
+    generator = torch.Generator().manual_seed(3)
+    channels, zero = 70, 37
+    taps = torch.randint(-128, 128, (9, channels), generator=generator).float()
+    bias = torch.randint(-5000, 5000, (channels,), generator=generator)
+    quads, start = native._depthwise_quads(bias, taps, zero)
+    assert quads.shape == (3, 128) and start.dtype == torch.int32
+    as_bytes = quads.contiguous().view(torch.int8).reshape(3, 128, 4)
+    window = torch.randint(0, 256, (3, 3, channels), generator=generator)  # (dy, dx, channel) codes
+    for channel in range(channels):
+        pairs = [(int(window[dy, dx, channel]), dy, dx) for dy in range(3) for dx in range(3)]
+        by_quads = int(start[channel]) + sum(q * int(as_bytes[dx, channel, dy]) for q, dy, dx in pairs)
+        expected = int(bias[channel]) + sum((q - zero) * int(taps[3 * dy + dx, channel]) for q, dy, dx in pairs)
+        assert by_quads == expected
+    assert not as_bytes[:, :, 3].any() and not as_bytes[:, channels:].any()
+    assert native._depthwise_quads(bias, taps[:4], zero) is None  # a 2×2 window: no quads
+    assert native._depthwise_quads(torch.full((channels,), 2**31 - 2**10), taps, zero) is None  # past int32
 
 
 @pytest.mark.parametrize(("name", "options"), [VARIANTS[0], VARIANTS[2], VARIANTS[4]])

@@ -46,7 +46,7 @@ class _QConvOp(ctypes.Structure):
         "relu_in",
     )] + [
         ("dw_weight", ctypes.c_void_p), ("dw_bias", ctypes.c_void_p), ("dw_mult", ctypes.c_void_p),
-        ("dw_start", ctypes.c_void_p),
+        ("dw_start", ctypes.c_void_p), ("dw_quads", ctypes.c_void_p), ("dw_start_q", ctypes.c_void_p),
         ("mid_zero", ctypes.c_int), ("mid_lo", ctypes.c_int), ("k_dim", ctypes.c_int), ("cout", ctypes.c_int),
         ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("mult", ctypes.c_void_p),
         ("residual", ctypes.c_void_p), ("res_zero", ctypes.c_int), ("res_mult", ctypes.c_float),
@@ -121,6 +121,21 @@ def _depthwise_start(bias: torch.Tensor, taps: torch.Tensor, in_zero: int) -> to
     return _padded(start, torch.float32)
 
 
+def _depthwise_quads(bias: torch.Tensor, taps: torch.Tensor, in_zero: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A 3×3 window's taps as byte quads for a dot-product instruction (vpdpbusd), and where their int32 sums
+    start: (3, c) words holding column dx's int8 taps (top, middle, bottom, 0), and bias − z·Σw. None for other
+    windows, or where the start does not fit int32."""
+    if len(taps) != 9:
+        return None
+    start = bias.long() - in_zero * taps.long().sum(0)
+    if int(start.abs().max()) + 9 * 255 * 128 >= 2**31:
+        return None
+    channels = taps.shape[1]
+    quads = torch.zeros(3, (channels + PAD - 1) // PAD * PAD, 4, dtype=torch.int8)
+    quads[:, :channels, :3] = taps.reshape(3, 3, channels).permute(1, 2, 0).to(torch.int8)  # [dx, channel, dy]
+    return quads.view(torch.int32).reshape(3, -1).contiguous(), _padded(start, torch.int32)
+
+
 class NativeQConv(nn.Module):
     """One GEMM of the int8 network: a 1×1 or k×k conv, a depthwise conv joined to the pointwise conv after it
     (:meth:`of`), or the classifier (:meth:`classifier`). ``forward(x, add)`` takes and returns codes as
@@ -143,13 +158,14 @@ class NativeQConv(nn.Module):
         else:
             self.kind = PATCHES
         self.in_zero = int(window.input_zero_point.item()) if window is not None else gemm_in_zero
-        self.dw_weight = self.dw_bias = self.dw_mult = self.dw_start = None
+        self.dw_weight = self.dw_bias = self.dw_mult = self.dw_start = self.dw_quads = self.dw_start_q = None
         self.mid_zero = self.mid_lo = 0
         if dw is not None:
             kk = dw.kernel_size[0] * dw.kernel_size[1]
             self.dw_weight = dw.weight.float().reshape(len(dw.weight), kk).t().contiguous()
             self.dw_bias, self.dw_mult = _padded(dw.bias, torch.int32), _padded(dw.multiplier, torch.float32)
             self.dw_start = _depthwise_start(dw.bias, self.dw_weight, self.in_zero)
+            self.dw_quads, self.dw_start_q = _depthwise_quads(dw.bias, self.dw_weight, self.in_zero) or (None, None)
             # A ReLU on the depthwise output (or on the pointwise conv's input): the clamp's lower end.
             self.mid_zero, self.mid_lo = gemm_in_zero, _lowest(gemm_in_zero, mid_relu)
         if weight is None or bias is None or multiplier is None:  # a depthwise conv on its own: no GEMM
@@ -226,7 +242,7 @@ class NativeQConv(nn.Module):
         relu_in = bool(self.window is not None and self.window.relu_in)
         op = _QConvOp(self.kind, n, h, w, c, oh, ow, k, s, d, top, left, self.in_zero, int(relu_in),
                       native._ptr(self.dw_weight), native._ptr(self.dw_bias), native._ptr(self.dw_mult),
-                      native._ptr(self.dw_start),
+                      native._ptr(self.dw_start), native._ptr(self.dw_quads), native._ptr(self.dw_start_q),
                       self.mid_zero, self.mid_lo, self.k_dim, self.cout, native._ptr(self.packed),
                       native._ptr(self.bias), native._ptr(self.mult), native._ptr(None if add is None else add.q),
                       0 if add is None else add.zero_point, self.residual_multiplier, out_zero,

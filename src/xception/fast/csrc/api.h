@@ -62,6 +62,9 @@ struct xc_qconv {
     const float* dw_mult;          // XC_SEPARABLE: (c padded to 64) requantisation multipliers
     const float* dw_start;         // XC_SEPARABLE: (c padded to 64) dw_bias − in_zero·Σ_taps w as float32, where
                                    // accumulating from it stays exact (below 2^24), or null
+    const int32_t* dw_quads;       // XC_SEPARABLE, 3×3: (3, c padded to 64) words, the window's column dx as
+                                   // int8 taps (top, middle, bottom, 0) for a byte dot product, or null
+    const int32_t* dw_start_q;     // with dw_quads: dw_bias − in_zero·Σ_taps w as int32
     int mid_zero, mid_lo;          // XC_SEPARABLE: the depthwise output's zero point and lowest code
     int k_dim, cout;
     const void* packed;            // B, packed by xc_qpack_weights

@@ -143,6 +143,18 @@ struct QDepthwise {
         const long down = long(g.w) * g.c;
         const std::uint8_t* mid = img + (iy0 + 1) * down;  // the window's middle row: always inside
         int ch = 0;
+#if XC_DEPTHWISE_DOT
+        if (op->dw_quads) {
+            for (; ch + LANES <= g.c; ch += LANES) {
+                switch (outside) {
+                case 0: slide_quads<Relu, 0>(r, mid, down, ix0, ch, count); break;
+                case 1: slide_quads<Relu, 1>(r, mid, down, ix0, ch, count); break;
+                case 2: slide_quads<Relu, 2>(r, mid, down, ix0, ch, count); break;
+                default: slide_quads<Relu, 3>(r, mid, down, ix0, ch, count); break;
+                }
+            }
+        }
+#endif
         for (; ch + LANES <= g.c; ch += LANES) {
             switch (outside) {
             case 0: slide<Folded, Relu, true, 0>(r, mid, down, ix0, ch, count); break;
@@ -191,6 +203,36 @@ struct QDepthwise {
         };
         slide_window(count, start, column, inside, dot, emit);
     }
+
+#if XC_DEPTHWISE_DOT
+    // The same run on a byte dot product (the build's column_quads and vi_dot_quads): each input column is one
+    // quad a channel (its top, middle and bottom codes, 0), and each output takes three dot steps of four taps,
+    // not nine multiply-adds, in int32 from dw_start_q (the codes as they are: exact at any size). A whole vector
+    // of channels only: the tail takes slide().
+    template <bool Relu, int Outside>
+    void slide_quads(int r, const std::uint8_t* mid, long down, int ix0, int ch, int count) const {
+        const long stride = (g.c + 63) / 64 * 64;
+        const VI w[3] = {vi_loadu(op->dw_quads + ch), vi_loadu(op->dw_quads + stride + ch),
+                         vi_loadu(op->dw_quads + 2 * stride + ch)};
+        const VI start = vi_loadu(op->dw_start_q + ch);
+        const V mult = vloadu(op->dw_mult + ch);
+        const VI padding = zero_quads(op->in_zero);  // a column outside the image; max(q, z) under a ReLU
+        VI x;
+        auto inside = [&](int i) XC_INLINE {
+            const std::uint8_t* q = mid + (long(ix0) + i) * g.c + ch;
+            x = column_quads<Outside>(q - down, q, q + down, padding);
+            if (Relu) x = vq_max(x, padding);
+        };
+        auto column = [&](int i) XC_INLINE {
+            const int ix = ix0 + i;
+            if (ix >= 0 && ix < g.w) inside(i);
+            else x = padding;
+        };
+        auto dot = [&](VI acc, int dx) XC_INLINE { return vi_dot_quads(acc, x, w[dx]); };
+        auto emit = [&](int i, VI sum) XC_INLINE { store(r + i, ch, LANES, vmul(vi_to_float(sum), mult)); };
+        slide_window(count, start, column, inside, dot, emit);
+    }
+#endif
 
     // How many output pixels from (oy, ox) on, at most `rows_left`, row() can take: 0 if none. Its windows
     // reach at most one pixel past each border.

@@ -15,6 +15,7 @@
 #if XC_X86
 #include "simd_avx512.h"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+#include "slide.h"
 
 #define QISA_NS xc_q_vnni
 namespace {
@@ -61,6 +62,45 @@ inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __res
         _mm512_store_si512(acc + i * 32 + 16, c[i][1]);
     }
 }
+
+// The depthwise step on vpdpbusd too (qkernels.h, slide_quads): a column of a 3×3 window, 16 channels of its
+// three rows, becomes one quad a channel (top, middle, bottom, 0), which the window's column of int8 taps
+// multiplies in one instruction. The quads are built with byte shuffles of each row's 16 codes broadcast to
+// the four 128-bit lanes: byte 4j + p of lane L takes channel 4L + j.
+#define XC_DEPTHWISE_DOT 1
+constexpr __mmask64 kQuadByte[3] = {0x1111111111111111ull, 0x2222222222222222ull, 0x4444444444444444ull};
+
+struct alignas(64) QuadIndex {
+    std::int8_t byte[64];
+};
+constexpr QuadIndex kQuadIndex = [] {
+    QuadIndex q{};
+    for (int b = 0; b < 64; ++b) q.byte[b] = std::int8_t(4 * (b / 16) + (b % 16) / 4);
+    return q;
+}();
+
+inline __m512i broadcast_codes(const std::uint8_t* p) {
+    return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// The zero point's code in the first three bytes of every quad: the padding's column.
+inline __m512i zero_quads(int zero) { return _mm512_set1_epi32(zero * 0x010101); }
+
+// The quads of 16 channels from their top, middle and bottom codes; a row outside the image (Outside: 1 the
+// top, 2 the bottom) is the padding's.
+template <int Outside>
+XC_INLINE inline __m512i column_quads(const std::uint8_t* top, const std::uint8_t* mid, const std::uint8_t* bottom,
+                                      __m512i padding) {
+    const __m512i index = _mm512_load_si512(kQuadIndex.byte);
+    __m512i x = Outside & 1 ? _mm512_maskz_mov_epi8(kQuadByte[0], padding)
+                            : _mm512_maskz_shuffle_epi8(kQuadByte[0], broadcast_codes(top), index);
+    x = _mm512_mask_shuffle_epi8(x, kQuadByte[1], broadcast_codes(mid), index);
+    return Outside & 2 ? _mm512_mask_mov_epi8(x, kQuadByte[2], padding)
+                       : _mm512_mask_shuffle_epi8(x, kQuadByte[2], broadcast_codes(bottom), index);
+}
+
+inline __m512i vq_max(__m512i a, __m512i b) { return _mm512_max_epu8(a, b); }
+inline __m512i vi_dot_quads(__m512i acc, __m512i codes, __m512i taps) { return _mm512_dpbusd_epi32(acc, codes, taps); }
 }  // namespace
 
 #include "qkernels.h"
