@@ -1,6 +1,8 @@
 """The package's compiled part: the fast path's CPU kernels (optional: without a compiler the library
 falls back to oneDNN, see xception/fast/native.py). Everything else is in pyproject.toml."""
 
+import glob
+
 from setuptools import Extension, setup
 
 CSRC = "src/xception/fast/csrc"
@@ -12,8 +14,7 @@ setup(
             sources=[f"{CSRC}/module.cpp", f"{CSRC}/kernels_avx2.cpp", f"{CSRC}/kernels_avx512.cpp",
                      f"{CSRC}/qkernels_avx2.cpp", f"{CSRC}/qkernels_avx2_s7.cpp",
                      f"{CSRC}/qkernels_avx512_vnni.cpp", f"{CSRC}/qkernels_avx2_s7a7.cpp"],
-            depends=[f"{CSRC}/api.h", f"{CSRC}/kernels.h", f"{CSRC}/qkernels.h", f"{CSRC}/qdot_tile.h",
-                     f"{CSRC}/slide.h", f"{CSRC}/simd_avx2.h"],
+            depends=sorted(glob.glob(f"{CSRC}/*.h")),  # every header: an edit to any rebuilds the module
             include_dirs=[CSRC],
             extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno", "-fvisibility=hidden",
                                 "-ffp-contract=off"],

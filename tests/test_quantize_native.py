@@ -161,6 +161,24 @@ def test_the_byte_quads_hold_each_window_column_and_the_start_of_its_sums():
     assert native._depthwise_quads(torch.full((channels,), 2**31 - 2**10), taps, zero) is None  # past int32
 
 
+@pytest.mark.parametrize("conv", ["stem.0", "blocks.1.main.1"], ids=["8-channels", "whole-tiles"])
+def test_a_relu_whose_output_zero_point_is_not_zero_clamps_at_that_code(conv):
+    """Calibration gives a ReLU's output the zero point 0, where saturation alone clamps; set to 9 here (and the
+    next step's input with it), the kernels must raise every negative sum to code 9, as the reference does: in
+    the epilogue's general path (8 channels) and in its whole tiles (64)."""
+    reference, x = quantized("xception", {})
+    steps = dict(reference.named_modules())
+    consumer = {"stem.0": "stem.1", "blocks.1.main.1": "blocks.1.main.2"}[conv]
+    assert steps[conv].relu_out and int(steps[conv].output_zero_point) == 0
+    steps[conv].output_zero_point.fill_(9)
+    steps[consumer].input_zero_point.fill_(9)
+    seen = []
+    hook = steps[conv].register_forward_hook(lambda module, args, out: seen.append(out.q))
+    assert agree(reference, x) == (True, True)
+    hook.remove()
+    assert int(seen[0].min()) == 9 and (seen[0] == 9).float().mean() > 0.1  # the clamp is at work
+
+
 @pytest.mark.parametrize(("name", "options"), [VARIANTS[0], VARIANTS[2], VARIANTS[4]])
 def test_seven_bit_activations_run_on_the_byte_octet_kernels_and_equal_the_references(name, options):
     reference, x = quantized(name, options, weight_bits=7, activation_bits=7)

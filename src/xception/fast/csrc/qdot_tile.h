@@ -1,5 +1,6 @@
 // The 256-bit int8 dot loops' shared shape, included by the AVX2 builds (qkernels_avx2*.cpp) after their target
-// pragmas: acc[R × 16] = A[R × depth] · B-panel in int32, two registers of 8 columns per row. Each step of the depth
+// pragmas: acc[R × 16] = start + A[R × depth] · B-panel in int32, two registers of 8 columns per row, each row
+// starting from the 16 columns' start (the folded bias). Each step of the depth
 // takes Step::words 4-byte words of each row of A, each broadcast to every lane, and for each word 64 bytes
 // of the packed panel (two registers, lane j holding column j's 4 bytes of k); `step(c, a, b0or1)` returns c
 // plus their products, the only part an instruction set changes (vpmaddwd, vpmaddubsw).
@@ -8,13 +9,15 @@
 namespace {  // each build's own copy, compiled for its instruction set
 
 template <int R, typename A, typename B, typename Step>
-inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __restrict b, std::int32_t* __restrict acc,
-                     Step step) {
+inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __restrict b,
+                     const std::int32_t* __restrict start, std::int32_t* __restrict acc, Step step) {
     constexpr int W = Step::words;
     constexpr int a_step = W * 4 / sizeof(A), b_word = 64 / sizeof(B), b_step = W * b_word;  // elements
     __m256i c[R][2];
+    const __m256i s0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start)),
+                  s1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(start + 8));
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) c[i][0] = c[i][1] = _mm256_setzero_si256();
+    for (int i = 0; i < R; ++i) c[i][0] = s0, c[i][1] = s1;
 #pragma GCC unroll 2
     for (int g = 0; g < groups; ++g) {
         __m256i b0[W], b1[W];

@@ -7,7 +7,7 @@
 //                 (int16 pairs for vpmaddwd; uint8 quads for VNNI's vpdpbusd; octets, two quads, for 7-bit codes)
 //   BType         the packed weights' elements (int16 pairs, or int8 quads)
 //   QMR, QNR      the register tile: QMR rows × QNR columns of int32 accumulators
-//   dot_tile, QStep  the register tile's dot loop, acc[R × QNR] = A[R × groups·KG] · B-panel, int32, exact:
+//   dot_tile, QStep  the register tile's dot loop, acc[R × QNR] = start + A[R × groups·KG] · B-panel, int32, exact:
 //                 qdot_tile.h's with the build's step, or the build's own (AVX-512 VNNI: 512-bit registers)
 //
 // The structure is the float kernels': one GEMM per convolution, C[M×N] = A[M×K]·B[K×N] over NHWC rows,
@@ -389,44 +389,40 @@ const AType* q_pointwise_rows(const xc_qconv* op, const std::uint8_t* __restrict
 
 // ---- the epilogue ----------------------------------------------------------------------------------------
 
-// Rows [m, m + rows) and columns [n, n + n_valid) of the output from their int32 tile acc[rows × QNR].
+// Rows [m, m + rows) and columns [n, n + n_valid) of the output from their int32 tile acc[rows × QNR], which
+// started from the bias (dot_tile).
 void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows, long m, int n, int n_valid,
                 void* out) {
-    const Requant rq(op->out_zero, op->out_lo, op->code_max);
     const VI rzero = vi_set1(op->res_zero);
     const V rmult = vset1(op->res_mult);
     if (n_valid == QNR && !op->out_float) {  // a whole tile of codes: per-column tables loaded once
-        static_assert(QNR == LANES || QNR == 2 * LANES, "a tile row is one or two vectors");
-        constexpr int T = QNR / LANES;
-        VI bias[T];
-        V mult[T];
-        for (int t = 0; t < T; ++t) {
-            bias[t] = vi_loadu(op->bias + n + t * LANES);
-            mult[t] = vloadu(op->mult + n + t * LANES);
-        }
+        // The clamp in two halves: the top in float (before rounding, so no sum converts out of int32's range),
+        // the bottom in the pack (saturated at 0, then raised to the lowest code). The same codes as Requant's.
+        static_assert(QNR == 2 * LANES, "a tile row is two vectors");
+        const V mult[2] = {vloadu(op->mult + n), vloadu(op->mult + n + LANES)};
+        const V top = vset1(float(op->code_max - op->out_zero));
+        const VI zero = vi_set1(op->out_zero);
         for (int r = 0; r < rows; ++r) {
             const long row = (m + r) * long(op->cout) + n;
-            VI codes[T];
-            for (int t = 0; t < T; ++t) {
-                V x = vmul(vi_to_float(vi_add(vi_loadu(acc + r * QNR + t * LANES), bias[t])), mult[t]);
+            VI codes[2];
+            for (int t = 0; t < 2; ++t) {
+                V x = vmul(vi_to_float(vi_loadu(acc + r * QNR + t * LANES)), mult[t]);
                 if (op->residual) {
                     const VI q = vi_sub(vi_load_u8_n(op->residual + row + t * LANES, LANES), rzero);
                     x = vadd(x, vmul(vi_to_float(q), rmult));
                 }
-                codes[t] = rq.codes(x);
+                codes[t] = vi_add(v_round_to_int(vmin(x, top)), zero);
             }
-            std::uint8_t* dst = static_cast<std::uint8_t*>(out) + row;
-            if constexpr (T == 2) vi_store_u8_2(dst, codes[0], codes[1]);
-            else vi_store_u8_n(dst, codes[0], LANES);
+            vi_store_u8_2_sat(static_cast<std::uint8_t*>(out) + row, codes[0], codes[1], op->out_lo);
         }
         return;
     }
+    const Requant rq(op->out_zero, op->out_lo, op->code_max);
     for (int r = 0; r < rows; ++r) {
         const long row = (m + r) * long(op->cout) + n;
         for (int v = 0; v < n_valid; v += LANES) {
             const int count = std::min(LANES, n_valid - v);
-            const VI sum = vi_add(vi_loadu(acc + r * QNR + v), vi_loadu(op->bias + n + v));
-            V x = vmul(vi_to_float(sum), vloadu(op->mult + n + v));
+            V x = vmul(vi_to_float(vi_loadu(acc + r * QNR + v)), vloadu(op->mult + n + v));
             if (op->out_float) {
                 float* dst = static_cast<float*>(out) + row + v;
                 if (count >= LANES) vstoreu(dst, x); else vstore_n(dst, x, count);
@@ -445,17 +441,18 @@ void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows
 
 template <int R>
 inline void qdot(int groups, const AType* __restrict a, long lda, const BType* __restrict b,
-                 std::int32_t* __restrict acc) {
-    dot_tile<R>(groups, a, lda, b, acc, QStep{});
+                 const std::int32_t* __restrict start, std::int32_t* __restrict acc) {
+    dot_tile<R>(groups, a, lda, b, start, acc, QStep{});
 }
 
 template <int R>
-void qdot_rows(int rows, int groups, const AType* a, long lda, const BType* b, std::int32_t* acc) {
+void qdot_rows(int rows, int groups, const AType* a, long lda, const BType* b, const std::int32_t* start,
+               std::int32_t* acc) {
     if constexpr (R == 0) {
-        (void)rows; (void)groups; (void)a; (void)lda; (void)b; (void)acc;
+        (void)rows; (void)groups; (void)a; (void)lda; (void)b; (void)start; (void)acc;
     } else {
-        if (rows == R) qdot<R>(groups, a, lda, b, acc);
-        else qdot_rows<R - 1>(rows, groups, a, lda, b, acc);
+        if (rows == R) qdot<R>(groups, a, lda, b, start, acc);
+        else qdot_rows<R - 1>(rows, groups, a, lda, b, start, acc);
     }
 }
 
@@ -488,7 +485,7 @@ void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0,
         for (int n = n0; n < n1; n += QNR) {
 #endif
             const int r = std::min(QMR, rows - i);
-            qdot_rows<QMR>(r, groups, a + i * lda, lda, packed + long(n / QNR) * lda * QNR, acc);
+            qdot_rows<QMR>(r, groups, a + i * lda, lda, packed + long(n / QNR) * lda * QNR, op->bias + n, acc);
             q_epilogue(op, acc, r, m0 + i, n, std::min(QNR, op->cout - n), out);
         }
     }

@@ -34,14 +34,16 @@ constexpr int QNR = 32;          // two registers of 16 int32 columns
 
 struct QStep {};
 
-// acc[R × 32] = A[R × 4·groups] · B-panel, int32: a row's quad broadcast to every lane, lane j of B holding
-// column j's quad. 64 multiply-adds an instruction: half the instructions of the 256-bit tile for the same work.
+// acc[R × 32] = start + A[R × 4·groups] · B-panel, int32: a row's quad broadcast to every lane, lane j of B
+// holding column j's quad. 64 multiply-adds an instruction: half the instructions of the 256-bit tile for the
+// same work.
 template <int R, typename A, typename B>
-inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __restrict b, std::int32_t* __restrict acc,
-                     QStep) {
+inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __restrict b,
+                     const std::int32_t* __restrict start, std::int32_t* __restrict acc, QStep) {
     __m512i c[R][2];
+    const __m512i s0 = _mm512_loadu_si512(start), s1 = _mm512_loadu_si512(start + 16);
 #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) c[i][0] = c[i][1] = _mm512_setzero_si512();
+    for (int i = 0; i < R; ++i) c[i][0] = s0, c[i][1] = s1;
 #pragma GCC unroll 2
     for (int g = 0; g < groups; ++g) {
         const __m512i b0 = _mm512_loadu_si512(b + g * 128), b1 = _mm512_loadu_si512(b + g * 128 + 64);

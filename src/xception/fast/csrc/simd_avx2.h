@@ -81,12 +81,12 @@ inline void vi_store_u8_n(std::uint8_t* p, VI x, int n) {
     const long long bits = _mm_cvtsi128_si64(b);
     std::memcpy(p, &bits, std::size_t(std::max(n, 0)));
 }
-// Two vectors of int32 lanes already in [0, 255] → 16 uint8 codes, a's then b's.
-inline void vi_store_u8_2(std::uint8_t* p, VI a, VI b) {
-    // packus works within 128-bit halves: (a0–3 b0–3 | a4–7 b4–7) as int16, put in order by 64-bit quarters.
+// Two vectors of int32 lanes → 16 uint8 codes, a's then b's, each saturated to [0, 255] and at least `lowest`.
+inline void vi_store_u8_2_sat(std::uint8_t* p, VI a, VI b, int lowest) {
+    // packus works within 128-bit halves: (a0–3 b0–3 | a4–7 b4–7) as uint16, put in order by 64-bit quarters.
     const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                     _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+    const __m128i codes = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_max_epu8(codes, _mm_set1_epi8(char(lowest))));
 }
 // int32 lanes already in [0, 255] → n ≤ 8 int16 values.
 inline void vi_store_i16_n(std::int16_t* p, VI x, int n) {

@@ -62,10 +62,14 @@ inline void vi_store_u8_n(std::uint8_t* p, VI x, int n) {
     if (n >= 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(x));
     else _mm512_mask_cvtepi32_storeu_epi8(p, mask_n(n), x);
 }
-// Two vectors of int32 lanes already in [0, 255] → 32 uint8 codes, a's then b's.
-inline void vi_store_u8_2(std::uint8_t* p, VI a, VI b) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(a)), _mm512_cvtepi32_epi8(b), 1));
+// Two vectors of int32 lanes → 32 uint8 codes, a's then b's, each saturated to [0, 255] and at least `lowest`.
+inline void vi_store_u8_2_sat(std::uint8_t* p, VI a, VI b, int lowest) {
+    // The packs work within 128-bit lanes: lane L ends as the bytes (a[4L..4L+3], b[4L..4L+3], 0 × 8); the dword
+    // permutation gathers a's four words, then b's.
+    const __m512i bytes = _mm512_packus_epi16(_mm512_packus_epi32(a, b), _mm512_setzero_si512());
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i codes = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, bytes));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_max_epu8(codes, _mm256_set1_epi8(char(lowest))));
 }
 // int32 lanes already in [0, 255] → n ≤ 16 int16 values.
 inline void vi_store_i16_n(std::int16_t* p, VI x, int n) {
