@@ -2,7 +2,7 @@
 // depthwise prologue costs per output, and the core's float32 FMA rate (its clock, in effect). The ceiling the
 // network's layers are measured against (benchmarks/NOTES.md). By default the AVX2 byte octets (7-bit codes and
 // weights); with -DMICRO_VNNI the AVX-512 VNNI quads (8-bit codes and weights, for CPUs that have them), whose
-// depthwise step runs on byte quads too unless -DMICRO_FLOAT_DEPTHWISE (the float32 step, for comparison).
+// depthwise step runs on byte quads too unless -DXC_QDW_QUADS=0 (the float32 step, for comparison).
 //
 //   g++ -O3 -std=c++17 -fno-math-errno -ffp-contract=off -I src/xception/fast/csrc [-DMICRO_VNNI]
 //       benchmarks/int8_micro.cpp -o /tmp/int8_micro && /tmp/int8_micro [rounds]
@@ -87,10 +87,8 @@ struct Conv {
         op.dw_bias = dw_bias.data();
         op.dw_mult = dw_mult.data();
         op.dw_start = dw_start.data();
-#if defined(MICRO_VNNI) && !defined(MICRO_FLOAT_DEPTHWISE)
-        op.dw_quads = dw_quads.data();
+        op.dw_quads = dw_quads.data();  // read by the VNNI build only
         op.dw_start_q = dw_start_q.data();
-#endif
         op.bias = bias.data();
         op.mult = mult.data();
         op.code_max = CODE_MAX;

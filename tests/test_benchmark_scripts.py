@@ -311,7 +311,7 @@ def test_kernel_ab_of_the_int8_network_gives_the_same_logits(tmp_path):
 
 
 @pytest.mark.slow  # compiles a C++ program
-@pytest.mark.parametrize("flags", [[], ["-DMICRO_VNNI"], ["-DMICRO_VNNI", "-DMICRO_FLOAT_DEPTHWISE"]],
+@pytest.mark.parametrize("flags", [[], ["-DMICRO_VNNI"], ["-DMICRO_VNNI", "-DXC_QDW_QUADS=0"]],
                          ids=["avx2-octets", "vnni", "vnni-float-depthwise"])
 def test_the_int8_microbenchmark_builds_against_the_kernels_and_reports_each_part(tmp_path, flags):
     """benchmarks/int8_micro.cpp includes the kernels' sources as they are: it must still compile with them and

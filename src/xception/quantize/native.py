@@ -46,12 +46,12 @@ class _QConvOp(ctypes.Structure):
         "relu_in",
     )] + [
         ("dw_weight", ctypes.c_void_p), ("dw_bias", ctypes.c_void_p), ("dw_mult", ctypes.c_void_p),
-        ("dw_start", ctypes.c_void_p), ("dw_quads", ctypes.c_void_p), ("dw_start_q", ctypes.c_void_p),
+        ("dw_start", ctypes.c_void_p),
         ("mid_zero", ctypes.c_int), ("mid_lo", ctypes.c_int), ("k_dim", ctypes.c_int), ("cout", ctypes.c_int),
         ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("mult", ctypes.c_void_p),
         ("residual", ctypes.c_void_p), ("res_zero", ctypes.c_int), ("res_mult", ctypes.c_float),
         ("out_zero", ctypes.c_int), ("out_lo", ctypes.c_int), ("code_max", ctypes.c_int), ("out_float", ctypes.c_int),
-        ("kernels", ctypes.c_int),
+        ("kernels", ctypes.c_int), ("dw_quads", ctypes.c_void_p), ("dw_start_q", ctypes.c_void_p),
     ]
 
 
@@ -242,11 +242,12 @@ class NativeQConv(nn.Module):
         relu_in = bool(self.window is not None and self.window.relu_in)
         op = _QConvOp(self.kind, n, h, w, c, oh, ow, k, s, d, top, left, self.in_zero, int(relu_in),
                       native._ptr(self.dw_weight), native._ptr(self.dw_bias), native._ptr(self.dw_mult),
-                      native._ptr(self.dw_start), native._ptr(self.dw_quads), native._ptr(self.dw_start_q),
+                      native._ptr(self.dw_start),
                       self.mid_zero, self.mid_lo, self.k_dim, self.cout, native._ptr(self.packed),
                       native._ptr(self.bias), native._ptr(self.mult), native._ptr(None if add is None else add.q),
                       0 if add is None else add.zero_point, self.residual_multiplier, out_zero,
-                      _lowest(out_zero, self.relu_out), self.code_max, int(logits), self.kernels)
+                      _lowest(out_zero, self.relu_out), self.code_max, int(logits), self.kernels,
+                      native._ptr(self.dw_quads), native._ptr(self.dw_start_q))
         _run("xc_qconv_forward", op, x.q, out, None if add is None else add.q)
         return out if self.output is None else QTensor(out, *self.output)
 

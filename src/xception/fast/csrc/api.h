@@ -62,9 +62,6 @@ struct xc_qconv {
     const float* dw_mult;          // XC_SEPARABLE: (c padded to 64) requantisation multipliers
     const float* dw_start;         // XC_SEPARABLE: (c padded to 64) dw_bias − in_zero·Σ_taps w as float32, where
                                    // accumulating from it stays exact (below 2^24), or null
-    const int32_t* dw_quads;       // XC_SEPARABLE, 3×3: (3, c padded to 64) words, the window's column dx as
-                                   // int8 taps (top, middle, bottom, 0) for a byte dot product, or null
-    const int32_t* dw_start_q;     // with dw_quads: dw_bias − in_zero·Σ_taps w as int32
     int mid_zero, mid_lo;          // XC_SEPARABLE: the depthwise output's zero point and lowest code
     int k_dim, cout;
     const void* packed;            // B, packed by xc_qpack_weights
@@ -77,6 +74,10 @@ struct xc_qconv {
     int code_max;                  // the top code of every activation: 255, or 127 for 7-bit activations
     int out_float;                 // write float32 f32(acc)·M (the classifier's logits) instead of codes
     int kernels;                   // XC_Q_PAIRS, XC_Q_QUADS, XC_Q_VNNI or XC_Q_OCTETS: how B was packed
+    // Last, so that builds of earlier revisions read the fields above as they did (benchmarks/kernel_ab.py):
+    const int32_t* dw_quads;       // a 3×3 depthwise step: (3, c padded to 64) words, the window's column dx as
+                                   // int8 taps (top, middle, bottom, 0) for a byte dot product, or null
+    const int32_t* dw_start_q;     // with dw_quads: dw_bias − in_zero·Σ_taps w as int32
 };
 
 // The int8 GEMM kernels: int16 pairs (vpmaddwd; any int8 weights), byte quads (vpmaddubsw; weights whose

@@ -69,7 +69,10 @@ inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __res
 // three rows, becomes one quad a channel (top, middle, bottom, 0), which the window's column of int8 taps
 // multiplies in one instruction. The quads are built with byte shuffles of each row's 16 codes broadcast to
 // the four 128-bit lanes: byte 4j + p of lane L takes channel 4L + j.
-#define XC_DEPTHWISE_DOT 1
+#ifndef XC_QDW_QUADS
+#define XC_QDW_QUADS 1  // -DXC_QDW_QUADS=0: the float32 depthwise step instead (A/B builds)
+#endif
+#define XC_DEPTHWISE_DOT XC_QDW_QUADS
 constexpr __mmask64 kQuadByte[3] = {0x1111111111111111ull, 0x2222222222222222ull, 0x4444444444444444ull};
 
 struct alignas(64) QuadIndex {
