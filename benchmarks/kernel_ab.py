@@ -18,8 +18,9 @@ next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group colum
 ``XC_TASKS`` (the fewest tasks per thread a GEMM is split into), ``XC_KC`` (the depth of B's panels),
 ``XC_AHEAD`` (0: no fetching of the next block; 2: k×k patches too), ``XC_WINDOWS`` (0: k×k convs copy their
 patches; 2: strided 1×1 convs read their input in place too), ``XC_SPIN`` (the pauses an idle worker spins
-before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel) and ``XC_QDW_QUADS``
-(0: the VNNI build's depthwise step in float32, not on byte quads).
+before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel), ``XC_QDW_QUADS``
+(0: the VNNI build's depthwise step in float32, not on byte quads) and ``XC_QREGS`` (0: every tile's sums stored
+and finished by the general epilogue, not from the registers).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 #!/bin/bash
-# The int8 changes of 2026-12-05, builds in turns (benchmarks/kernel_ab.py): base = all of them, floatdw = all but
-# the depthwise step on vpdpbusd (-DXC_QDW_QUADS=0), old = none (7408ca4); batch 8 and batch 1, one thread; then the
+# The int8 changes of 2026-12-05, builds in turns (benchmarks/kernel_ab.py): base = all of them, stored = all but the
+# epilogue on the dot loop's registers (-DXC_QREGS=0), floatdw = all but the depthwise step on vpdpbusd
+# (-DXC_QDW_QUADS=0), old = none (7408ca4); batch 8 and batch 1, one thread; then the
 # depthwise step on its own (benchmarks/int8_micro.cpp, byte quads against the float32 step) and the layers at
 # batch 1 against OpenVINO (benchmarks/int8_layers.py). Reports into this folder.
 set -u
@@ -8,11 +9,11 @@ cd "$(dirname "$0")/../../.."
 D=benchmarks/runs/2026-12-05-zen4
 P=".venv/bin/python"
 echo "== $(date +%T) kernel_ab batch 8"
-PYTHONPATH=src $P benchmarks/kernel_ab.py --int8 --variant base= --variant floatdw=-DXC_QDW_QUADS=0 --variant old=@7408ca4 \
+PYTHONPATH=src $P benchmarks/kernel_ab.py --int8 --variant base= --variant stored=-DXC_QREGS=0 --variant floatdw=-DXC_QDW_QUADS=0 --variant old=@7408ca4 \
   --batch 8 --threads 1 --repeats 6 --json $D/kernel_ab-int8-t1-b8.json > $D/kernel_ab-int8-t1-b8.txt 2>&1
 tail -n 8 $D/kernel_ab-int8-t1-b8.txt
 echo "== $(date +%T) kernel_ab batch 1"
-PYTHONPATH=src $P benchmarks/kernel_ab.py --int8 --variant base= --variant floatdw=-DXC_QDW_QUADS=0 --variant old=@7408ca4 \
+PYTHONPATH=src $P benchmarks/kernel_ab.py --int8 --variant base= --variant stored=-DXC_QREGS=0 --variant floatdw=-DXC_QDW_QUADS=0 --variant old=@7408ca4 \
   --batch 1 --threads 1 --repeats 20 --json $D/kernel_ab-int8-t1-b1.json > $D/kernel_ab-int8-t1-b1.txt 2>&1
 tail -n 8 $D/kernel_ab-int8-t1-b1.txt
 echo "== $(date +%T) int8_micro"

@@ -1,6 +1,7 @@
 // The 256-bit int8 dot loops' shared shape, included by the AVX2 builds (qkernels_avx2*.cpp) after their target
-// pragmas: acc[R × 16] = start + A[R × depth] · B-panel in int32, two registers of 8 columns per row, each row
-// starting from the 16 columns' start (the folded bias). Each step of the depth
+// pragmas: start + A[R × depth] · B-panel in int32, two registers of 8 columns per row, each row starting from
+// the 16 columns' start (the folded bias); then (*finish)(out, row, sums of columns 0–7, 8–15) for each row, or
+// where finish is null the sums stored in acc[R × 16]. Each step of the depth
 // takes Step::words 4-byte words of each row of A, each broadcast to every lane, and for each word 64 bytes
 // of the packed panel (two registers, lane j holding column j's 4 bytes of k); `step(c, a, b0or1)` returns c
 // plus their products, the only part an instruction set changes (vpmaddwd, vpmaddubsw).
@@ -8,9 +9,10 @@
 
 namespace {  // each build's own copy, compiled for its instruction set
 
-template <int R, typename A, typename B, typename Step>
+template <int R, typename A, typename B, typename Finish, typename Step>
 inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __restrict b,
-                     const std::int32_t* __restrict start, std::int32_t* __restrict acc, Step step) {
+                     const std::int32_t* __restrict start, std::int32_t* __restrict acc, const Finish* finish,
+                     void* out, Step step) {
     constexpr int W = Step::words;
     constexpr int a_step = W * 4 / sizeof(A), b_word = 64 / sizeof(B), b_step = W * b_word;  // elements
     __m256i c[R][2];
@@ -39,6 +41,11 @@ inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __res
             c[i][0] = step(c[i][0], av, b0);
             c[i][1] = step(c[i][1], av, b1);
         }
+    }
+    if (finish) {
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) (*finish)(out, i, c[i][0], c[i][1]);
+        return;
     }
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {

@@ -7,7 +7,8 @@
 //                 (int16 pairs for vpmaddwd; uint8 quads for VNNI's vpdpbusd; octets, two quads, for 7-bit codes)
 //   BType         the packed weights' elements (int16 pairs, or int8 quads)
 //   QMR, QNR      the register tile: QMR rows × QNR columns of int32 accumulators
-//   dot_tile, QStep  the register tile's dot loop, acc[R × QNR] = start + A[R × groups·KG] · B-panel, int32, exact:
+//   dot_tile, QStep  the register tile's dot loop, start + A[R × groups·KG] · B-panel, int32, exact, finished by a
+//                 WholeTile from its registers or stored in acc[R × QNR]:
 //                 qdot_tile.h's with the build's step, or the build's own (AVX-512 VNNI: 512-bit registers)
 //
 // The structure is the float kernels': one GEMM per convolution, C[M×N] = A[M×K]·B[K×N] over NHWC rows,
@@ -389,34 +390,46 @@ const AType* q_pointwise_rows(const xc_qconv* op, const std::uint8_t* __restrict
 
 // ---- the epilogue ----------------------------------------------------------------------------------------
 
-// Rows [m, m + rows) and columns [n, n + n_valid) of the output from their int32 tile acc[rows × QNR], which
-// started from the bias (dot_tile).
+// A whole tile of codes (QNR columns) from the dot loop's registers, row by row: two vectors of int32 sums, the
+// bias already in them (dot_tile starts from it). The clamp in two halves: the top in float, before rounding
+// (so no sum converts out of int32's range), the bottom in the pack (saturated at 0, then raised to the lowest
+// code): the same codes as Requant's.
+struct WholeTile {
+    static_assert(QNR == 2 * LANES, "a tile row is two vectors");
+    const xc_qconv* op;
+    long offset;  // of the tile's first code, row m and column n, in the output and the residual
+    V mult[2];
+    V top, rmult;
+    VI zero, rzero;
+    WholeTile(const xc_qconv* op_, long m, int n)
+        : op(op_), offset(m * long(op_->cout) + n), mult{vloadu(op_->mult + n), vloadu(op_->mult + n + LANES)},
+          top(vset1(float(op_->code_max - op_->out_zero))), rmult(vset1(op_->res_mult)),
+          zero(vi_set1(op_->out_zero)), rzero(vi_set1(op_->res_zero)) {}
+
+    static bool takes(const xc_qconv* op, int n) { return !op->out_float && n + QNR <= op->cout; }
+
+    XC_INLINE void operator()(void* out, int r, VI sum0, VI sum1) const {
+        const long at = offset + r * long(op->cout);
+        const VI sums[2] = {sum0, sum1};
+        VI codes[2];
+        for (int t = 0; t < 2; ++t) {
+            V x = vmul(vi_to_float(sums[t]), mult[t]);
+            if (op->residual) {
+                const VI q = vi_sub(vi_load_u8_n(op->residual + at + t * LANES, LANES), rzero);
+                x = vadd(x, vmul(vi_to_float(q), rmult));
+            }
+            codes[t] = vi_add(v_round_to_int(vmin(x, top)), zero);
+        }
+        vi_store_u8_2_sat(static_cast<std::uint8_t*>(out) + at, codes[0], codes[1], op->out_lo);
+    }
+};
+
+// Any other tile (fewer columns, or the classifier's float32 logits): rows [m, m + rows) and columns
+// [n, n + n_valid) of the output from the int32 sums the dot loop stored in acc[rows × QNR], the bias in them.
 void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows, long m, int n, int n_valid,
                 void* out) {
     const VI rzero = vi_set1(op->res_zero);
     const V rmult = vset1(op->res_mult);
-    if (n_valid == QNR && !op->out_float) {  // a whole tile of codes: per-column tables loaded once
-        // The clamp in two halves: the top in float (before rounding, so no sum converts out of int32's range),
-        // the bottom in the pack (saturated at 0, then raised to the lowest code). The same codes as Requant's.
-        static_assert(QNR == 2 * LANES, "a tile row is two vectors");
-        const V mult[2] = {vloadu(op->mult + n), vloadu(op->mult + n + LANES)};
-        const V top = vset1(float(op->code_max - op->out_zero));
-        const VI zero = vi_set1(op->out_zero);
-        for (int r = 0; r < rows; ++r) {
-            const long row = (m + r) * long(op->cout) + n;
-            VI codes[2];
-            for (int t = 0; t < 2; ++t) {
-                V x = vmul(vi_to_float(vi_loadu(acc + r * QNR + t * LANES)), mult[t]);
-                if (op->residual) {
-                    const VI q = vi_sub(vi_load_u8_n(op->residual + row + t * LANES, LANES), rzero);
-                    x = vadd(x, vmul(vi_to_float(q), rmult));
-                }
-                codes[t] = vi_add(v_round_to_int(vmin(x, top)), zero);
-            }
-            vi_store_u8_2_sat(static_cast<std::uint8_t*>(out) + row, codes[0], codes[1], op->out_lo);
-        }
-        return;
-    }
     const Requant rq(op->out_zero, op->out_lo, op->code_max);
     for (int r = 0; r < rows; ++r) {
         const long row = (m + r) * long(op->cout) + n;
@@ -439,20 +452,22 @@ void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows
 
 // ---- one convolution -------------------------------------------------------------------------------------
 
+// The dot loop on R rows; its sums go to `whole` (a WholeTile, from the registers) or, where that is null, to acc.
 template <int R>
 inline void qdot(int groups, const AType* __restrict a, long lda, const BType* __restrict b,
-                 const std::int32_t* __restrict start, std::int32_t* __restrict acc) {
-    dot_tile<R>(groups, a, lda, b, start, acc, QStep{});
+                 const std::int32_t* __restrict start, std::int32_t* __restrict acc, const WholeTile* whole,
+                 void* out) {
+    dot_tile<R>(groups, a, lda, b, start, acc, whole, out, QStep{});
 }
 
 template <int R>
 void qdot_rows(int rows, int groups, const AType* a, long lda, const BType* b, const std::int32_t* start,
-               std::int32_t* acc) {
+               std::int32_t* acc, const WholeTile* whole, void* out) {
     if constexpr (R == 0) {
-        (void)rows; (void)groups; (void)a; (void)lda; (void)b; (void)start; (void)acc;
+        (void)rows; (void)groups; (void)a; (void)lda; (void)b; (void)start; (void)acc; (void)whole; (void)out;
     } else {
-        if (rows == R) qdot<R>(groups, a, lda, b, start, acc);
-        else qdot_rows<R - 1>(rows, groups, a, lda, b, start, acc);
+        if (rows == R) qdot<R>(groups, a, lda, b, start, acc, whole, out);
+        else qdot_rows<R - 1>(rows, groups, a, lda, b, start, acc, whole, out);
     }
 }
 
@@ -475,6 +490,9 @@ void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0,
 #ifndef XC_QORDER
 #define XC_QORDER 1
 #endif
+#ifndef XC_QREGS
+#define XC_QREGS 1  // -DXC_QREGS=0: every tile's sums through acc and q_epilogue (A/B builds)
+#endif
 #if XC_QORDER == 1
     // A panel of B (depth × QNR) stays in L1 while the block's rows of A stream past it from L2: A is
     // QNR/QMR times smaller per multiply-add than B would be the other way round.
@@ -485,8 +503,14 @@ void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0,
         for (int n = n0; n < n1; n += QNR) {
 #endif
             const int r = std::min(QMR, rows - i);
-            qdot_rows<QMR>(r, groups, a + i * lda, lda, packed + long(n / QNR) * lda * QNR, op->bias + n, acc);
-            q_epilogue(op, acc, r, m0 + i, n, std::min(QNR, op->cout - n), out);
+            const BType* panel = packed + long(n / QNR) * lda * QNR;
+            if (XC_QREGS && WholeTile::takes(op, n)) {
+                const WholeTile whole(op, m0 + i, n);
+                qdot_rows<QMR>(r, groups, a + i * lda, lda, panel, op->bias + n, acc, &whole, out);
+            } else {
+                qdot_rows<QMR>(r, groups, a + i * lda, lda, panel, op->bias + n, acc, nullptr, out);
+                q_epilogue(op, acc, r, m0 + i, n, std::min(QNR, op->cout - n), out);
+            }
         }
     }
 }

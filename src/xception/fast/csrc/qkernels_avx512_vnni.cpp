@@ -34,12 +34,13 @@ constexpr int QNR = 32;          // two registers of 16 int32 columns
 
 struct QStep {};
 
-// acc[R × 32] = start + A[R × 4·groups] · B-panel, int32: a row's quad broadcast to every lane, lane j of B
-// holding column j's quad. 64 multiply-adds an instruction: half the instructions of the 256-bit tile for the
+// start + A[R × 4·groups] · B-panel, int32, finished from the registers or stored in acc[R × 32]: a row's quad
+// broadcast to every lane, lane j of B holding column j's quad. 64 multiply-adds an instruction: half the instructions of the 256-bit tile for the
 // same work.
-template <int R, typename A, typename B>
+template <int R, typename A, typename B, typename Finish>
 inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __restrict b,
-                     const std::int32_t* __restrict start, std::int32_t* __restrict acc, QStep) {
+                     const std::int32_t* __restrict start, std::int32_t* __restrict acc, const Finish* finish,
+                     void* out, QStep) {
     __m512i c[R][2];
     const __m512i s0 = _mm512_loadu_si512(start), s1 = _mm512_loadu_si512(start + 16);
 #pragma GCC unroll 16
@@ -57,6 +58,11 @@ inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __res
             c[i][0] = _mm512_dpbusd_epi32(c[i][0], av, b0);
             c[i][1] = _mm512_dpbusd_epi32(c[i][1], av, b1);
         }
+    }
+    if (finish) {  // the epilogue on the registers (qkernels.h, WholeTile)
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) (*finish)(out, i, c[i][0], c[i][1]);
+        return;
     }
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
