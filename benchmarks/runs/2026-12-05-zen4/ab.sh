@@ -3,10 +3,10 @@
 # epilogue on the dot loop's registers (-DXC_QREGS=0), floatdw = all but the depthwise step on vpdpbusd
 # (-DXC_QDW_QUADS=0), old = none (7408ca4); batch 8 and batch 1, one thread; then the
 # depthwise step on its own (benchmarks/int8_micro.cpp, byte quads against the float32 step) and the layers at
-# batch 1 against OpenVINO (benchmarks/int8_layers.py). Reports into this folder.
+# batch 1 against OpenVINO (benchmarks/int8_layers.py). Reports into folder $1 (default: this one).
 set -u
 cd "$(dirname "$0")/../../.."
-D=benchmarks/runs/2026-12-05-zen4
+D=${1:-benchmarks/runs/2026-12-05-zen4}
 P=".venv/bin/python"
 echo "== $(date +%T) kernel_ab batch 8"
 PYTHONPATH=src $P benchmarks/kernel_ab.py --int8 --variant base= --variant stored=-DXC_QREGS=0 --variant floatdw=-DXC_QDW_QUADS=0 --variant old=@7408ca4 \

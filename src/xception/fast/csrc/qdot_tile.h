@@ -7,6 +7,8 @@
 // plus their products, the only part an instruction set changes (vpmaddwd, vpmaddubsw).
 #pragma once
 
+#include "unroll.h"
+
 namespace {  // each build's own copy, compiled for its instruction set
 
 template <int R, typename A, typename B, typename Finish, typename Step>
@@ -42,9 +44,8 @@ inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __res
             c[i][1] = step(c[i][1], av, b1);
         }
     }
-    if (finish) {
-#pragma GCC unroll 8
-        for (int i = 0; i < R; ++i) (*finish)(out, i, c[i][0], c[i][1]);
+    if (finish) {  // row by row with constant indices, so that c stays in registers
+        unrolled<R>([&](int i) XC_INLINE { (*finish)(out, i, c[i][0], c[i][1]); });
         return;
     }
 #pragma GCC unroll 8

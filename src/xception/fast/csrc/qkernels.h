@@ -453,10 +453,12 @@ void q_epilogue(const xc_qconv* op, const std::int32_t* __restrict acc, int rows
 // ---- one convolution -------------------------------------------------------------------------------------
 
 // The dot loop on R rows; its sums go to `whole` (a WholeTile, from the registers) or, where that is null, to acc.
+// A function of its own for each R: inlined together into q_run_block, the tiles' register allocation spilled
+// the sums to the stack on every step of the depth (1.4× the time; benchmarks/NOTES.md).
 template <int R>
-inline void qdot(int groups, const AType* __restrict a, long lda, const BType* __restrict b,
-                 const std::int32_t* __restrict start, std::int32_t* __restrict acc, const WholeTile* whole,
-                 void* out) {
+__attribute__((noinline)) void qdot(int groups, const AType* __restrict a, long lda, const BType* __restrict b,
+                                    const std::int32_t* __restrict start, std::int32_t* __restrict acc,
+                                    const WholeTile* whole, void* out) {
     dot_tile<R>(groups, a, lda, b, start, acc, whole, out, QStep{});
 }
 

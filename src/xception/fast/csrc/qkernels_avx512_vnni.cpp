@@ -59,9 +59,8 @@ inline void dot_tile(int groups, const A* __restrict a, long lda, const B* __res
             c[i][1] = _mm512_dpbusd_epi32(c[i][1], av, b1);
         }
     }
-    if (finish) {  // the epilogue on the registers (qkernels.h, WholeTile)
-#pragma GCC unroll 16
-        for (int i = 0; i < R; ++i) (*finish)(out, i, c[i][0], c[i][1]);
+    if (finish) {  // the epilogue on the registers (qkernels.h, WholeTile), constant row indices (unroll.h)
+        unrolled<R>([&](int i) XC_INLINE { (*finish)(out, i, c[i][0], c[i][1]); });
         return;
     }
 #pragma GCC unroll 16

@@ -10,8 +10,8 @@
 #pragma once
 
 // The window's helpers (and the loads and stores they call) must inline into each instantiation, or its sums
-// leave the registers at every call.
-#define XC_INLINE __attribute__((always_inline))
+// leave the registers at every call (XC_INLINE).
+#include "unroll.h"
 
 namespace {  // each build's own copy, compiled for its instruction set
 
