@@ -333,3 +333,5 @@ def test_the_int8_microbenchmark_builds_against_the_kernels_and_reports_each_par
     assert len(rates) == 4 and all(r > 0 for r in rates), out
     assert len(depthwise) == 4, out
     assert re.search(r"FMA: [\d.]+ G instructions/s", out) and out.count(" -> ") == 7, out
+    chain = re.search(r"in a chain, weights cold: ([\d.]+) ms a conv", out)
+    assert chain and float(chain.group(1)) > 0, out
