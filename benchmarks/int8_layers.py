@@ -3,9 +3,10 @@
 The paper's network with random weights and real BatchNorm statistics, quantised from the same random
 calibration images both ways (``xception.quantize`` with ``--weight-bits``, NNCF's post-training quantisation
 of the float32 ONNX export), at 299 px (``--input-size``), one thread. Ours: CPU time of each kernel call
-(``time.process_time``, so another process on the machine inflates it less than wall time), and its rate in
-multiply-adds per second. OpenVINO: its own per-node profile (``PERF_COUNT``), summed by kernel. Both passes
-are repeated and averaged, in turns; the totals are CPU time of whole passes.
+(``time.process_time``, so another process on the machine inflates it less than wall time) in the replayed
+pass the bench times (:mod:`xception.fast.replay`: no Python between the calls), and its rate in multiply-adds
+per second; the input's codes are timed apart. OpenVINO: its own per-node profile (``PERF_COUNT``), summed by
+kernel. Both passes are repeated and averaged, in turns; the totals are CPU time of whole passes.
 
     PYTHONPATH=src python benchmarks/int8_layers.py [--batch 8] [--input-size 299] [--repeats 3] \\
         [--weight-bits 7] [--activation-bits 7] [--json out.json]
@@ -28,6 +29,18 @@ import torch
 import xception
 from xception.bench import environment
 from xception.quantize import load_quantized, native, quantize
+
+
+def timed_call(call: Callable[..., int], entry: dict[str, Any], repeats: int) -> Callable[..., int]:
+    """``call``, its CPU time added to ``entry["ms"]`` (averaged over ``repeats`` passes)."""
+
+    def timed(*args: Any) -> int:
+        start = time.process_time()
+        status = call(*args)
+        entry["ms"] += (time.process_time() - start) * 1000 / repeats
+        return status
+
+    return timed
 
 
 def float_model(calibration: torch.Tensor) -> torch.nn.Module:
@@ -56,33 +69,46 @@ def ours(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tensor, bit
     labels = torch.zeros(len(calibration), dtype=torch.long)
     quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], weight_bits=bits,
              activation_bits=activation_bits, out=path)
-    network = native.NativeQuantizedXception(load_quantized(path), replay=False)  # layer by layer: the hooks run
+    network = native.NativeQuantizedXception(load_quantized(path))  # replayed, as the bench runs it
     layers: dict[str, dict[str, Any]] = {}
+    order: list[str] = []  # the layers in the order of their kernel calls
 
-    def timed(name: str, module: torch.nn.Module) -> None:
+    def described(name: str, module: torch.nn.Module) -> Callable[..., Any]:
         forward = module.forward
 
         def run(*args: Any, **kwargs: Any) -> Any:
-            start = time.process_time()
             out = forward(*args, **kwargs)
-            entry = layers.setdefault(name, {"ms": 0.0})
-            entry["ms"] += (time.process_time() - start) * 1000 / repeats
             codes = out.q if hasattr(out, "q") else out
             pixels = codes.shape[0] * codes.shape[1] * codes.shape[2]
             macs = pixels * codes.shape[3] * (getattr(module, "k_dim", 0) or 0)
             if getattr(module, "dw_weight", None) is not None:
                 macs += pixels * module.dw_weight.numel()
-            entry.update(kind=type(module).__name__, k=getattr(module, "k_dim", 0), out=list(codes.shape),
-                         macs=macs)
+            layers[name] = {"ms": 0.0, "kind": type(module).__name__, "k": getattr(module, "k_dim", 0),
+                            "out": list(codes.shape), "macs": macs}
+            order.append(name)
             return out
 
         module.forward = run
+        return forward
 
-    for name, module in network.named_modules():
-        if isinstance(module, (native.NativeQConv, native.NativeQMaxPool)):
-            timed(name, module)
+    # The recorded pass names the calls; later passes replay them, each call timed (CPU time, one thread).
+    hooked = {name: (module, described(name, module)) for name, module in network.named_modules()
+              if isinstance(module, (native.NativeQConv, native.NativeQMaxPool, native.NativeQGlobalPool))}
+    network(x)
+    for module, forward in hooked.values():
+        module.forward = forward
+    assert network.replay is not None
+    plan = next(iter(network.replay._plans.values()))
+    if plan is None or len(plan.steps) != len(order):
+        raise RuntimeError("the int8 pass did not replay: no per-call times")
+    for name, step in zip(order, plan.steps, strict=True):
+        step.call = timed_call(step.call, layers[name], repeats)
+    # Outside the replayed calls: the input's codes.
+    layers["input"] = {"ms": 0.0, "kind": "input", "k": 0, "out": [], "macs": 0}
+    network.replay.prepare = timed_call(network.replay.prepare, layers["input"], repeats)
     network(x)  # warm-up
-    layers.clear()
+    for entry in layers.values():
+        entry["ms"] = 0.0
 
     def run() -> float:
         start = time.process_time()
@@ -152,11 +178,12 @@ def profiled(core: Any, ov_model: Any, x: torch.Tensor, repeats: int,
 
 
 def stage(name: str) -> str:
-    """The network's part a layer belongs to: stem, entry (blocks 0–2), middle (3–10), exit (11–12), head."""
+    """The network's part a layer belongs to: stem, entry (blocks 0–2), middle (3–10), exit (11–12), head (the
+    global pool and the classifier), input."""
     if name.startswith("blocks."):
         block = int(name.split(".")[1])
         return "entry flow" if block < 3 else "middle flow" if block < 11 else "exit flow"
-    return name.split(".")[0]
+    return "head" if name == "pool" else name.split(".")[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -271,7 +271,7 @@ def test_the_input_codes_kernel_quantises_as_the_reference_does():
     kernels = native.NativeQuantizedXception(reference)
     scale = reference.input_params.scale
     ties = (torch.arange(-300, 300, dtype=torch.float64) + 0.5) * scale  # k + ½ codes exactly, where representable
-    x = torch.randn(2, 3, 71, 83) * 3  # 83 columns: 20 vectors of 4 and a tail of 3
+    x = torch.randn(2, 3, 71, 83) * 3  # 83 columns: 10 vectors of 8 and a tail of 3
     special = torch.cat([ties.float(), torch.tensor([1e30, -1e30, float("inf"), -float("inf")])])
     x.view(-1)[: len(special)] = special
     x.view(-1)[-len(special):] = special.flip(0)
@@ -281,6 +281,20 @@ def test_the_input_codes_kernel_quantises_as_the_reference_does():
         assert int(expected.max()) == reference.code_max and torch.equal(kernels.input_codes(x), expected), bits
     x[0, 1, 2, 5] = float("nan")
     assert kernels.input_codes(x)[0, 2, 5, 1] == 0
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_the_input_codes_kernel_takes_any_number_of_channels(channels):
+    """Grey images and four-channel inputs: the kernel's general interleave, against the scheme's formula."""
+    from xception.quantize.scheme import QParams, quantize_input
+
+    params = QParams(float(torch.tensor(0.02, dtype=torch.float32)), 117)  # a float32 scale, as stored
+    x = torch.randn(2, channels, 9, 21) * 2
+    out = torch.empty(2, 9, 21, channels, dtype=torch.uint8)
+    lib = native._library()
+    assert lib.xc_quantize_input(x.data_ptr(), 2, channels, 9, 21, params.scale, params.zero_point, 255,
+                                 out.data_ptr()) == 0
+    assert torch.equal(out, quantize_input(x, params).permute(0, 2, 3, 1))
 
 
 def test_replayed_passes_equal_the_step_by_step_ones_shape_after_shape(monkeypatch):
@@ -295,11 +309,20 @@ def test_replayed_passes_equal_the_step_by_step_ones_shape_after_shape(monkeypat
             for n in (2, 3, 2, 3):
                 assert torch.equal(kernels(x[:n]), expected[n]), (threads, n)
     assert kernels.replay.replayable() == {(2, 3, 71, 71): True, (3, 3, 71, 71): True}
-    calls, forward = [], native.NativeQConv.forward
-    monkeypatch.setattr(native.NativeQConv, "forward", lambda self, *a: calls.append(self) or forward(self, *a))
+    calls = []
+
+    def counted(forward):
+        return lambda self, *args, **kwargs: calls.append(self) or forward(self, *args, **kwargs)
+
+    for step in (native.NativeQConv, native.NativeQGlobalPool):
+        monkeypatch.setattr(step, "forward", counted(step.forward))
     with torch.no_grad():
         assert torch.equal(kernels(x[:2]), expected[2])
-    assert calls == [kernels.head]  # the classifier runs in the head; every other conv was replayed
+    assert calls == []  # every step was replayed, the head's pool and classifier included
+    kernels.replay.reset()
+    with torch.no_grad():
+        assert torch.equal(kernels(x[:2]), expected[2])  # recorded again: the Python steps run
+    assert calls[-2:] == [kernels.pool, kernels.head]
 
 
 def test_a_step_the_kernels_did_not_make_runs_the_shape_step_by_step():

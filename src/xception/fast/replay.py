@@ -88,8 +88,8 @@ class _Plan:
         if not calls or last is None or last == INPUT:
             return None
 
-        # Buffers: each call's output takes the smallest free buffer that holds it; a value's buffer is freed
-        # after the call that reads it last (never before the reading call has written its own output).
+        # Buffers: each call's output takes the smallest free buffer of its type that holds it; a value's buffer is
+        # freed after the call that reads it last (never before the reading call has written its own output).
         last_read = {i: i for i in range(len(calls))}
         for i, found in enumerate(reads):
             for j in found:
@@ -101,7 +101,7 @@ class _Plan:
         home: dict[int, int] = {}
         for i, c in enumerate(calls):
             size = c.out.numel()
-            fits = [b for b in free if buffers[b].numel() >= size]
+            fits = [b for b in free if buffers[b].numel() >= size and buffers[b].dtype == c.out.dtype]
             if fits:
                 b = min(fits, key=lambda b: buffers[b].numel())
                 free.remove(b)

@@ -27,7 +27,7 @@ from ..fast import native
 from ..fast.replay import NativeReplay
 from ..hardware import INT8_KERNEL_ISAS
 from .reference import QBlock, QConv, QHead, QMaxPool, QReLU, QuantizedXception
-from .scheme import QParams, QTensor
+from .scheme import QParams, QTensor, pool_multiplier
 
 POINTWISE, SEPARABLE, PATCHES = native.POINTWISE, native.SEPARABLE, native.PATCHES
 DEPTHWISE = 3  # int8 only: a depthwise conv on its own
@@ -55,6 +55,12 @@ class _QConvOp(ctypes.Structure):
     ]
 
 
+class _QGlobalOp(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_int), ("pixels", ctypes.c_int), ("c", ctypes.c_int), ("in_zero", ctypes.c_int),
+                ("mult", ctypes.c_float), ("out_zero", ctypes.c_int), ("code_max", ctypes.c_int),
+                ("max_pool", ctypes.c_int)]
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     lib = native._library()
@@ -65,6 +71,7 @@ def _library() -> ctypes.CDLL | None:
     lib.xc_qpack_weights.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.xc_qconv_forward.argtypes = [ctypes.POINTER(_QConvOp), ctypes.c_void_p, ctypes.c_void_p]
     lib.xc_qpool_forward.argtypes = [ctypes.POINTER(native._Pool), ctypes.c_void_p, ctypes.c_void_p]
+    lib.xc_qglobal_pool.argtypes = [ctypes.POINTER(_QGlobalOp), ctypes.c_void_p, ctypes.c_void_p]
     lib.xc_quantize_input.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 4, ctypes.c_float, ctypes.c_int,
                                       ctypes.c_int, ctypes.c_void_p]
     return lib
@@ -270,6 +277,29 @@ class NativeQMaxPool(nn.Module):
         return QTensor(out, x.scale, x.zero_point)
 
 
+class NativeQGlobalPool(nn.Module):
+    """The head's global pool (:meth:`QHead.pooled`) on NHWC codes: (N, H, W, C) → (N, 1, 1, C) codes."""
+
+    def __init__(self, head: QHead) -> None:
+        super().__init__()
+        self.average = head.pool_type == "avg"
+        self.params = head.pool_params if self.average else None  # the pooled codes'; a max keeps its input's
+        self.code_max = head.code_max
+
+    def forward(self, x: QTensor) -> QTensor:
+        n, h, w, c = x.q.shape
+        out = torch.empty((n, 1, 1, c), dtype=torch.uint8)
+        if self.params is None:
+            op = _QGlobalOp(n, h * w, c, x.zero_point, 0.0, x.zero_point, self.code_max, 1)
+            params = QParams(x.scale, x.zero_point)
+        else:
+            params = self.params
+            mult = float(pool_multiplier(x.scale, h * w, params.scale))
+            op = _QGlobalOp(n, h * w, c, x.zero_point, mult, params.zero_point, self.code_max, 0)
+        _run("xc_qglobal_pool", op, x.q, out)
+        return QTensor(out, *params)
+
+
 def _call(fn: Callable[[ctypes.CDLL], int]) -> None:
     lib = _library()
     with native._lock:
@@ -335,9 +365,11 @@ class NativeQuantizedXception(nn.Module):
         self.reference = reference
         self.stem = nn.ModuleList(_native_steps(list(reference.stem)))
         self.blocks = nn.ModuleList(NativeQBlock(b) for b in reference.blocks)
+        self.pool = NativeQGlobalPool(reference.head)
         self.head = NativeQConv.classifier(reference.head)
         self.features_params: QParams | None = None  # the last step's codes' scale and zero point, once seen
-        self.replay = NativeReplay(self, prepare=self.input_codes, features=self._features, head=self._head,
+        # The whole pass is recorded, the head's pool and classifier included: only the logits' reshape is left.
+        self.replay = NativeReplay(self, prepare=self.input_codes, features=self._logits, head=_flat,
                                    isa=isa) if replay else None
 
     def kernels(self) -> str:
@@ -369,11 +401,11 @@ class NativeQuantizedXception(nn.Module):
         self.features_params = QParams(h.scale, h.zero_point)
         return h.q
 
-    def _head(self, codes: torch.Tensor) -> torch.Tensor:
-        assert self.features_params is not None  # set by the pass that made these codes
-        pooled = _global_pool(self.reference.head, QTensor(codes, *self.features_params))
-        logits = self.head(pooled)
-        return logits.reshape(len(logits), -1)
+    def _logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """The input's codes → the classifier's float32 logits, (N, 1, 1, classes): every step a kernel call."""
+        features = self._features(codes)
+        assert self.features_params is not None  # set by that pass
+        return self.head(self.pool(QTensor(features, *self.features_params)))
 
     def forward_features(self, x: torch.Tensor) -> QTensor:
         """The last module's codes (N, H, W, C), step by step."""
@@ -386,13 +418,11 @@ class NativeQuantizedXception(nn.Module):
         with torch.no_grad():
             if self.replay is not None:
                 return self.replay(x)
-            return self._head(self._features(self.input_codes(x)))
+            return _flat(self._logits(self.input_codes(x)))
 
 
-def _global_pool(head: QHead, x: QTensor) -> QTensor:
-    """The head's own global pool (:meth:`QHead.pooled`) on NHWC codes, as (N, 1, 1, C) codes."""
-    pooled = head.pooled(QTensor(x.q.permute(0, 3, 1, 2), x.scale, x.zero_point))
-    return QTensor(pooled.q.permute(0, 2, 3, 1).contiguous(), pooled.scale, pooled.zero_point)
+def _flat(logits: torch.Tensor) -> torch.Tensor:
+    return logits.reshape(len(logits), -1)
 
 
 def on_kernels(reference: QuantizedXception) -> tuple[nn.Module, str]:

@@ -80,6 +80,17 @@ struct xc_qconv {
     const int32_t* dw_start_q;     // with dw_quads: dw_bias − in_zero·Σ_taps w as int32
 };
 
+// The global pool of uint8 NHWC codes (n × pixels × c) → n × c codes. An average in the scheme's arithmetic:
+// acc = Σ (q − in_zero) in int32, then round_half_even(f32(acc)·mult), clamped to [−out_zero, code_max − out_zero],
+// + out_zero; or (max_pool) the largest code, as it is (the same scale and zero point).
+struct xc_qglobal {
+    int n, pixels, c;
+    int in_zero;
+    float mult;
+    int out_zero, code_max;
+    int max_pool;
+};
+
 // The int8 GEMM kernels: int16 pairs (vpmaddwd; any int8 weights), byte quads (vpmaddubsw; weights whose
 // neighbouring pairs (k even, k + 1) have |w[k]| + |w[k+1]| ≤ 128, e.g. all within [−64, 64]), or VNNI quads
 // (vpdpbusd; any int8 weights, on CPUs with AVX-512 VNNI: xc_qisa() == 2), or byte octets (two vpmaddubsw
@@ -103,6 +114,7 @@ XC_API size_t xc_qpacked_bytes(int k_dim, int cout, int kernels);
 XC_API void xc_qpack_weights(const int8_t* weight, int k_dim, int cout, int kernels, void* packed);
 XC_API int xc_qconv_forward(const struct xc_qconv* op, const uint8_t* input, void* output);  // 0 on success
 XC_API int xc_qpool_forward(const struct xc_pool* op, const uint8_t* input, uint8_t* output);  // no residual
+XC_API int xc_qglobal_pool(const struct xc_qglobal* op, const uint8_t* input, uint8_t* output);  // 0 on success
 // float32 NCHW images → uint8 NHWC codes of scale and zero point, 0 … qmax; 0 on success
 XC_API int xc_quantize_input(const float* input, int n, int c, int h, int w, float scale, int zero, int qmax,
                              uint8_t* output);

@@ -8,6 +8,7 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -22,7 +23,7 @@
 #include "api.h"
 
 #if XC_X86
-#include <emmintrin.h>  // SSE2, in every x86-64 CPU: the input quantisation below
+#include <immintrin.h>  // the input quantisation and the global pool below (AVX2, which the int8 kernels need)
 #endif
 
 namespace {
@@ -389,31 +390,90 @@ int xc_qpool_forward(const xc_pool* op, const uint8_t* input, uint8_t* output) {
     return 0;
 }
 
+// One image's codes summed per channel in int32 (exact: 255 · pixels stays far below 2^31), or their maximum;
+// the compiler vectorises the channel loop.
+int xc_qglobal_pool(const xc_qglobal* op, const uint8_t* input, uint8_t* output) {
+    if (!xc_qisa()) return 1;
+    const int c = op->c;
+    std::vector<int32_t> acc;
+    try {
+        acc.resize(size_t(op->n) * c);
+    } catch (const std::bad_alloc&) {
+        return 2;
+    }
+    run_rows(op->n, [&](long i0, long i1) {
+        for (long i = i0; i < i1; ++i) {
+            const uint8_t* img = input + i * long(op->pixels) * c;
+            int32_t* sum = acc.data() + i * c;
+            uint8_t* out = output + i * c;
+            if (op->max_pool) {
+                std::memcpy(out, img, size_t(c));
+                for (long p = 1; p < op->pixels; ++p)
+                    for (int ch = 0; ch < c; ++ch) out[ch] = std::max(out[ch], img[p * c + ch]);
+                continue;
+            }
+            for (long p = 0; p < op->pixels; ++p)
+                for (int ch = 0; ch < c; ++ch) sum[ch] += img[p * c + ch];
+            const int32_t zeros = op->in_zero * op->pixels;
+            const float lo = float(-op->out_zero), hi = float(op->code_max - op->out_zero);
+            for (int ch = 0; ch < c; ++ch) {  // rounded as the reference does, then clamped (the bounds are integers)
+                const float v = std::nearbyint(float(sum[ch] - zeros) * op->mult);
+                out[ch] = uint8_t(int(std::min(std::max(v, lo), hi)) + op->out_zero);
+            }
+        }
+    });
+    return 0;
+}
+
 // float32 NCHW in, uint8 NHWC codes out, as ONNX's QuantizeLinear and the reference compute them:
 // clamp(round_half_even(x / scale), -zero, qmax - zero) + zero. Clamping first gives the same codes (rounding is
 // monotonic and the bounds are integers) and keeps the conversion in range; cvtps2dq rounds half to even in the
 // default rounding mode. A NaN becomes code 0 (maxps returns its second operand when either is NaN).
+// Each channel's row is quantised 8 values at a time into a row of bytes, and the c rows are then interleaved:
+// writing the pixels' c bytes one by one from the vectors cost 4× the time (0.34 against 0.09 ms at 299 px).
+__attribute__((target("avx2"))) void quantize_row(const float* src, int w, float scale, int zero_point, int qmax,
+                                                  uint8_t* dst) {
+    const __m256 s = _mm256_set1_ps(scale), lo = _mm256_set1_ps(float(-zero_point)),
+                 hi = _mm256_set1_ps(float(qmax - zero_point));
+    const __m256i zero = _mm256_set1_epi32(zero_point);
+    int x = 0;
+    for (; x + 8 <= w; x += 8) {
+        const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(_mm256_loadu_ps(src + x), s), lo), hi);
+        const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(v), zero);
+        const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + x), _mm_packus_epi16(words, words));
+    }
+    for (; x < w; ++x) {
+        const __m128 v = _mm_min_ss(_mm_max_ss(_mm_div_ss(_mm_set_ss(src[x]), _mm256_castps256_ps128(s)),
+                                               _mm256_castps256_ps128(lo)), _mm256_castps256_ps128(hi));
+        dst[x] = uint8_t(_mm_cvtss_si32(v) + zero_point);
+    }
+}
+
 int xc_quantize_input(const float* input, int n, int c, int h, int w, float scale, int zero, int qmax,
                       uint8_t* output) {
     if (!xc_qisa()) return 1;
-    const __m128 s = _mm_set1_ps(scale), lo = _mm_set1_ps(float(-zero)), hi = _mm_set1_ps(float(qmax - zero));
-    run_rows(long(n) * h, [&](long r0, long r1) {
-        for (long row = r0; row < r1; ++row) {
+    const size_t row_bytes = size_t(c) * w;
+    std::vector<uint8_t> scratch;  // each thread's row of codes, channel by channel
+    try {
+        scratch.resize(size_t(pool().size()) * row_bytes);
+    } catch (const std::bad_alloc&) {
+        return 2;
+    }
+    const long rows = long(n) * h, per = std::max<long>(1, rows / (4L * pool().size()));
+    pool().run(int((rows + per - 1) / per), [&](int task, int thread) {
+        uint8_t* codes = scratch.data() + size_t(thread) * row_bytes;
+        for (long row = task * per; row < std::min(rows, task * per + per); ++row) {
             const long image = row / h, y = row % h;
+            for (int ch = 0; ch < c; ++ch)
+                quantize_row(input + ((image * c + ch) * h + y) * w, w, scale, zero, qmax, codes + long(ch) * w);
             uint8_t* dst = output + row * w * c;
-            for (int ch = 0; ch < c; ++ch) {
-                const float* src = input + ((image * c + ch) * h + y) * w;
-                int x = 0;
-                for (; x + 4 <= w; x += 4) {
-                    const __m128 v = _mm_min_ps(_mm_max_ps(_mm_div_ps(_mm_loadu_ps(src + x), s), lo), hi);
-                    alignas(16) int32_t q[4];
-                    _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm_cvtps_epi32(v));
-                    for (int k = 0; k < 4; ++k) dst[(x + k) * c + ch] = uint8_t(q[k] + zero);
-                }
-                for (; x < w; ++x) {
-                    const __m128 v = _mm_min_ss(_mm_max_ss(_mm_div_ss(_mm_set_ss(src[x]), s), lo), hi);
-                    dst[x * c + ch] = uint8_t(_mm_cvtss_si32(v) + zero);
-                }
+            if (c == 3) {  // images: a loop the compiler keeps to three loads and stores a pixel
+                const uint8_t *r = codes, *g = r + w, *b = g + w;
+                for (int x = 0; x < w; ++x) dst[3 * x] = r[x], dst[3 * x + 1] = g[x], dst[3 * x + 2] = b[x];
+            } else {
+                for (int x = 0; x < w; ++x)
+                    for (int ch = 0; ch < c; ++ch) dst[long(x) * c + ch] = codes[long(ch) * w + x];
             }
         }
     });
@@ -426,6 +486,7 @@ void xc_qpack_weights(const int8_t*, int, int, int, void*) {}
 int xc_qconv_forward(const xc_qconv*, const uint8_t*, void*) { return 1; }
 int xc_qpool_forward(const xc_pool*, const uint8_t*, uint8_t*) { return 1; }
 int xc_quantize_input(const float*, int, int, int, int, float, int, int, uint8_t*) { return 1; }
+int xc_qglobal_pool(const xc_qglobal*, const uint8_t*, uint8_t*) { return 1; }
 #endif
 
 int xc_pool_forward(const xc_pool* op, const void* input, void* output) {
