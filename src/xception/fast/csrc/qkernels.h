@@ -307,7 +307,15 @@ inline void copy_codes(AType* __restrict out, const std::uint8_t* __restrict src
             return;
         }
         const std::uint8_t floor = std::uint8_t(z);
-        for (int ch = 0; ch < c; ++ch) out[ch] = std::max(src[ch], floor);
+        if (c < BYTES) {
+            for (int ch = 0; ch < c; ++ch) out[ch] = std::max(src[ch], floor);
+            return;
+        }
+        // Whole vectors, the last one overlapping the one before (the compiler left the byte loop scalar).
+        const VB floor_v = vb_set1(floor);
+        std::uint8_t* dst = reinterpret_cast<std::uint8_t*>(out);
+        for (int ch = 0; ch + BYTES < c; ch += BYTES) vb_storeu(dst + ch, vb_max(vb_loadu(src + ch), floor_v));
+        vb_storeu(dst + c - BYTES, vb_max(vb_loadu(src + c - BYTES), floor_v));
     } else {
         if (c < LANES) {  // the first conv's three channels: a vector would be mostly tail
             for (int ch = 0; ch < c; ++ch) out[ch] = AType(relu ? std::max<int>(src[ch], z) : src[ch]);

@@ -103,5 +103,6 @@ using VB = __m256i;
 constexpr int BYTES = 32;
 inline VB vb_loadu(const std::uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline VB vb_max(VB a, VB b) { return _mm256_max_epu8(a, b); }
+inline VB vb_set1(std::uint8_t x) { return _mm256_set1_epi8(char(x)); }
 inline void vb_storeu(std::uint8_t* p, VB x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x); }
 }  // namespace

@@ -81,5 +81,6 @@ using VB = __m512i;
 constexpr int BYTES = 64;
 inline VB vb_loadu(const std::uint8_t* p) { return _mm512_loadu_si512(p); }
 inline VB vb_max(VB a, VB b) { return _mm512_max_epu8(a, b); }
+inline VB vb_set1(std::uint8_t x) { return _mm512_set1_epi8(char(x)); }
 inline void vb_storeu(std::uint8_t* p, VB x) { _mm512_storeu_si512(p, x); }
 }  // namespace
