@@ -62,6 +62,18 @@ def paper_network(batch: int, size: int) -> tuple[torch.nn.Module, torch.Tensor,
     return model, calibration, torch.randn(batch, 3, size, size)
 
 
+def quantized_paper_network(batch: int, size: int = 299, weight_bits: int = 8) -> tuple[torch.nn.Module, torch.Tensor]:
+    """:func:`paper_network` quantised (min/max calibration) on the native int8 kernels, replayed as the bench runs
+    it, and its input batch."""
+    model, calibration, x = paper_network(batch, size)
+    labels = torch.zeros(len(calibration), dtype=torch.long)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "paper.int8.safetensors"
+        quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], weight_bits=weight_bits,
+                 out=path)
+        return native.NativeQuantizedXception(load_quantized(path)), x
+
+
 def ours(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tensor, bits: int, repeats: int,
          folder: Path, activation_bits: int = 8) -> tuple[Callable[[], float], Callable[[float], dict[str, Any]]]:
     """One pass of the native int8 network (CPU seconds), and the per-layer report of all passes."""
