@@ -62,26 +62,28 @@ def paper_network(batch: int, size: int) -> tuple[torch.nn.Module, torch.Tensor,
     return model, calibration, torch.randn(batch, 3, size, size)
 
 
-def quantized_paper_network(batch: int, size: int = 299, weight_bits: int = 8) -> tuple[torch.nn.Module, torch.Tensor]:
-    """:func:`paper_network` quantised (min/max calibration) on the native int8 kernels, replayed as the bench runs
-    it, and its input batch."""
-    model, calibration, x = paper_network(batch, size)
+def native_int8(model: torch.nn.Module, calibration: torch.Tensor, weight_bits: int = 8,
+                activation_bits: int = 8) -> torch.nn.Module:
+    """``model`` quantised on ``calibration`` (min/max) and run on the native int8 kernels, replayed as the bench
+    runs it."""
     labels = torch.zeros(len(calibration), dtype=torch.long)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "paper.int8.safetensors"
         quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], weight_bits=weight_bits,
-                 out=path)
-        return native.NativeQuantizedXception(load_quantized(path)), x
+                 activation_bits=activation_bits, out=path)
+        return native.NativeQuantizedXception(load_quantized(path))
+
+
+def quantized_paper_network(batch: int, size: int = 299, weight_bits: int = 8) -> tuple[torch.nn.Module, torch.Tensor]:
+    """:func:`paper_network` on the native int8 kernels (:func:`native_int8`), and its input batch."""
+    model, calibration, x = paper_network(batch, size)
+    return native_int8(model, calibration, weight_bits), x
 
 
 def ours(model: torch.nn.Module, calibration: torch.Tensor, x: torch.Tensor, bits: int, repeats: int,
-         folder: Path, activation_bits: int = 8) -> tuple[Callable[[], float], Callable[[float], dict[str, Any]]]:
+         activation_bits: int = 8) -> tuple[Callable[[], float], Callable[[float], dict[str, Any]]]:
     """One pass of the native int8 network (CPU seconds), and the per-layer report of all passes."""
-    path = folder / "paper.int8.safetensors"
-    labels = torch.zeros(len(calibration), dtype=torch.long)
-    quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], weight_bits=bits,
-             activation_bits=activation_bits, out=path)
-    network = native.NativeQuantizedXception(load_quantized(path))  # replayed, as the bench runs it
+    network = native_int8(model, calibration, bits, activation_bits)
     layers: dict[str, dict[str, Any]] = {}
     order: list[str] = []  # the layers in the order of their kernel calls
 
@@ -216,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     calibration, x = torch.randn(8, 3, size, size), torch.randn(args.batch, 3, size, size)
     model = float_model(calibration)
     with tempfile.TemporaryDirectory() as tmp:
-        contenders = {"ours": ours(model, calibration, x, args.weight_bits, args.repeats, Path(tmp),
-                                   args.activation_bits),
+        contenders = {"ours": ours(model, calibration, x, args.weight_bits, args.repeats, args.activation_bits),
                       "openvino": openvino(model, calibration, x, args.repeats, Path(tmp))}
         totals = {name: 0.0 for name in contenders}
         for _ in range(args.repeats):  # in turns: the host's speed drifts from minute to minute

@@ -282,8 +282,8 @@ class NativeQGlobalPool(nn.Module):
 
     def __init__(self, head: QHead) -> None:
         super().__init__()
-        self.average = head.pool_type == "avg"
-        self.params = head.pool_params if self.average else None  # the pooled codes'; a max keeps its input's
+        # The pooled codes' scale and zero point; a max pool keeps its input's.
+        self.params = head.pool_params if head.pool_type == "avg" else None
         self.code_max = head.code_max
 
     def forward(self, x: QTensor) -> QTensor:

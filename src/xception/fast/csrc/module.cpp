@@ -8,8 +8,8 @@
 #include <Python.h>
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -390,8 +390,7 @@ int xc_qpool_forward(const xc_pool* op, const uint8_t* input, uint8_t* output) {
     return 0;
 }
 
-// One image's codes summed per channel in int32 (exact: 255 · pixels stays far below 2^31), or their maximum;
-// the compiler vectorises the channel loop.
+// One image's codes summed per channel in int32 (exact: 255 · pixels stays far below 2^31), or their maximum.
 int xc_qglobal_pool(const xc_qglobal* op, const uint8_t* input, uint8_t* output) {
     if (!xc_qisa()) return 1;
     const int c = op->c;
@@ -430,7 +429,7 @@ int xc_qglobal_pool(const xc_qglobal* op, const uint8_t* input, uint8_t* output)
 // monotonic and the bounds are integers) and keeps the conversion in range; cvtps2dq rounds half to even in the
 // default rounding mode. A NaN becomes code 0 (maxps returns its second operand when either is NaN).
 // Each channel's row is quantised 8 values at a time into a row of bytes, and the c rows are then interleaved:
-// writing the pixels' c bytes one by one from the vectors cost 4× the time (0.34 against 0.09 ms at 299 px).
+// writing each code from the vector one byte at a time, as this kernel did before, took over twice as long.
 __attribute__((target("avx2"))) void quantize_row(const float* src, int w, float scale, int zero_point, int qmax,
                                                   uint8_t* dst) {
     const __m256 s = _mm256_set1_ps(scale), lo = _mm256_set1_ps(float(-zero_point)),
