@@ -334,42 +334,66 @@ inline void copy_codes(AType* __restrict out, const std::uint8_t* __restrict src
 #ifndef XC_QROWS
 #define XC_QROWS 1  // -DXC_QROWS=0: a window row copied channel group by channel group (A/B builds)
 #endif
-void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, AType* __restrict a,
-                  long lda) {
+#ifndef XC_WINDOW_GATHER
+#define XC_WINDOW_GATHER 0  // a build with gather_window(dst, src, down, row_bytes, k, lda) sets it to 1
+#endif
+// Gather: the build's gather_window for the windows inside the image (a template argument: the loop without it
+// ran 3 % slower on the stem's second conv with the test in it).
+template <bool Gather>
+void patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, AType* __restrict a,
+                long lda) {
     const QGeometry g = geometry(op);
     const int c = g.c, kk = g.k, z = op->in_zero;
     const VI zin = vi_set1(z);
+#if XC_WINDOW_GATHER
+    // Output columns [first, last] have their window's columns inside the image.
+    const int first = (g.pad_left + g.stride - 1) / g.stride, reach = g.w - kk + g.pad_left;
+    const int last = reach < 0 ? -1 : std::min(g.ow - 1, reach / g.stride);
+#endif
     long n;
     int oy, ox;
     locate(g, m0, n, oy, ox);  // then stepped pixel by pixel
-    for (int r = 0; r < rows; ++r) {
+    for (int r = 0; r < rows;) {
         const std::uint8_t* img = in + n * long(g.h) * g.w * c;
         AType* dst = a + long(r) * lda;
-        const int ix0 = ox * g.stride - g.pad_left;
-        // A window row inside the image is k·c consecutive codes: one copy instead of k (the stem's first conv
-        // copies 9 bytes three times instead of 3 bytes nine times).
-        const bool whole_rows = XC_QROWS && std::is_same_v<AType, std::uint8_t> && g.dilation == 1 &&
-                                !op->relu_in && ix0 >= 0 && ix0 + kk <= g.w;
-        for (int dy = 0; dy < kk; ++dy) {
-            const int iy = oy * g.stride - g.pad_top + dy * g.dilation;
-            if (whole_rows && iy >= 0 && iy < g.h) {
-                copy_bytes(reinterpret_cast<std::uint8_t*>(dst + dy * kk * c), img + (long(iy) * g.w + ix0) * c,
-                           kk * c);
-                continue;
-            }
-            for (int dx = 0; dx < kk; ++dx) {
-                const int ix = ix0 + dx * g.dilation;
-                AType* out = dst + (dy * kk + dx) * c;
-                if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-                    std::fill(out, out + c, AType(z));
+        const int iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
+        int done = 1;
+#if XC_WINDOW_GATHER
+        if (Gather && iy0 >= 0 && iy0 + kk <= g.h && ox >= first && ox <= last) {  // a run of windows inside
+            done = std::min(rows - r, last - ox + 1);
+            const std::uint8_t* src = img + (long(iy0) * g.w + ix0) * c;
+            const long step = long(g.stride) * c, down = long(g.w) * c;
+            for (int p = 0; p < done; ++p) gather_window(dst + p * lda, src + p * step, down, kk * c, kk, int(lda));
+        } else
+#endif
+        {
+            // A window row inside the image is k·c consecutive codes: one copy instead of k (the stem's second
+            // conv copies 96 bytes three times instead of 32 bytes nine times).
+            const bool whole_rows = XC_QROWS && std::is_same_v<AType, std::uint8_t> && g.dilation == 1 &&
+                                    !op->relu_in && ix0 >= 0 && ix0 + kk <= g.w;
+            for (int dy = 0; dy < kk; ++dy) {
+                const int iy = iy0 + dy * g.dilation;
+                if (whole_rows && iy >= 0 && iy < g.h) {
+                    copy_bytes(reinterpret_cast<std::uint8_t*>(dst + dy * kk * c), img + (long(iy) * g.w + ix0) * c,
+                               kk * c);
                     continue;
                 }
-                const std::uint8_t* src = img + (long(iy) * g.w + ix) * c;
-                copy_codes(out, src, c, op->relu_in, z, zin);
+                for (int dx = 0; dx < kk; ++dx) {
+                    const int ix = ix0 + dx * g.dilation;
+                    AType* out = dst + (dy * kk + dx) * c;
+                    if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+                        std::fill(out, out + c, AType(z));
+                        continue;
+                    }
+                    const std::uint8_t* src = img + (long(iy) * g.w + ix) * c;
+                    copy_codes(out, src, c, op->relu_in, z, zin);
+                }
             }
+            std::fill(dst + op->k_dim, dst + lda, AType(0));
         }
-        std::fill(dst + op->k_dim, dst + lda, AType(0));
-        if (++ox == g.ow) {
+        r += done;
+        ox += done;  // never past the row's end: a run stops at its last column
+        if (ox == g.ow) {
             ox = 0;
             if (++oy == g.oh) {
                 oy = 0;
@@ -377,6 +401,14 @@ void q_patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0
             }
         }
     }
+}
+
+void q_patch_rows(const xc_qconv* op, const std::uint8_t* in, long m0, int rows, AType* a, long lda) {
+    // A whole window in one register (the stem's first conv: 27 bytes), where the build can.
+    const bool gather = XC_WINDOW_GATHER && XC_QROWS && op->dilation == 1 && !op->relu_in &&
+                        long(op->kernel) * op->kernel * op->c <= lda && lda <= 64;
+    if (gather) patch_rows<true>(op, in, m0, rows, a, lda);
+    else patch_rows<false>(op, in, m0, rows, a, lda);
 }
 
 // The input's own rows (a 1×1 conv): widened to AType, with the input ReLU; none of it when A can be the
@@ -503,16 +535,23 @@ void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0,
 #ifndef XC_QREGS
 #define XC_QREGS 1  // -DXC_QREGS=0: every tile's sums through acc and q_epilogue (A/B builds)
 #endif
+#ifndef XC_QEVEN
+#define XC_QEVEN 1  // -DXC_QEVEN=0: tiles of QMR rows and a short last one (A/B builds)
+#endif
+    // The block's rows in tiles of nearly equal height: a block of 121 rows takes 11 tiles of 11, not 10 of 12
+    // and one of a single row, whose dot loop waits on its two accumulators' latency at every step.
+    const int tiles = (rows + QMR - 1) / QMR;
+    auto tile_start = [&](int t) { return XC_QEVEN ? int(long(t) * rows / tiles) : std::min(rows, t * QMR); };
 #if XC_QORDER == 1
     // A panel of B (depth × QNR) stays in L1 while the block's rows of A stream past it from L2: A is
     // QNR/QMR times smaller per multiply-add than B would be the other way round.
     for (int n = n0; n < n1; n += QNR) {
-        for (int i = 0; i < rows; i += QMR) {
+        for (int t = 0; t < tiles; ++t) {
 #else
-    for (int i = 0; i < rows; i += QMR) {
+    for (int t = 0; t < tiles; ++t) {
         for (int n = n0; n < n1; n += QNR) {
 #endif
-            const int r = std::min(QMR, rows - i);
+            const int i = tile_start(t), r = tile_start(t + 1) - i;
             const BType* panel = packed + long(n / QNR) * lda * QNR;
             if (XC_QREGS && WholeTile::takes(op, n)) {
                 const WholeTile whole(op, m0 + i, n);

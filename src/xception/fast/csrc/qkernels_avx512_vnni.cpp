@@ -109,6 +109,22 @@ XC_INLINE inline __m512i column_quads(const std::uint8_t* top, const std::uint8_
                        : _mm512_mask_shuffle_epi8(x, kQuadByte[2], broadcast_codes(bottom), index);
 }
 
+// A k×k window of at most 64 bytes (the stem's first conv: 3 rows of 9) into one register, a masked load a row,
+// then its lda bytes stored at once, zero past the window: the per-byte copies and the fill of the generic
+// path cost more than the dot loop on so short a depth. Masked-off bytes are never read.
+#ifndef XC_QGATHER
+#define XC_QGATHER 1  // -DXC_QGATHER=0: the window copied row by row (A/B builds)
+#endif
+#define XC_WINDOW_GATHER XC_QGATHER
+XC_INLINE inline void gather_window(std::uint8_t* dst, const std::uint8_t* src, long down, int row_bytes, int k,
+                                    int lda) {
+    const __mmask64 row = row_bytes >= 64 ? ~__mmask64(0) : (__mmask64(1) << row_bytes) - 1;
+    __m512i x = _mm512_setzero_si512();
+    for (int dy = 0; dy < k; ++dy)
+        x = _mm512_mask_loadu_epi8(x, row << (dy * row_bytes), src + dy * (down - row_bytes));
+    _mm512_mask_storeu_epi8(dst, lda >= 64 ? ~__mmask64(0) : (__mmask64(1) << lda) - 1, x);
+}
+
 inline __m512i vq_max(__m512i a, __m512i b) { return _mm512_max_epu8(a, b); }
 inline __m512i vi_dot_quads(__m512i acc, __m512i codes, __m512i taps) { return _mm512_dpbusd_epi32(acc, codes, taps); }
 }  // namespace
