@@ -641,10 +641,13 @@ void pack(const std::int8_t* weight, int k_dim, int cout, void* packed) {
 int nr() { return QNR; }
 int mr() { return QMR; }
 
-// Rows of A per block: the block of A and the rows of C it feeds stay in L2 (~256 KB of them).
+// Rows of A per block: the block of A and the rows of C it feeds stay in L2 (~XC_QL2 KB of them).
+#ifndef XC_QL2
+#define XC_QL2 256  // -DXC_QL2=N for A/B builds
+#endif
 int block_rows(const xc_qconv* op) {
     const long per_row = long(sizeof(AType)) * padded_depth(op->k_dim) + op->cout;
-    const long rows = (256L * 1024) / std::max(per_row, 1L);
+    const long rows = (long(XC_QL2) * 1024) / std::max(per_row, 1L);
     return int(std::max<long>(QMR, std::min<long>(rows, 1024) / QMR * QMR));
 }
 
