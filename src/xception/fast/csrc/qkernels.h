@@ -337,19 +337,20 @@ inline void copy_codes(AType* __restrict out, const std::uint8_t* __restrict src
 #ifndef XC_WINDOW_GATHER
 #define XC_WINDOW_GATHER 0  // a build with gather_window(dst, src, down, row_bytes, k, lda) sets it to 1
 #endif
-// Gather: the build's gather_window for the windows inside the image (a template argument: the loop without it
-// ran 3 % slower on the stem's second conv with the test in it).
-template <bool Gather>
+// Runs: byte codes, no dilation, no input ReLU: the windows inside the image are taken a run at a time along an
+// output row, each window row one copy (or, with gather, the whole window one register: the build's
+// gather_window), with no geometry worked out per pixel. A template argument: the loop without runs ran 3 %
+// slower on the stem's second conv with their test in it.
+template <bool Runs>
 void patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, int rows, AType* __restrict a,
-                long lda) {
+                long lda, bool gather) {
+    (void)gather;  // read only where the build has gather_window
     const QGeometry g = geometry(op);
     const int c = g.c, kk = g.k, z = op->in_zero;
     const VI zin = vi_set1(z);
-#if XC_WINDOW_GATHER
     // Output columns [first, last] have their window's columns inside the image.
     const int first = (g.pad_left + g.stride - 1) / g.stride, reach = g.w - kk + g.pad_left;
     const int last = reach < 0 ? -1 : std::min(g.ow - 1, reach / g.stride);
-#endif
     long n;
     int oy, ox;
     locate(g, m0, n, oy, ox);  // then stepped pixel by pixel
@@ -358,15 +359,24 @@ void patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, 
         AType* dst = a + long(r) * lda;
         const int iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
         int done = 1;
-#if XC_WINDOW_GATHER
-        if (Gather && iy0 >= 0 && iy0 + kk <= g.h && ox >= first && ox <= last) {  // a run of windows inside
+        if (Runs && iy0 >= 0 && iy0 + kk <= g.h && ox >= first && ox <= last) {  // a run of windows inside
             done = std::min(rows - r, last - ox + 1);
             const std::uint8_t* src = img + (long(iy0) * g.w + ix0) * c;
             const long step = long(g.stride) * c, down = long(g.w) * c;
-            for (int p = 0; p < done; ++p) gather_window(dst + p * lda, src + p * step, down, kk * c, kk, int(lda));
-        } else
+            const int row_bytes = kk * c;
+#if XC_WINDOW_GATHER
+            if (gather) {
+                for (int p = 0; p < done; ++p) gather_window(dst + p * lda, src + p * step, down, row_bytes, kk, int(lda));
+            } else
 #endif
-        {
+            {
+                for (int p = 0; p < done; ++p) {
+                    std::uint8_t* to = reinterpret_cast<std::uint8_t*>(dst + p * lda);
+                    for (int dy = 0; dy < kk; ++dy) copy_bytes(to + dy * row_bytes, src + p * step + dy * down, row_bytes);
+                    std::fill(to + op->k_dim, to + lda, std::uint8_t(0));
+                }
+            }
+        } else {
             // A window row inside the image is k·c consecutive codes: one copy instead of k (the stem's second
             // conv copies 96 bytes three times instead of 32 bytes nine times).
             const bool whole_rows = XC_QROWS && std::is_same_v<AType, std::uint8_t> && g.dilation == 1 &&
@@ -404,11 +414,15 @@ void patch_rows(const xc_qconv* op, const std::uint8_t* __restrict in, long m0, 
 }
 
 void q_patch_rows(const xc_qconv* op, const std::uint8_t* in, long m0, int rows, AType* a, long lda) {
-    // A whole window in one register (the stem's first conv: 27 bytes), where the build can.
-    const bool gather = XC_WINDOW_GATHER && XC_QROWS && op->dilation == 1 && !op->relu_in &&
-                        long(op->kernel) * op->kernel * op->c <= lda && lda <= 64;
-    if (gather) patch_rows<true>(op, in, m0, rows, a, lda);
-    else patch_rows<false>(op, in, m0, rows, a, lda);
+    if constexpr (std::is_same_v<AType, std::uint8_t>) {
+        if (XC_QROWS && op->dilation == 1 && !op->relu_in) {
+            // A whole window in one register (the stem's first conv: 27 bytes), where the build can.
+            const bool gather = XC_WINDOW_GATHER && long(op->kernel) * op->kernel * op->c <= lda && lda <= 64;
+            patch_rows<true>(op, in, m0, rows, a, lda, gather);
+            return;
+        }
+    }
+    patch_rows<false>(op, in, m0, rows, a, lda, false);
 }
 
 // The input's own rows (a 1×1 conv): widened to AType, with the input ReLU; none of it when A can be the
