@@ -16,11 +16,14 @@ are checked against the first's. Reports per layer and per stage the minimum and
 The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
 next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group columns a pixel block may take),
 ``XC_TASKS`` (the fewest tasks per thread a GEMM is split into), ``XC_KC`` (the depth of B's panels),
-``XC_AHEAD`` (0: no fetching of the next block; 2: k×k patches too), ``XC_WINDOWS`` (0: k×k convs copy their
+``XC_AHEAD`` (0: no fetching of the next block; 2: k×k patches too), ``XC_AHEAD_OUT`` (how the next block's
+output lines are fetched: 1 for reading, 2 for writing, 0 not at all), ``XC_WINDOWS`` (0: k×k convs copy their
 patches; 2: strided 1×1 convs read their input in place too), ``XC_SPIN`` (the pauses an idle worker spins
 before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel), ``XC_QDW_QUADS``
-(0: the VNNI build's depthwise step in float32, not on byte quads) and ``XC_QREGS`` (0: every tile's sums stored
-and finished by the general epilogue, not from the registers).
+(0: the VNNI build's depthwise step in float32, not on byte quads), ``XC_QREGS`` (0: every tile's sums stored
+and finished by the general epilogue, not from the registers), ``XC_QEVEN`` (0: tiles of MR rows and a short
+last one), ``XC_QGATHER`` (0: the first conv's windows copied row by row) and ``XC_QL2`` (the KB of an int8
+block's A and C).
 """
 
 from __future__ import annotations

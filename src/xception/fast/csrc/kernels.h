@@ -414,10 +414,15 @@ struct Task {
 
 // The next block's input window, residual and output rows, fetched a few cache lines per register tile while
 // this block's GEMM runs, so that its prologue and its stores find them in cache: inside the network the
-// previous layers have pushed them out to L3 or memory. The output's lines are fetched for writing
-// (`prefetchw`: no read-for-ownership stall at the first store).
+// previous layers have pushed them out to L3 or memory.
 #ifndef XC_AHEAD
 #define XC_AHEAD 1  // -DXC_AHEAD=0: no look-ahead; 2: k×k patches too (A/B builds)
+#endif
+// The output's lines are fetched as for reading (T1), not for writing: `prefetchw` held up the tile loop that issues
+// it (Zen 4: a fifth of the 147² separable conv's samples on the instructions after it) and the pass ran 1.4–2.2 %
+// slower with it (benchmarks/NOTES.md).
+#ifndef XC_AHEAD_OUT
+#define XC_AHEAD_OUT 1  // -DXC_AHEAD_OUT=2: fetched for writing (prefetchw); 0: not fetched (A/B builds)
 #endif
 class Ahead {
 public:
@@ -436,7 +441,7 @@ public:
         const long out_floats = long(t.next_rows) * op->cout;
         if (op->residual) add(op->residual + t.next_m0 * long(op->cout), out_floats);
         writes_ = regions_;
-        add(output + t.next_m0 * long(op->cout), out_floats);
+        if (XC_AHEAD_OUT) add(output + t.next_m0 * long(op->cout), out_floats);
         long lines = 0;
         for (int r = 0; r < regions_; ++r) lines += lines_[r];
         per_step_ = (lines + steps - 1) / std::max(steps, 1L);
@@ -445,7 +450,7 @@ public:
     void step() {
         for (long i = 0; i < per_step_ && region_ < regions_; ++i) {
             const char* p = start_[region_] + at_ * 64;
-            if (region_ < writes_) _mm_prefetch(p, _MM_HINT_T1);
+            if (region_ < writes_ || XC_AHEAD_OUT == 1) _mm_prefetch(p, _MM_HINT_T1);
             else asm volatile("prefetchw %0" : : "m"(*p));
             if (++at_ == lines_[region_]) at_ = 0, ++region_;
         }
