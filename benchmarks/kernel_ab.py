@@ -18,12 +18,13 @@ next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group colum
 ``XC_TASKS`` (the fewest tasks per thread a GEMM is split into), ``XC_KC`` (the depth of B's panels),
 ``XC_AHEAD`` (0: no fetching of the next block; 2: k×k patches too), ``XC_AHEAD_OUT`` (how the next block's
 output lines are fetched: 1 for reading, 2 for writing, 0 not at all), ``XC_WINDOWS`` (0: k×k convs copy their
-patches; 2: strided 1×1 convs read their input in place too), ``XC_SPIN`` (the pauses an idle worker spins
+patches; 2: strided 1×1 convs read their input in place too), ``XC_SEGS`` (0: a window read in place takes one
+tile call per window row), ``XC_SPIN`` (the pauses an idle worker spins
 before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel), ``XC_QDW_QUADS``
 (0: the VNNI build's depthwise step in float32, not on byte quads), ``XC_QREGS`` (0: every tile's sums stored
 and finished by the general epilogue, not from the registers), ``XC_QEVEN`` (0: tiles of MR rows and a short
-last one), ``XC_QGATHER`` (0: the first conv's windows copied row by row) and ``XC_QL2`` (the KB of an int8
-block's A and C).
+last one), ``XC_QGATHER`` (0: the first conv's windows copied row by row), ``XC_QL2`` (the KB of an int8
+block's A and C) and ``XC_QAHEAD`` (1: the next block fetched ahead, as the float32 kernels do).
 """
 
 from __future__ import annotations

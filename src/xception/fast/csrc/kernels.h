@@ -32,10 +32,12 @@ constexpr int PREFETCH = 16;    // how many k steps ahead B is prefetched (measu
 
 // C[MR×NR] (+)= A[MR×kc] · B[kc×NR]. `first`: start from the bias (or zero) instead of C; `last`: add
 // the residual, apply the ReLU. Columns past `n_valid` are computed (B is zero-padded) but not stored.
+// With segs > 1, A is `segs` pieces of kc columns, seg_step floats apart (a window's rows read in place), and
+// B their segs·kc rows: the tile stays in registers across them.
 template <int R, int KS = 1>
 inline void tile(int kc, const float* __restrict a, long lda, const float* __restrict b, float* __restrict c,
                  long ldc, int n_valid, bool first, bool last, const float* __restrict bias,
-                 const float* __restrict res, long ldr, bool relu) {
+                 const float* __restrict res, long ldr, bool relu, int segs = 1, long seg_step = 0) {
     V acc[R][NV];
     const bool full = n_valid >= NR;
     if (!first) {  // the partial sums come back from L2: ask for them before the loop needs them
@@ -56,19 +58,24 @@ inline void tile(int kc, const float* __restrict a, long lda, const float* __res
             for (int v = 0; v < NV; ++v)
                 acc[i][v] = full ? vloadu(c + i * ldc + v * LANES) : vload_n(c + i * ldc + v * LANES, n_valid - v * LANES);
     }
+    for (int s = 0; s < segs; ++s) {
+        const float* as = a + s * seg_step;
+        const float* bs = b + long(s) * kc * NR;
 #pragma GCC unroll 2
-    for (int k = 0; k < kc; ++k) {
-        V bv[NV];
+        for (int k = 0; k < kc; ++k) {
+            V bv[NV];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) bv[v] = vload(b + k * NR + v * LANES);
-        // B streams from L2 (the MR rows of A stay in L1): fetch its lines ahead of use, a line per 16 floats.
+            for (int v = 0; v < NV; ++v) bv[v] = vload(bs + k * NR + v * LANES);
+            // B streams from L2 (the MR rows of A stay in L1): fetch its lines ahead of use, a line per 16 floats.
 #pragma GCC unroll 8
-        for (int v = 0; v < NR; v += 16) _mm_prefetch(reinterpret_cast<const char*>(b + (k + PREFETCH) * NR + v), _MM_HINT_T0);
+            for (int v = 0; v < NR; v += 16)
+                _mm_prefetch(reinterpret_cast<const char*>(bs + (k + PREFETCH) * NR + v), _MM_HINT_T0);
 #pragma GCC unroll 16
-        for (int i = 0; i < R; ++i) {
-            V av = vset1(a[i * lda + k * KS]);
+            for (int i = 0; i < R; ++i) {
+                V av = vset1(as[i * lda + k * KS]);
 #pragma GCC unroll 8
-            for (int v = 0; v < NV; ++v) acc[i][v] = vfma(av, bv[v], acc[i][v]);
+                for (int v = 0; v < NV; ++v) acc[i][v] = vfma(av, bv[v], acc[i][v]);
+            }
         }
     }
     if (last) {
@@ -98,13 +105,14 @@ inline void tile(int kc, const float* __restrict a, long lda, const float* __res
 
 template <int R>
 void tile_rows(int rows, int kc, const float* a, long lda, const float* b, float* c, long ldc, int n_valid,
-               bool first, bool last, const float* bias, const float* res, long ldr, bool relu) {
+               bool first, bool last, const float* bias, const float* res, long ldr, bool relu, int segs = 1,
+               long seg_step = 0) {
     if constexpr (R == 0) {
         (void)rows; (void)kc; (void)a; (void)lda; (void)b; (void)c; (void)ldc; (void)n_valid;
-        (void)first; (void)last; (void)bias; (void)res; (void)ldr; (void)relu;
+        (void)first; (void)last; (void)bias; (void)res; (void)ldr; (void)relu; (void)segs; (void)seg_step;
     } else {
-        if (rows == R) tile<R>(kc, a, lda, b, c, ldc, n_valid, first, last, bias, res, ldr, relu);
-        else tile_rows<R - 1>(rows, kc, a, lda, b, c, ldc, n_valid, first, last, bias, res, ldr, relu);
+        if (rows == R) tile<R>(kc, a, lda, b, c, ldc, n_valid, first, last, bias, res, ldr, relu, segs, seg_step);
+        else tile_rows<R - 1>(rows, kc, a, lda, b, c, ldc, n_valid, first, last, bias, res, ldr, relu, segs, seg_step);
     }
 }
 
@@ -413,6 +421,10 @@ struct Task {
     int next_rows;     // the block this thread most likely runs next (0 rows: none)
 };
 
+#ifndef XC_SEGS
+#define XC_SEGS 1  // -DXC_SEGS=0: a window read in place takes one tile call per window row (A/B builds)
+#endif
+
 void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& t, float* abuf) {
     const int kdim = op->k_dim, n_out = op->cout;
     const float* a;
@@ -484,7 +496,12 @@ void run_gemm_block(const xc_conv* op, const float* in, float* out, const Task& 
                                       bias, res, ldc, relu);
                         continue;
                     }
-                    // The chunk's k range, window row by window row.
+                    // The chunk's k range, window row by window row: whole rows in one call, the tile in registers.
+                    if (XC_SEGS && k0 % win_row == 0 && kc % win_row == 0) {
+                        tile_rows<MR>(rows, int(win_row), window + k0 / win_row * img_row, win_lda, b_panel, c, ldc,
+                                      n_valid, first, last, bias, res, ldc, relu, int(kc / win_row), img_row);
+                        continue;
+                    }
                     for (long s = k0; s < k0 + kc;) {
                         const long dy = s / win_row, e = std::min((dy + 1) * win_row, long(k0 + kc));
                         tile_rows<MR>(rows, int(e - s), window + dy * img_row + (s - dy * win_row), win_lda,
