@@ -103,8 +103,7 @@ struct Conv {
     void run() {
         const long m = long(op.h) * op.w;
         for (long m0 = 0; m0 < m; m0 += rows)
-            qk::conv_task(&op, in.data(), out.data(), m0, int(std::min<long>(rows, m - m0)), 0, op.cout, abuf.data(), 0,
-                          0);
+            qk::conv_task(&op, in.data(), out.data(), m0, int(std::min<long>(rows, m - m0)), 0, op.cout, abuf.data());
     }
     double macs() const { return double(op.h) * op.w * op.c * op.cout; }
 };
@@ -179,7 +178,7 @@ int main(int argc, char** argv) {
             const long m = long(c.op.h) * c.op.w;
             for (long m0 = 0; m0 < m; m0 += c.rows)
                 qk::conv_task(&c.op, in, out, m0, int(std::min<long>(c.rows, m - m0)), 0, c.op.cout,
-                              chain[0].abuf.data(), 0, 0);
+                              chain[0].abuf.data());
         }
     });
     std::printf("the middle flow's 24 separable convs in a chain, weights cold: %.3f ms a conv\n", t * 1e3 / 24);

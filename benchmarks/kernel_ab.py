@@ -23,8 +23,8 @@ tile call per window row), ``XC_SPIN`` (the pauses an idle worker spins
 before it sleeps) and, for int8, ``XC_QROWS`` (0: an int8 patch row copied pixel by pixel), ``XC_QDW_QUADS``
 (0: the VNNI build's depthwise step in float32, not on byte quads), ``XC_QREGS`` (0: every tile's sums stored
 and finished by the general epilogue, not from the registers), ``XC_QEVEN`` (0: tiles of MR rows and a short
-last one), ``XC_QGATHER`` (0: the first conv's windows copied row by row), ``XC_QL2`` (the KB of an int8
-block's A and C) and ``XC_QAHEAD`` (1: the next block fetched ahead, as the float32 kernels do).
+last one), ``XC_QGATHER`` (0: the first conv's windows copied row by row) and ``XC_QL2`` (the KB of an int8
+block's A and C).
 """
 
 from __future__ import annotations

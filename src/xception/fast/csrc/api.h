@@ -144,7 +144,7 @@ XC_DECLARE_ISA(xc_avx512)
     int block_rows(const xc_qconv* op);                                                                      \
     size_t abuf_bytes(const xc_qconv* op, int rows);                                                         \
     void conv_task(const xc_qconv* op, const uint8_t* in, void* out, long m0, int rows, int n0, int n1,     \
-                   void* abuf, long next_m0, int next_rows);                                                 \
+                   void* abuf);                                                                              \
     void pool_rows(const xc_pool* op, const uint8_t* in, uint8_t* out, long row0, long row1);                \
     }
 XC_DECLARE_QISA(xc_q_avx2)

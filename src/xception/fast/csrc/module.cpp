@@ -339,7 +339,7 @@ bool vnni_agrees() {
         op.packed = packed.data();
         op.kernels = kinds[i];
         out[i].assign(size_t(rows) * cout, -1.f);
-        XC_QDISPATCH(kinds[i], conv_task(&op, in.data(), out[i].data(), 0, rows, 0, cout, abuf.data(), 0, 0));
+        XC_QDISPATCH(kinds[i], conv_task(&op, in.data(), out[i].data(), 0, rows, 0, cout, abuf.data()));
     }
     return out[0] == out[1];
 }
@@ -379,8 +379,8 @@ int xc_qconv_forward(const xc_qconv* op, const uint8_t* input, void* output) {
     const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, XC_QDISPATCH(k, block_rows(op)), XC_QDISPATCH(k, mr()),
                                  nr, cols);
     const size_t a_floats = (XC_QDISPATCH(k, abuf_bytes(op, plan.rows)) + sizeof(float) - 1) / sizeof(float);
-    return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf, long next_m0, int next_rows) {
-        XC_QDISPATCH(k, conv_task(op, input, output, m0, rows, n0, n1, abuf, next_m0, next_rows));
+    return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf, long, int) {
+        XC_QDISPATCH(k, conv_task(op, input, output, m0, rows, n0, n1, abuf));
     });
 }
 

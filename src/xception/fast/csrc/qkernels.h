@@ -28,7 +28,6 @@
 #include <type_traits>
 
 #include "api.h"
-#include "ahead.h"
 #include "slide.h"
 
 namespace {
@@ -528,9 +527,8 @@ void qdot_rows(int rows, int groups, const AType* a, long lda, const BType* b, c
     }
 }
 
-// [next_m0, next_m0 + next_rows): the pixels of the block this thread most likely runs next (ahead.h).
 void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0, int rows, int n0, int n1,
-                 AType* abuf, long next_m0, int next_rows) {
+                 AType* abuf) {
     if (op->kind == XC_DEPTHWISE) {  // the depthwise step is the whole conv: its codes are the output
         q_depthwise_rows(op, in, m0, rows, static_cast<std::uint8_t*>(out) + m0 * op->c, op->c);
         return;
@@ -558,15 +556,6 @@ void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0,
     // and one of a single row, whose dot loop waits on its two accumulators' latency at every step.
     const int tiles = (rows + QMR - 1) / QMR;
     auto tile_start = [&](int t) { return XC_QEVEN ? int(long(t) * rows / tiles) : std::min(rows, t * QMR); };
-    // The next block's lines fetched ahead as the float32 kernels do (ahead.h): off, since it cost 0.8 % at batch 1
-    // on 1 thread (the 147² convs 4–5 % slower) for 0.5 % at batch 8 (Zen 4, benchmarks/NOTES.md).
-#ifndef XC_QAHEAD
-#define XC_QAHEAD 0  // -DXC_QAHEAD=1: on (A/B builds)
-#endif
-    const long steps = long(tiles) * ((n1 - n0 + QNR - 1) / QNR);
-    const int ahead_rows = XC_QAHEAD ? next_rows : 0;
-    Ahead ahead = op->out_float ? Ahead(op, in, static_cast<const float*>(out), next_m0, ahead_rows, steps)
-                                : Ahead(op, in, static_cast<const std::uint8_t*>(out), next_m0, ahead_rows, steps);
 #if XC_QORDER == 1
     // A panel of B (depth × QNR) stays in L1 while the block's rows of A stream past it from L2: A is
     // QNR/QMR times smaller per multiply-add than B would be the other way round.
@@ -577,7 +566,6 @@ void q_run_block(const xc_qconv* op, const std::uint8_t* in, void* out, long m0,
         for (int n = n0; n < n1; n += QNR) {
 #endif
             const int i = tile_start(t), r = tile_start(t + 1) - i;
-            ahead.step();
             const BType* panel = packed + long(n / QNR) * lda * QNR;
             if (XC_QREGS && WholeTile::takes(op, n)) {
                 const WholeTile whole(op, m0 + i, n);
@@ -679,9 +667,8 @@ int block_rows(const xc_qconv* op) {
 
 size_t abuf_bytes(const xc_qconv* op, int rows) { return size_t(rows) * padded_depth(op->k_dim) * sizeof(AType); }
 
-void conv_task(const xc_qconv* op, const std::uint8_t* in, void* out, long m0, int rows, int n0, int n1, void* abuf,
-               long next_m0, int next_rows) {
-    q_run_block(op, in, out, m0, rows, n0, n1, static_cast<AType*>(abuf), next_m0, next_rows);
+void conv_task(const xc_qconv* op, const std::uint8_t* in, void* out, long m0, int rows, int n0, int n1, void* abuf) {
+    q_run_block(op, in, out, m0, rows, n0, n1, static_cast<AType*>(abuf));
 }
 
 void pool_rows(const xc_pool* op, const std::uint8_t* in, std::uint8_t* out, long row0, long row1) {
