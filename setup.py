@@ -12,6 +12,7 @@ setup(
         Extension(
             "xception.fast._cpu",
             sources=[f"{CSRC}/module.cpp", f"{CSRC}/kernels_avx2.cpp", f"{CSRC}/kernels_avx512.cpp",
+                     f"{CSRC}/kernels_avx512_bf16.cpp",
                      f"{CSRC}/qkernels_avx2.cpp", f"{CSRC}/qkernels_avx2_s7.cpp",
                      f"{CSRC}/qkernels_avx512_vnni.cpp", f"{CSRC}/qkernels_avx2_s7a7.cpp"],
             depends=sorted(glob.glob(f"{CSRC}/*.h")),  # every header: an edit to any rebuilds the module

@@ -1,15 +1,18 @@
-"""Where the bfloat16 time goes, per layer: the fast path's oneDNN layers against OpenVINO's bf16 profile.
+"""Where the bfloat16 time goes, per layer: the fast path's layers against OpenVINO's bf16 profile.
 
 The paper's network with random weights and real BatchNorm statistics (as ``int8_layers.py``), at 299 px
 (``--input-size``), one thread, CPU time, on CPUs where oneDNN runs bf16 natively (AVX512-BF16 or AMX). Ours:
-``xception.optimize(model, dtype=torch.bfloat16)``, each layer's call timed, with its kind (depthwise conv, 1×1
-conv as a oneDNN matmul, plain conv, native max-pool); for every 1×1 conv also the other route oneDNN offers, its
-convolution primitive with the same weight, on the same input, so that the faster of the two shows per layer.
+``xception.optimize(model, dtype=torch.bfloat16)``, each layer's call timed, with its kind and, for the native
+kernels, its rate in multiply-adds per second. ``--route onednn`` profiles the oneDNN route where the native bf16
+kernels would run (depthwise conv, 1×1 conv as a oneDNN matmul, plain conv, native max-pool); there, for every 1×1
+conv, also the other route oneDNN offers, its convolution primitive with the same weight, on the same input, so
+that the faster of the two shows per layer.
 OpenVINO (bf16 precision hint) on the network's ONNX export: its per-node profile (``PERF_COUNT``), summed by
 kernel. Passes are repeated in turns; per layer the minimum (the pass least disturbed by other processes), the
 totals the mean of whole passes (ours less the other route's calls).
 
-    PYTHONPATH=src python benchmarks/bf16_layers.py [--batch 8] [--input-size 299] [--repeats 3] [--json out.json]
+    PYTHONPATH=src python benchmarks/bf16_layers.py [--batch 8] [--input-size 299] [--repeats 3] \\
+        [--route auto|onednn] [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import torch
 
 import xception
 from int8_layers import paper_network, profiled, stage
+from xception import fast as fast_module
 from xception.bench import environment
 from xception.export import onnx_proto
 from xception.fast.fused import FusedConv, mkldnn_bf16_available
-from xception.fast.native import NativeMaxPool
+from xception.fast.native import NativeConv, NativeMaxPool
 
 Contender = tuple[Callable[[], float], Callable[[float], dict[str, Any]]]
 
@@ -38,6 +42,8 @@ Contender = tuple[Callable[[], float], Callable[[float], dict[str, Any]]]
 def kind(module: torch.nn.Module) -> str:
     if isinstance(module, NativeMaxPool):
         return "max-pool (native)"
+    if isinstance(module, NativeConv):
+        return {0: "1x1 (native)", 1: "separable (native)", 2: "conv (native)"}[module.kind]
     if module.depthwise:
         return "depthwise (oneDNN conv)"
     if module._matrix is not None:
@@ -63,8 +69,14 @@ def as_conv(module: FusedConv) -> Callable[[torch.Tensor, torch.Tensor | None], 
     return run
 
 
-def ours(model: torch.nn.Module, x: torch.Tensor) -> Contender:
-    fast = xception.optimize(model, dtype=torch.bfloat16, replay=False)  # layer by layer: the hooks run
+def ours(model: torch.nn.Module, x: torch.Tensor, route: str) -> Contender:
+    preferred = fast_module.native_bf16_preferred
+    if route == "onednn":
+        fast_module.native_bf16_preferred = lambda: False  # type: ignore[assignment]
+    try:
+        fast = xception.optimize(model, dtype=torch.bfloat16, replay=False)  # layer by layer: the hooks run
+    finally:
+        fast_module.native_bf16_preferred = preferred
     layers: dict[str, dict[str, Any]] = {}
 
     def timed(name: str, module: torch.nn.Module) -> None:
@@ -81,13 +93,16 @@ def ours(model: torch.nn.Module, x: torch.Tensor) -> Contender:
                 other(args[0], kwargs.get("add", args[1] if len(args) > 1 else None))
                 entry["conv_passes"].append((time.process_time() - start) * 1000)
             n, c, h, w = out.shape
-            entry.update(kind=kind(module), out=[n, h, w, c])
+            macs = n * h * w * c * (getattr(module, "k_dim", 0) or 0)
+            if getattr(module, "dw_weight", None) is not None:
+                macs += n * h * w * module.dw_weight.numel()
+            entry.update(kind=kind(module), out=[n, h, w, c], macs=macs)
             return out
 
         module.forward = run
 
     for name, module in fast.named_modules():
-        if isinstance(module, (FusedConv, NativeMaxPool)):
+        if isinstance(module, (FusedConv, NativeConv, NativeMaxPool)):
             timed(name.removeprefix("program."), module)
     with torch.inference_mode():
         fast(x)  # warm-up
@@ -105,9 +120,11 @@ def ours(model: torch.nn.Module, x: torch.Tensor) -> Contender:
         for entry in layers.values():
             passes, conv = entry.pop("passes"), entry.pop("conv_passes")
             entry["min_ms"] = round(min(passes), 2)
+            if entry["macs"]:
+                entry["gmac_s"] = round(entry["macs"] / entry["min_ms"] / 1e6, 1)
             if conv:
                 entry["conv_min_ms"] = round(min(conv), 2)
-        return {"total_ms": round(total_ms, 1), "layers": layers}
+        return {"kernels": fast.settings["kernels"], "total_ms": round(total_ms, 1), "layers": layers}
 
     return run, report
 
@@ -124,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input-size", type=int, default=299)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--route", choices=("auto", "onednn"), default="auto",
+                        help="auto: what optimize() chooses here; onednn: oneDNN's convs and matmuls")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     import onnx
@@ -137,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "paper.onnx"
         onnx.save(onnx_proto(model, torch.zeros(2, *x.shape[1:])), str(path))
-        contenders = {"ours": ours(model, x), "openvino": openvino(path, x, args.repeats)}
+        contenders = {"ours": ours(model, x, args.route), "openvino": openvino(path, x, args.repeats)}
         totals: dict[str, float] = {name: 0.0 for name in contenders}
         for _ in range(args.repeats):
             for name, (run, _) in contenders.items():
@@ -147,17 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     report["batch"], report["input_size"] = args.batch, size
     ours_ms, ov_ms = report["ours"]["total_ms"], report["openvino"]["total_ms"]
     print(f"{report['environment']['cpu']} · batch {args.batch} · {size} px · 1 thread · bf16 · CPU ms per pass")
-    print(f"ours: {ours_ms} ms; OpenVINO bf16: {ov_ms} ms ({ov_ms / ours_ms:.2f}×)")
+    print(f"ours ({report['ours']['kernels']}): {ours_ms} ms; OpenVINO bf16: {ov_ms} ms ({ov_ms / ours_ms:.2f}×)")
     by_kind: dict[str, float] = {}
     by_stage: dict[str, float] = {}
     best = 0.0
-    print(f"{'min ms':>8} {'as conv':>8}  {'output':<20} {'kind':<24} layer")
+    print(f"{'min ms':>8} {'as conv':>8} {'GMAC/s':>7}  {'output':<20} {'kind':<24} layer")
     for name, entry in report["ours"]["layers"].items():
         by_kind[entry["kind"]] = by_kind.get(entry["kind"], 0.0) + entry["min_ms"]
         by_stage[stage(name)] = by_stage.get(stage(name), 0.0) + entry["min_ms"]
         conv = entry.get("conv_min_ms")
         best += min(entry["min_ms"], conv) if conv is not None else entry["min_ms"]
-        print(f"{entry['min_ms']:8.2f} {'' if conv is None else f'{conv:8.2f}':>8}  {tuple(entry['out'])!s:<20} "
+        rate = entry.get("gmac_s")
+        print(f"{entry['min_ms']:8.2f} {'' if conv is None else f'{conv:8.2f}':>8} {'' if rate is None else rate:>7}  "
+              f"{tuple(entry['out'])!s:<20} "
               f"{entry['kind']:<24} {name}")
     layers_ms = sum(by_kind.values())
     print("ours by kind: " + ", ".join(f"{k} {v:.1f}" for k, v in by_kind.items()))

@@ -21,6 +21,7 @@ from xception.fast import (
     fold_xception,
     fuse_conv_bn_weights,
     native,
+    native_bf16_preferred,
     optimize,
     triton_depthwise,
 )
@@ -269,7 +270,10 @@ def test_bf16_fast_path_on_cpu_matches_float32_within_bf16_tolerance(name):
     out = fast(x)
     assert fast.settings["dtype"] == "bfloat16" and out.dtype == torch.float32
     assert relative_error(out, expected) <= BF16_TOL
-    if fused_module.mkldnn_bf16_available():  # every 1×1 conv then runs as a GEMM
+    if native_bf16_preferred():  # every conv on the native bf16 kernels
+        windows = {id(m.window) for m in fast.modules() if isinstance(m, native.NativeConv)}
+        assert "bf16" in fast.settings["kernels"] and all(id(c) in windows for c in fast.program.convs())
+    elif fused_module.mkldnn_bf16_available():  # every 1×1 conv then runs as a GEMM
         pointwise = [c for c in fast.program.convs() if c.pointwise]
         assert pointwise and all(c._matrix is not None for c in pointwise)
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import xception
+from xception import fast as fast_module
 from xception.fast import native
 from xception.fast.fused import FusedConv
 from xception.layers import TFSamePad2d
@@ -39,6 +40,15 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.double() - want).abs().max() / want.abs().max())
 
 
+def _separable(cin: int, cout: int, stride: int, dilation: int, relu_in: bool, mid: bool, relu_out: bool,
+               dtype: torch.dtype = torch.float32) -> tuple[native.NativeConv, FusedConv, FusedConv]:
+    """A depthwise + pointwise pair (ReLU before, bias + ReLU between when ``mid``) on the kernels, and its parts."""
+    depthwise = FusedConv(_conv(cin, cin, 3, stride, dilation, groups=cin, bias=mid, seed=1).to(dtype))
+    pointwise = FusedConv(_conv(cin, cout, 1, seed=2).to(dtype))
+    depthwise.relu_in, depthwise.relu_out, pointwise.relu_out = relu_in, mid, relu_out
+    return native.NativeConv(depthwise, pointwise), depthwise, pointwise
+
+
 SEPARABLE = [  # (channels in, out, size, stride, dilation, relu_in, relu_mid + depthwise bias, residual, relu_out)
     (728, 728, 19, 1, 1, True, False, True, False),
     (24, 40, 13, 1, 1, False, True, False, True),
@@ -55,10 +65,7 @@ SEPARABLE = [  # (channels in, out, size, stride, dilation, relu_in, relu_mid + 
 @pytest.mark.parametrize(("cin", "cout", "size", "stride", "dilation", "relu_in", "mid", "residual", "relu_out"),
                          SEPARABLE)
 def test_separable_conv_matches_float64(cin, cout, size, stride, dilation, relu_in, mid, residual, relu_out):
-    depthwise = FusedConv(_conv(cin, cin, 3, stride, dilation, groups=cin, bias=mid, seed=1))
-    pointwise = FusedConv(_conv(cin, cout, 1, seed=2))
-    depthwise.relu_in, depthwise.relu_out, pointwise.relu_out = relu_in, mid, relu_out
-    step = native.NativeConv(depthwise, pointwise)
+    step, depthwise, pointwise = _separable(cin, cout, stride, dilation, relu_in, mid, relu_out)
     x = torch.randn(3, cin, size, size, dtype=torch.float64)
     y = F.relu(x) if relu_in else x
     y = F.conv2d(y, depthwise.weight.double(), depthwise.bias.double() if mid else None, stride, dilation, dilation,
@@ -228,7 +235,8 @@ def test_bf16_max_pool_is_exact_and_rounds_the_residual_sum_once(with_residual):
     assert torch.equal(got, expected)
 
 
-def test_bf16_fast_path_runs_its_max_pools_on_the_native_kernels():
+def test_bf16_on_onednn_runs_its_max_pools_on_the_native_kernels(monkeypatch):
+    monkeypatch.setattr(fast_module, "native_bf16_preferred", lambda: False)  # a CPU without AVX-512 BF16, or AMX
     model = xception.create_model("legacy_xception", width=0.25, middle_repeats=1).eval()
     x = torch.randn(2, 3, 75, 75)
     fast = xception.optimize(model, dtype=torch.bfloat16)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..hardware import cpu_flags
 from ..models import Xception
 from ..runtime import check_device, inference_dtype, median_ms
 from . import native, triton_depthwise
@@ -174,14 +175,15 @@ def optimize(
         input_size: image side for that warm-up (default: the model's preprocessing, else 299).
         kernels: ``"auto"`` (CPU: the compiled kernels of :mod:`.native` — each separable conv one fused
             GEMM — where they are installed, oneDNN fused convs for the rest or where they are not, said once
-            in a warning; in bfloat16, oneDNN's convs and matrix products with the native max-pools; CUDA:
+            in a warning; in bfloat16, the native bf16 kernels on a CPU with AVX-512 BF16 and no AMX, else
+            oneDNN's convs and matrix products (AMX tiles where there are) with the native max-pools; CUDA:
             PyTorch's kernels, on the folded and fused program), or force ``"native"``, ``"torch"``,
             ``"mkldnn"``, or the experimental CUDA kernels, not yet verified on a GPU: ``"cudnn"`` (cuDNN's
             fused conv + bias + ReLU), ``"triton"`` (the Triton depthwise kernel) and ``"experimental"``
             (both: Triton per depthwise layer wherever it beats cuDNN on the first batch).
         keep_memory: CPU only: keep freed memory for reuse (process-wide, see :mod:`xception.fast.memory`);
             default on for CPU.
-        replay: float32 on the native kernels: replay each input shape's recorded kernel calls (:mod:`.replay`).
+        replay: on the native kernels: replay each input shape's recorded kernel calls (:mod:`.replay`).
     """
     if not isinstance(model, Xception):
         raise TypeError(f"optimize() expects an xception.Xception, got {type(model).__name__}")
@@ -195,8 +197,7 @@ def optimize(
 
     settings = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "channels_last": channels_last,
                 "folded_batch_norms": folded, "kernels": backend, "compile": compile, "cuda_graphs": cuda_graphs,
-                "keep_memory": keep_memory,
-                "replay": replay and backend.startswith("native") and dtype == torch.float32 and not compile}
+                "keep_memory": keep_memory, "replay": replay and backend.startswith("native") and not compile}
     fast = FastXception(program, device=device, dtype=dtype, channels_last=channels_last, settings=settings,
                         runner=_runner(program, compile, settings["replay"], cuda_graphs),
                         choose_depthwise=use_triton and kernels == "experimental",
@@ -250,15 +251,24 @@ def _check_request(kernels: str, device: torch.device, dtype: torch.dtype, cuda_
         raise ConfigError(f"dtype must be a floating-point dtype, got {dtype}")
     if kernels == "mkldnn" and (device.type != "cpu" or not mkldnn_available()):
         raise ConfigError("kernels='mkldnn' needs a CPU device and a PyTorch built with oneDNN")
-    if kernels == "native" and (device.type != "cpu" or dtype != torch.float32 or not native.available()):
-        raise ConfigError("kernels='native' needs a float32 CPU model and the compiled CPU kernels "
-                          f"(here: {native.isa()}); use kernels='auto' to fall back to oneDNN")
+    if kernels == "native" and (device.type != "cpu" or not native.available()
+                                or dtype not in (torch.float32, torch.bfloat16)
+                                or (dtype == torch.bfloat16 and not native.bf16_available())):
+        raise ConfigError("kernels='native' needs a CPU model, the compiled CPU kernels, and for bfloat16 a CPU with "
+                          f"AVX-512 BF16 (here: {native.isa()} kernels, bf16 kernels: {native.bf16_available()}); "
+                          "use kernels='auto' to fall back to oneDNN")
     if kernels == "triton" and not triton_depthwise.available(device):
         raise ConfigError("kernels='triton' needs Triton and a CUDA device; use kernels='auto' to fall back")
     if kernels == "cudnn" and not cudnn_fusion_available(device):
         raise ConfigError("kernels='cudnn' needs a CUDA device with cuDNN; use kernels='auto' to fall back")
     if kernels == "experimental" and device.type != "cuda":
         raise ConfigError("kernels='experimental' (Triton and cuDNN epilogues) needs a CUDA device")
+
+
+def native_bf16_preferred() -> bool:
+    """Whether a bfloat16 program runs on the native bf16 kernels by default: where they run and the CPU has no
+    AMX, whose matrix tiles oneDNN's bf16 matrix products use (the native kernels are not measured against them)."""
+    return native.bf16_available() and "amx_bf16" not in cpu_flags()
 
 
 def _choose_kernels(program: FusedXception, kernels: str, device: torch.device, dtype: torch.dtype, compile: bool,
@@ -280,9 +290,11 @@ def _choose_kernels(program: FusedXception, kernels: str, device: torch.device, 
     if kernels == "mkldnn" or (cpu_auto and onednn_dtype and mkldnn_available()):
         backend = "mkldnn"
         program.set_backend("mkldnn")  # what the native kernels cannot run stays on oneDNN
-    if kernels == "native" or (cpu_auto and dtype == torch.float32 and native.available()):
+    if kernels == "native" or (cpu_auto and dtype == torch.float32 and native.available()) or (
+            cpu_auto and dtype == torch.bfloat16 and native_bf16_preferred()):
         steps = native.use_native_kernels(program)
-        backend = f"native ({native.isa()}, {steps} fused steps)" + (" + mkldnn" if backend == "mkldnn" else "")
+        isa = native.isa() + ("-bf16" if dtype == torch.bfloat16 else "")
+        backend = f"native ({isa}, {steps} fused steps)" + (" + mkldnn" if backend == "mkldnn" else "")
     elif cpu_auto and dtype == torch.bfloat16 and native.available():
         pools = native.use_native_kernels(program, pools_only=True)
         backend += f" + native max-pools ({native.isa()}, {pools})"

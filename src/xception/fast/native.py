@@ -46,7 +46,7 @@ class _Conv(ctypes.Structure):
     )] + [
         ("dw_weight", ctypes.c_void_p), ("dw_bias", ctypes.c_void_p), ("relu_mid", ctypes.c_int),
         ("k_dim", ctypes.c_int), ("cout", ctypes.c_int), ("packed", ctypes.c_void_p), ("bias", ctypes.c_void_p),
-        ("residual", ctypes.c_void_p), ("relu_out", ctypes.c_int),
+        ("residual", ctypes.c_void_p), ("relu_out", ctypes.c_int), ("bf16", ctypes.c_int),
     ]
 
 
@@ -64,6 +64,9 @@ def _library() -> ctypes.CDLL | None:
     lib.xc_packed_floats.restype = ctypes.c_size_t
     lib.xc_packed_floats.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.xc_pack_weights.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.xc_packed_bf16_words.restype = ctypes.c_size_t
+    lib.xc_packed_bf16_words.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.xc_pack_weights_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.xc_conv_forward.argtypes = [ctypes.POINTER(_Conv), ctypes.c_void_p, ctypes.c_void_p]
     lib.xc_pool_forward.argtypes = [ctypes.POINTER(_Pool), ctypes.c_void_p, ctypes.c_void_p]
     return lib
@@ -78,6 +81,12 @@ def isa() -> str:
 def available() -> bool:
     """Whether the compiled kernels are installed and this CPU can run them."""
     return isa() != "none"
+
+
+def bf16_available() -> bool:
+    """Whether the bfloat16 kernels run here: the AVX-512 kernels in use on a CPU with AVX-512 BF16."""
+    lib = _library()
+    return lib is not None and bool(lib.xc_bf16())
 
 
 def built() -> bool:
@@ -171,12 +180,18 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor:
-    """B of the GEMM, packed in the kernels' panels, from a (cout, k_dim) float32 matrix."""
+def _pack(weight: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """B of the GEMM, packed in the kernels' panels, from a (cout, k_dim) float32 matrix (``bf16``: rounded to
+    bfloat16 pairs, one 32-bit word each, for the bf16 kernels)."""
     lib = _library()
     cout, k_dim = weight.shape
-    packed = torch.empty(lib.xc_packed_floats(k_dim, cout), dtype=torch.float32)
-    lib.xc_pack_weights(weight.contiguous().data_ptr(), k_dim, cout, packed.data_ptr())
+    weight = weight.float().contiguous()
+    if bf16:
+        packed = torch.empty(lib.xc_packed_bf16_words(k_dim, cout), dtype=torch.int32)
+        lib.xc_pack_weights_bf16(weight.data_ptr(), k_dim, cout, packed.data_ptr())
+    else:
+        packed = torch.empty(lib.xc_packed_floats(k_dim, cout), dtype=torch.float32)
+        lib.xc_pack_weights(weight.data_ptr(), k_dim, cout, packed.data_ptr())
     return packed
 
 
@@ -195,7 +210,11 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
 
 class NativeConv(nn.Module):
     """One convolution of the fused program as a fused GEMM: a plain k×k or 1×1 conv (``first``), or a
-    depthwise conv followed by a 1×1 conv (``first`` the depthwise step, ``second`` the pointwise one)."""
+    depthwise conv followed by a 1×1 conv (``first`` the depthwise step, ``second`` the pointwise one).
+
+    In float32, or in bfloat16 (a bfloat16 program, where :func:`bf16_available`): bfloat16 activations and
+    weights, the GEMM's products summed in float32, the depthwise step (float32 taps of bfloat16 values) and the
+    epilogue in float32, each result rounded to bfloat16 once."""
 
     takes_residual = True  # forward(x, add=...) adds a residual inside the kernel
 
@@ -207,6 +226,7 @@ class NativeConv(nn.Module):
             POINTWISE if first.kernel_size == (1, 1) and first.stride == (1, 1) else PATCHES)
         self.cout, self.relu_out = conv.out_channels, conv.relu_out
         self.relu_in = first.relu_in
+        self.dtype = conv.weight.dtype
         kh, kw = first.kernel_size
         weight = conv.weight.detach().float()
         if second is None:  # columns of A in the order the patches are gathered: (dy, dx, channel)
@@ -220,13 +240,17 @@ class NativeConv(nn.Module):
             self.dw_weight = first.weight.detach().float().reshape(first.in_channels, kh * kw).t().contiguous()
             self.dw_bias = first.bias.detach().float().contiguous() if first.bias is not None else None
             self.relu_mid = first.relu_out
-        self.packed = _pack(matrix)
+        self.packed = _pack(matrix, bf16=self.dtype == torch.bfloat16)
         self.bias = _padded_bias(conv.bias, self.cout)
         self.packed_for = isa()  # the register tiles (and so the packing) differ between instruction sets
 
     @staticmethod
     def supports(first: FusedConv, second: FusedConv | None = None) -> bool:
-        if first.weight.dtype != torch.float32 or first.weight.device.type != "cpu":
+        dtype = first.weight.dtype
+        if first.weight.device.type != "cpu" or not (
+                dtype == torch.float32 or (dtype == torch.bfloat16 and bf16_available())):
+            return False
+        if second is not None and second.weight.dtype != dtype:
             return False
         kh, kw = first.kernel_size
         square = kh == kw and len(set(first.stride)) == 1 and len(set(first.dilation)) == 1
@@ -240,31 +264,37 @@ class NativeConv(nn.Module):
         lib = _library()
         if self.packed_for != isa():
             raise RuntimeError(f"weights packed for {self.packed_for} kernels, but {isa()} ones are in use")
+        if x.dtype != self.dtype:
+            raise TypeError(f"a {str(self.dtype).removeprefix('torch.')} conv got a {x.dtype} input")
         x = _nhwc(x)
         n, c, h, w = x.shape
         top, bottom, left, right = self.window.pads(x)
         k, stride, dilation = self.window.kernel_size[0], self.window.stride[0], self.window.dilation[0]
         oh = (h + top + bottom - dilation * (k - 1) - 1) // stride + 1
         ow = (w + left + right - dilation * (k - 1) - 1) // stride + 1
-        out = torch.empty((n, self.cout, oh, ow), dtype=torch.float32, memory_format=torch.channels_last)
+        out = torch.empty((n, self.cout, oh, ow), dtype=self.dtype, memory_format=torch.channels_last)
         if add is not None:
-            add = _nhwc(add)
+            add = _nhwc(add.to(self.dtype))
             if add.shape != out.shape:
                 raise ValueError(f"residual of shape {tuple(add.shape)} for an output of {tuple(out.shape)}")
         op = _Conv(self.kind, n, h, w, c, oh, ow, k, stride, dilation, top, left, int(self.relu_in),
                    _ptr(self.dw_weight), _ptr(self.dw_bias), int(self.relu_mid), self.k_dim, self.cout,
-                   _ptr(self.packed), _ptr(self.bias), _ptr(add), int(self.relu_out))
+                   _ptr(self.packed), _ptr(self.bias), _ptr(add), int(self.relu_out), int(self.dtype == torch.bfloat16))
         with _lock:
             _set_threads(lib)
             status = lib.xc_conv_forward(ctypes.byref(op), x.data_ptr(), out.data_ptr())
         _record(Call(lib.xc_conv_forward, op, x, out, add, checked=True))
+        if status == 1:
+            raise RuntimeError("the bfloat16 kernels do not run on this CPU (they need AVX-512 BF16)")
         if status:
             raise MemoryError("the CPU kernels could not allocate their scratch memory")
         return out
 
     def extra_repr(self) -> str:
         kind = {POINTWISE: "1×1", SEPARABLE: "separable", PATCHES: "patches"}[self.kind]
-        return f"{kind}, k_dim={self.k_dim}, cout={self.cout}, relu_in={self.relu_in}, relu_out={self.relu_out}"
+        dtype = str(self.dtype).removeprefix("torch.")
+        return (f"{kind}, {dtype}, k_dim={self.k_dim}, cout={self.cout}, relu_in={self.relu_in}, "
+                f"relu_out={self.relu_out}")
 
 
 class NativeMaxPool(nn.Module):

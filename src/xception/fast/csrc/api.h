@@ -20,7 +20,8 @@ enum xc_kind {
     XC_DEPTHWISE = 3,  // int8 only: a depthwise k×k conv on its own (no pointwise conv after it), no GEMM
 };
 
-// One convolution over float32 NHWC tensors. Output: n × oh × ow × cout, written in full.
+// One convolution over float32 NHWC tensors (bfloat16 ones when bf16 is set: input, residual and output).
+// Output: n × oh × ow × cout, written in full.
 struct xc_conv {
     int kind;
     int n, h, w, c;                // input
@@ -33,10 +34,11 @@ struct xc_conv {
     int relu_mid;                  // XC_SEPARABLE: ReLU between the depthwise and pointwise steps
     int k_dim;                     // GEMM depth: c, or kernel² · c for XC_PATCHES
     int cout;
-    const float* packed;           // B, packed by xc_pack_weights
+    const float* packed;           // B, packed by xc_pack_weights (bf16: by xc_pack_weights_bf16)
     const float* bias;             // (cout padded to xc_tile_cols()) or null
     const float* residual;         // n × oh × ow × cout, added before the output ReLU, or null
     int relu_out;
+    int bf16;                      // bfloat16 activations and weights, on the bf16 kernels (xc_bf16() must be 1)
 };
 
 // Max-pool (k×k, stride, padding that never wins) over NHWC, + an optional residual of the output's shape;
@@ -105,7 +107,13 @@ XC_API size_t xc_packed_floats(int k_dim, int cout);
 // weight: cout × k_dim row-major (a conv weight flattened in the order the prologue produces A's columns)
 XC_API void xc_pack_weights(const float* weight, int k_dim, int cout, float* packed);
 XC_API int xc_set_threads(int threads);        // returns the number in use
-XC_API int xc_conv_forward(const struct xc_conv* op, const float* input, float* output);  // 0 on success
+XC_API int xc_conv_forward(const struct xc_conv* op, const void* input, void* output);  // 0 on success
+// The bfloat16 kernels (vdpbf16ps): 1 where the CPU has AVX-512 BF16 and the AVX-512 kernels are in use.
+XC_API int xc_bf16(void);
+XC_API size_t xc_packed_bf16_words(int k_dim, int cout);  // 32-bit words: a bfloat16 pair each
+// weight: cout × k_dim float32, rounded to bfloat16 (to nearest even); panels of NR columns over the whole depth,
+// each ceil(k_dim / 2) pairs of rows deep (the last pair's second row zero when k_dim is odd).
+XC_API void xc_pack_weights_bf16(const float* weight, int k_dim, int cout, uint32_t* packed);
 XC_API int xc_pool_forward(const struct xc_pool* op, const void* input, void* output);
 
 XC_API int xc_qisa(void);                      // the int8 kernels in use: 0 none, 1 AVX2, 2 AVX-512 VNNI
@@ -127,12 +135,14 @@ XC_API int xc_quantize_input(const float* input, int n, int c, int h, int w, flo
     int kc();                                                                                                \
     int mr();                                                                                                \
     int block_rows(const xc_conv* op);                                                                       \
-    void conv_task(const xc_conv* op, const float* in, float* out, long m0, int rows, int n0, int n1,        \
-                   float* abuf, long next_m0, int next_rows);                                                \
-    void pool_rows(const xc_pool* op, const void* in, void* out, long row0, long row1);                      \
+    void conv_task(const xc_conv* op, const void* in, void* out, long m0, int rows, int n0, int n1,          \
+                   void* abuf, long next_m0, int next_rows);                                                 \
     }
 XC_DECLARE_ISA(xc_avx2)
 XC_DECLARE_ISA(xc_avx512)
+XC_DECLARE_ISA(xc_avx512_bf16)
+namespace xc_avx2 { void pool_rows(const xc_pool* op, const void* in, void* out, long row0, long row1); }
+namespace xc_avx512 { void pool_rows(const xc_pool* op, const void* in, void* out, long row0, long row1); }
 
 // What each int8 kernel build provides (qkernels_avx2.cpp, qkernels_avx2_s7.cpp, qkernels_avx512_vnni.cpp).
 #define XC_DECLARE_QISA(ns)                                                                                  \

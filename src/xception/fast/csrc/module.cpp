@@ -43,6 +43,15 @@ int detect_isa() {
 
 int g_isa = detect_isa();
 
+bool cpu_has_bf16() {
+#if !XC_X86
+    return false;
+#else
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+#endif
+}
+
 // ---- scratch: one growing, 64-byte aligned buffer per thread ------------------------------------------
 
 struct Scratch {
@@ -165,10 +174,14 @@ Pool& pool() {
 int nr_of(int isa) { return isa == 2 ? xc_avx512::nr() : xc_avx2::nr(); }
 int kc_of(int isa) { return isa == 2 ? xc_avx512::kc() : xc_avx2::kc(); }
 int mr_of(int isa) { return isa == 2 ? xc_avx512::mr() : xc_avx2::mr(); }
-int block_rows_of(int isa, const xc_conv* op) { return isa == 2 ? xc_avx512::block_rows(op) : xc_avx2::block_rows(op); }
-void conv_task_of(int isa, const xc_conv* op, const float* in, float* out, long m0, int rows, int n0, int n1, float* abuf,
+int block_rows_of(int isa, const xc_conv* op) {
+    if (op->bf16) return xc_avx512_bf16::block_rows(op);
+    return isa == 2 ? xc_avx512::block_rows(op) : xc_avx2::block_rows(op);
+}
+void conv_task_of(int isa, const xc_conv* op, const void* in, void* out, long m0, int rows, int n0, int n1, void* abuf,
                   long next_m0, int next_rows) {
-    if (isa == 2) xc_avx512::conv_task(op, in, out, m0, rows, n0, n1, abuf, next_m0, next_rows);
+    if (op->bf16) xc_avx512_bf16::conv_task(op, in, out, m0, rows, n0, n1, abuf, next_m0, next_rows);
+    else if (isa == 2) xc_avx512::conv_task(op, in, out, m0, rows, n0, n1, abuf, next_m0, next_rows);
     else xc_avx2::conv_task(op, in, out, m0, rows, n0, n1, abuf, next_m0, next_rows);
 }
 void pool_rows_of(int isa, const xc_pool* op, const void* in, void* out, long r0, long r1) {
@@ -180,7 +193,7 @@ int nr_of(int) { return 0; }
 int kc_of(int) { return 0; }
 int mr_of(int) { return 0; }
 int block_rows_of(int, const xc_conv*) { return 0; }
-void conv_task_of(int, const xc_conv*, const float*, float*, long, int, int, int, float*, long, int) {}
+void conv_task_of(int, const xc_conv*, const void*, void*, long, int, int, int, void*, long, int) {}
 void pool_rows_of(int, const xc_pool*, const void*, void*, long, long) {}
 #endif
 
@@ -287,12 +300,39 @@ int xc_set_threads(int threads) {
     return pool().size();
 }
 
-int xc_conv_forward(const xc_conv* op, const float* input, float* output) {
-    if (!g_isa) return 1;
+int xc_bf16(void) { return g_isa == 2 && cpu_has_bf16() ? 1 : 0; }
+
+size_t xc_packed_bf16_words(int k_dim, int cout) {
+    const int nr = xc_tile_cols();
+    return nr ? size_t((k_dim + 1) / 2) * size_t((cout + nr - 1) / nr * nr) : 0;
+}
+
+void xc_pack_weights_bf16(const float* weight, int k_dim, int cout, uint32_t* packed) {
+    auto bf16 = [](float x) -> uint32_t {  // round to nearest even (NaN stays NaN)
+        uint32_t u;
+        std::memcpy(&u, &x, 4);
+        if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40u;
+        return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    };
+    const int nr = xc_tile_cols(), kp = (k_dim + 1) / 2, panels = (cout + nr - 1) / nr;
+    for (int p = 0; p < panels; ++p)
+        for (int k = 0; k < kp; ++k)
+            for (int j = 0; j < nr; ++j) {
+                const int n = p * nr + j;
+                const float* row = weight + size_t(n) * k_dim;
+                const uint32_t lo = n < cout ? bf16(row[2 * k]) : 0u;
+                const uint32_t hi = n < cout && 2 * k + 1 < k_dim ? bf16(row[2 * k + 1]) : 0u;
+                packed[(size_t(p) * kp + k) * nr + j] = lo | (hi << 16);
+            }
+}
+
+int xc_conv_forward(const xc_conv* op, const void* input, void* output) {
+    if (!g_isa || (op->bf16 && !xc_bf16())) return 1;
     const int isa = g_isa;
     const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, block_rows_of(isa, op), mr_of(isa), nr_of(isa), op->cout);
-    const bool needs_a = op->kind != XC_POINTWISE || op->relu_in;
-    const size_t a_floats = needs_a ? size_t(plan.rows) * (op->k_dim + 16) : 0;  // + kernels.h's a_stride padding
+    const bool needs_a = op->kind != XC_POINTWISE || op->relu_in || (op->bf16 && op->c % 2);
+    // + kernels.h's a_stride padding (bfloat16: elements of half a float each, and a pair's zero half)
+    const size_t a_floats = !needs_a ? 0 : op->bf16 ? size_t(plan.rows) * (op->k_dim + 34) / 2 : size_t(plan.rows) * (op->k_dim + 16);
     return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf, long next_m0, int next_rows) {
         conv_task_of(isa, op, input, output, m0, rows, n0, n1, abuf, next_m0, next_rows);
     });

@@ -34,11 +34,17 @@ inline V vload_bf16_n(const std::uint16_t* p, int n) {
     const __m256i h = n >= 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(mask_n(n), p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
+// (XC_CVTNE: the build has AVX-512 BF16, whose vcvtneps2bf16 does the same in one instruction, but for inputs
+// below 2^-126, which it takes as zero.)
 inline void vstore_bf16_n(std::uint16_t* p, V x, int n) {
+#if XC_CVTNE
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(x);
+#else
     const __m512i u = _mm512_castps_si512(x);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb)), 16);
     const __m256i h = _mm512_cvtepi32_epi16(r);
+#endif
     if (n >= 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
     else _mm256_mask_storeu_epi16(p, mask_n(n), h);
 }
