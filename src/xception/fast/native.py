@@ -64,9 +64,10 @@ def _library() -> ctypes.CDLL | None:
     lib.xc_packed_floats.restype = ctypes.c_size_t
     lib.xc_packed_floats.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.xc_pack_weights.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-    lib.xc_packed_bf16_words.restype = ctypes.c_size_t
-    lib.xc_packed_bf16_words.argtypes = [ctypes.c_int, ctypes.c_int]
-    lib.xc_pack_weights_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    if hasattr(lib, "xc_bf16"):  # (builds of earlier revisions, which benchmarks/kernel_ab.py loads, have none)
+        lib.xc_packed_bf16_words.restype = ctypes.c_size_t
+        lib.xc_packed_bf16_words.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.xc_pack_weights_bf16.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.xc_conv_forward.argtypes = [ctypes.POINTER(_Conv), ctypes.c_void_p, ctypes.c_void_p]
     lib.xc_pool_forward.argtypes = [ctypes.POINTER(_Pool), ctypes.c_void_p, ctypes.c_void_p]
     return lib
@@ -86,7 +87,7 @@ def available() -> bool:
 def bf16_available() -> bool:
     """Whether the bfloat16 kernels run here: the AVX-512 kernels in use on a CPU with AVX-512 BF16."""
     lib = _library()
-    return lib is not None and bool(lib.xc_bf16())
+    return lib is not None and hasattr(lib, "xc_bf16") and bool(lib.xc_bf16())
 
 
 def built() -> bool:
