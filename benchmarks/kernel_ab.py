@@ -6,12 +6,13 @@ side by side in this process, and the float32 fast path of the paper's network (
 statistics, as ``fp32_layers.py``) runs its layers on one variant after the other, pass after pass, on one
 thread (``--threads``: more), each with the weights packed by its own build (so that builds may lay B out
 differently, e.g. ``-DXC_KC=N``): on a noisy host only differences within one such run mean anything; ``--int8``
-times the int8 network (quantised as ``xception quantize`` does by default) instead. Every variant's logits
+times the int8 network (quantised as ``xception quantize`` does by default) instead, ``--bf16`` the bfloat16 one
+on the native bf16 kernels (AVX-512 BF16). Every variant's logits
 are checked against the first's. Reports per layer and per stage the minimum and the median of the passes
 (ms, wall time).
 
     PYTHONPATH=src python benchmarks/kernel_ab.py --variant base= --variant all=-DXC_GROUP=0 [--variant old=@HEAD] \\
-        [--int8] [--isa avx2] [--batch 8] [--input-size 299] [--repeats 10] [--threads 1] [--json out.json]
+        [--int8 | --bf16] [--isa avx2] [--batch 8] [--input-size 299] [--repeats 10] [--threads 1] [--json out.json]
 
 The flags the kernels read: ``XC_GROUP`` (how many NR-column panels of B pass each MR-row slice of A before the
 next slice comes; 0: all of them), ``XC_L2`` (the KB of A and of C's group columns a pixel block may take),
@@ -86,11 +87,13 @@ def use(lib: ctypes.CDLL) -> None:
     int8_kernels._library()
 
 
-def network(model: torch.nn.Module, calibration: torch.Tensor, int8: bool, folder: Path) -> torch.nn.Module:
-    """The float32 fast path of ``model`` or, with ``int8``, its int8 network (the widths this CPU runs fastest,
-    min/max on ``calibration``), both layer by layer so that the timing hooks run."""
+def network(model: torch.nn.Module, calibration: torch.Tensor, int8: bool, folder: Path,
+            bf16: bool = False) -> torch.nn.Module:
+    """The float32 (``bf16``: bfloat16) fast path of ``model`` or, with ``int8``, its int8 network (the widths this
+    CPU runs fastest, min/max on ``calibration``), all layer by layer so that the timing hooks run."""
     if not int8:
-        return xception.optimize(model, kernels="native", replay=False)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        return xception.optimize(model, dtype=dtype, kernels="native", replay=False)
     path = folder / "paper.int8.safetensors"
     labels = torch.zeros(len(calibration), dtype=torch.long)
     quantize(model, calibration, held_out=(calibration, labels), methods=["minmax"], out=path)
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         "layer, far less than a pass, so the builds' passes in turns do not overlap)")
     parser.add_argument("--int8", action="store_true", help="the int8 network (quantised as xception quantize "
                         "does by default) instead of the float32 one")
+    parser.add_argument("--bf16", action="store_true", help="the bfloat16 network on the native bf16 kernels")
     parser.add_argument("--isa", choices=KERNEL_ISAS[1:], help="run every build's kernels for this instruction set "
                         "(a lower one than the CPU's best: as XCEPTION_CPU_ISA does)")
     parser.add_argument("--json", type=Path, help="write the report here")
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = dict(v.split("=", 1) if "=" in v else (v, "") for v in args.variant)
     if len(variants) < 2:
         parser.error("give two or more --variant NAME=FLAGS, with distinct names")
+    if args.int8 and args.bf16:
+        parser.error("--int8 or --bf16, not both")
     if not native.available():
         print("no compiled kernels for this CPU", file=sys.stderr)
         return 1
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         nets = {}
         for variant, lib in libs.items():  # each build packs its own weights: the layout may differ between builds
             use(lib)
-            nets[variant] = fast = network(model, calibration, args.int8, Path(tmp) / variant)
+            nets[variant] = fast = network(model, calibration, args.int8, Path(tmp) / variant, args.bf16)
             for name, module in fast.named_modules():
                 if isinstance(module, layers):
                     forward = module.forward
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = first.abs().max().item()
     report: dict[str, Any] = {"environment": environment(torch.device("cpu")), "isa": args.isa, "batch": args.batch,
                               "input_size": size, "repeats": args.repeats, "threads": args.threads, "int8": args.int8,
-                              "variants": variants, "results": {}}
+                              "bf16": args.bf16, "variants": variants, "results": {}}
     for name, runs in passes.items():
         layers = {layer: [run[layer] for run in runs] for layer in runs[0]}
         stages: dict[str, list[float]] = {}

@@ -522,6 +522,10 @@ private:
 #if XC_BF16
 // ---- the bfloat16 register tile (the bf16 build) ----------------------------------------------------------
 
+#ifndef XC_BF16_PAIRS
+#define XC_BF16_PAIRS 1  // -DXC_BF16_PAIRS=0: each vector of C rounded and stored on its own (A/B builds)
+#endif
+
 // C[R×NR] = bias + A[R×2kp] · B[2kp×NR], A and B in bfloat16 pairs: one vdpbf16ps adds, in each float32 lane,
 // the products of a pair of A's columns with the same pair of B's rows. Then + residual, ReLU, and C rounded to
 // bfloat16. The whole depth in one call (C is stored once, rounded once); with segs > 1, A is `segs` pieces of
@@ -558,16 +562,25 @@ inline void tile_bf16(int kp, const std::uint32_t* __restrict a, long lda, const
         }
     }
 #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i)
+    for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) {
             const int left = n_valid - v * LANES;
-            V x = acc[i][v];
-            if (res) x = vadd(x, full ? vld(res + i * ldr + v * LANES) : vld_n(res + i * ldr + v * LANES, left));
-            if (relu) x = vmax(x, vzero());
-            if (full) vst(c + i * ldc + v * LANES, x);
-            else vst_n(c + i * ldc + v * LANES, x, left);
+            if (res) acc[i][v] = vadd(acc[i][v], full ? vld(res + i * ldr + v * LANES)
+                                                      : vld_n(res + i * ldr + v * LANES, left));
+            if (relu) acc[i][v] = vmax(acc[i][v], vzero());
         }
+        if (XC_BF16_PAIRS && NV == 2 && full) {  // a row's two vectors rounded by one instruction, one store
+            const __m512bh h = _mm512_cvtne2ps_pbh(acc[i][NV - 1], acc[i][0]);  // the second operand: the low half
+            _mm512_storeu_si512(c + i * ldc, (__m512i)h);
+            continue;
+        }
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            if (full) vst(c + i * ldc + v * LANES, acc[i][v]);
+            else vst_n(c + i * ldc + v * LANES, acc[i][v], n_valid - v * LANES);
+        }
+    }
 }
 
 template <int R>
