@@ -48,7 +48,7 @@ devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
 print(json.dumps({"status": status, "report": json.loads(printed.getvalue()), "imported": imported, "torch": {
     "threads": torch.get_num_threads(), "interop": torch.get_num_interop_threads(), "cuda": torch.version.cuda,
     "onednn": torch.backends.mkldnn.is_available(), "capability": torch.backends.cpu.get_cpu_capability(),
-    "isa": native.isa(), "built": native.built(),
+    "isa": native.isa(), "built": native.built(), "bf16": native.bf16_available(),
     "devices": [torch.cuda.get_device_name(i) for i in range(devices)]}}))
 """
 
@@ -67,7 +67,8 @@ def test_info_imports_no_torch_and_says_what_torch_then_uses(env):
         actual["threads"], actual["interop"])
     assert report["torch_build"] == {"cuda": actual["cuda"], "onednn": actual["onednn"],
                                      "cpu_capability": actual["capability"]}
-    assert (report["native_kernels"]["isa"], report["native_kernels"]["built"]) == (actual["isa"], actual["built"])
+    kernels = report["native_kernels"]
+    assert (kernels["isa"], kernels["built"], kernels["bf16"]) == (actual["isa"], actual["built"], actual["bf16"])
     assert [d["name"] for d in report["cuda_devices"]] == actual["devices"]
 
 

@@ -134,7 +134,8 @@ def _native() -> dict[str, Any]:
         found = native.problem()
         problem = found[0] if found else None
     int8 = INT8_KERNEL_ISAS[lib.xc_qisa()] if lib is not None else "none"
-    return {"built": lib is not None, "isa": isa, "int8_isa": int8,
+    bf16 = lib is not None and hasattr(lib, "xc_bf16") and bool(lib.xc_bf16())
+    return {"built": lib is not None, "isa": isa, "int8_isa": int8, "bf16": bf16,
             "forced": os.environ.get("XCEPTION_CPU_ISA") or None, "problem": problem}
 
 
@@ -207,7 +208,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"threads      torch {threads['torch_threads']} (interop {threads['torch_interop_threads']}) at start-up, "
         f"{threads['usable_cpus']} usable of {threads['cpu_count']} CPUs, OMP_NUM_THREADS "
         f"{threads['OMP_NUM_THREADS'] or 'unset'}",
-        f"kernels      native: {native['isa']}, int8: {native['int8_isa']}"
+        f"kernels      native: {native['isa']}, int8: {native['int8_isa']}, bf16: {'yes' if native['bf16'] else 'no'}"
         + (f" (forced by XCEPTION_CPU_ISA={native['forced']})" if native["forced"] else ""),
     ]
     if native["problem"]:
