@@ -79,9 +79,14 @@ def test_bf16_drift_compares_both_fast_paths_with_the_plain_model(tmp_path):
                      "--json", str(tmp_path / "d.json"), tiny=False)
     report = json.loads((tmp_path / "d.json").read_text())
     paths = report["paths"]
-    assert report["images"] == 40 and set(paths) == {"plain float32", "fast float32", "fast bfloat16"}
+    bf16 = [name for name in paths if name.startswith("fast bfloat16 (")]
+    assert report["images"] == 40 and set(paths) == {"plain float32", "fast float32", *bf16}
+    from xception.fast import native_bf16_preferred
+
+    # the route optimize() takes here, and oneDNN's beside it where that is the native kernels
+    assert len(bf16) == (2 if native_bf16_preferred() else 1)
     assert paths["fast float32"]["max_rel"] < 1e-4  # the float32 fast path computes the same logits
-    assert 0 < paths["fast bfloat16"]["max_rel"] < 0.1  # bf16 rounds, but not wildly
+    assert all(0 < paths[name]["max_rel"] < 0.1 for name in bf16)  # bf16 rounds, but not wildly
     assert "fast bfloat16" in out and "CPU:" in out
 
 
@@ -208,15 +213,15 @@ def test_fp32_layers_times_every_kernel_call_beside_onnxruntime_and_openvino(tmp
 
 
 def test_bf16_layers_times_each_layer_both_ways_beside_openvino(tmp_path):
-    """The per-layer bf16 profile: every oneDNN layer and native max-pool of the paper's network timed, each 1×1
-    conv also on oneDNN's other route, beside OpenVINO's bf16 profile (71 px, one pass)."""
+    """The per-layer bf16 profile of oneDNN's route: every oneDNN layer and native max-pool of the paper's network
+    timed, each 1×1 conv also on oneDNN's other route, beside OpenVINO's bf16 profile (71 px, one pass)."""
     pytest.importorskip("openvino")
     from xception.fast.fused import mkldnn_bf16_available
 
     if not mkldnn_bf16_available():
         pytest.skip("oneDNN runs no bf16 kernels on this CPU")
-    out = run_script("bf16_layers.py", "--batch", "1", "--input-size", "71", "--repeats", "1", "--json",
-                     str(tmp_path / "layers.json"), tiny=False)
+    out = run_script("bf16_layers.py", "--batch", "1", "--input-size", "71", "--repeats", "1", "--route", "onednn",
+                     "--json", str(tmp_path / "layers.json"), tiny=False)
     report = json.loads((tmp_path / "layers.json").read_text())
     layers = report["ours"]["layers"]
     kinds = [entry["kind"] for entry in layers.values()]
@@ -228,6 +233,24 @@ def test_bf16_layers_times_each_layer_both_ways_beside_openvino(tmp_path):
     assert all(entry["conv_min_ms"] > 0 for entry in layers.values() if entry["kind"].startswith("1x1"))
     assert any(kernel.startswith("Convolution") for kernel in report["openvino"]["by_kernel"])
     assert "faster route per 1x1 conv" in out and "OpenVINO by kernel" in out
+
+
+def test_bf16_layers_on_the_native_kernels_gives_each_layers_rate(tmp_path):
+    """Where optimize() takes the native bf16 kernels, the profile times their calls: each fused step with its rate."""
+    pytest.importorskip("openvino")
+    from xception.fast import native_bf16_preferred
+
+    if not native_bf16_preferred():
+        pytest.skip("bf16 does not run on the native kernels here (no AVX-512 BF16, or AMX)")
+    run_script("bf16_layers.py", "--batch", "1", "--input-size", "71", "--repeats", "1", "--json",
+               str(tmp_path / "layers.json"), tiny=False)
+    report = json.loads((tmp_path / "layers.json").read_text())
+    kinds = [entry["kind"] for entry in report["ours"]["layers"].values()]
+    assert "avx512-bf16" in report["ours"]["kernels"]
+    # stem 2 convs and 4 strided shortcuts; 3 × 2 + 8 × 3 + 2 + 2 separable convs; 4 pools
+    assert kinds.count("conv (native)") == 2 + 4 and kinds.count("max-pool (native)") == 4
+    assert kinds.count("separable (native)") == 3 * 2 + 8 * 3 + 2 + 2
+    assert all(entry["gmac_s"] > 0 for entry in report["ours"]["layers"].values() if "pool" not in entry["kind"])
 
 
 def test_fp32_layers_ours_only_times_our_passes_without_the_peers(tmp_path):
@@ -308,6 +331,20 @@ def test_kernel_ab_of_the_int8_network_gives_the_same_logits(tmp_path):
     report = json.loads((tmp_path / "ab.json").read_text())
     assert report["int8"] is True and report["results"]["pixels"]["max_err"] == 0.0
     assert {"stem.0", "stem.1", "head", "blocks.3.main.0"} <= set(report["results"]["base"])
+
+
+@pytest.mark.slow  # builds the kernel library twice
+def test_kernel_ab_of_the_bf16_network_gives_the_same_logits(tmp_path):
+    """Two builds of the bf16 kernels, one rounding C a vector at a time, compute the same bf16 network."""
+    from xception.fast import native
+
+    if not native.bf16_available():
+        pytest.skip("no bf16 kernels for this CPU")
+    run_script("kernel_ab.py", "--bf16", "--variant", "base=", "--variant", "vectors=-DXC_BF16_PAIRS=0", "--batch", "1",
+               "--input-size", "71", "--repeats", "2", "--json", str(tmp_path / "ab.json"), tiny=False, timeout=900)
+    report = json.loads((tmp_path / "ab.json").read_text())
+    assert report["bf16"] is True and report["results"]["vectors"]["max_err"] == 0.0
+    assert {"stem.0", "blocks.3.main.0"} <= set(report["results"]["base"])
 
 
 @pytest.mark.slow  # compiles a C++ program
