@@ -377,7 +377,7 @@ inline void copy_span(T* __restrict dst, const T* __restrict src, long n, bool r
     }
 }
 
-// Rows lda elements apart (k·k·c of them, then a bfloat16 row's half pair of zero).
+// Rows lda elements apart, k·k·c of them written (a bfloat16 row's half pair past them: zero_pair_tails).
 template <typename T>
 void patch_rows(const T* __restrict in, const Geometry& g, long m0, int rows, bool relu_in, T* __restrict a,
                 long lda) {
