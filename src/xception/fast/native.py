@@ -7,7 +7,8 @@ output for a block of pixels straight into the buffer the GEMM reads (ReLU befor
 ReLU between, as the layer needs), and whose epilogue adds the bias and the residual and applies the
 ReLU. Plain convs gather their k×k patches the same way; max-pools (+ the residual add) have a kernel of
 their own. Register tiles and cache blocking are written for AVX-512 and for AVX2 + FMA; the instruction
-set is chosen at run time.
+set is chosen at run time. A bfloat16 program runs on a third build where the CPU has AVX-512 BF16: the same
+prologues on bfloat16 tensors, the GEMM on ``vdpbf16ps`` (:func:`bf16_available`).
 
 The kernels are a compiled extension (``xception.fast._cpu``), built when the package is installed;
 where it could not be built, or the CPU has neither instruction set, :func:`available` is False and the
@@ -374,7 +375,7 @@ def _native_steps(steps: list[nn.Module], pools_only: bool = False) -> list[nn.M
 def use_native_kernels(program: FusedXception, pools_only: bool = False) -> int:
     """Run ``program``'s convolutions and max-pools on the compiled kernels where they can; returns how
     many steps now do (the rest stay as they were: oneDNN or PyTorch). ``pools_only``: the max-pools alone
-    (a bfloat16 program: its convs stay on oneDNN, which has bf16 matrix units to use)."""
+    (a bfloat16 program whose convs stay on oneDNN: a CPU with AMX, or without the bf16 kernels)."""
     if not available():
         return 0
     program.stem = nn.ModuleList(_native_steps(list(program.stem), pools_only))

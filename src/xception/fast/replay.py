@@ -7,9 +7,10 @@ first pass of each input shape is recorded; later passes of that shape replay th
 arguments ready, into activation buffers planned once (a buffer takes a new value once the value in it has
 been read for the last time). Same kernels, same inputs: the same bits as the pass it replaces.
 
-A program with a step the kernels do not run (a bfloat16 program's oneDNN convs, say) is not replayable: its
-shapes run step by step, as before. The int8 network replays the same way (:class:`NativeReplay`'s ``prepare``,
-``features`` and ``head``: its kernels start from the input's codes and end in codes).
+A program with a step the kernels do not run (a bfloat16 program's oneDNN convs on an AMX CPU, say) is not
+replayable: its shapes run step by step, as before. The int8 network replays the same way
+(:class:`NativeReplay`'s ``prepare``, ``features`` and ``head``: its kernels start from the input's codes and
+end in codes).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class _Plan:
 
 
 class NativeReplay:
-    """Runs ``program`` (a float32 program on the native kernels) by replaying the recorded kernel calls of
+    """Runs ``program`` (a float32 or bfloat16 program on the native kernels) by replaying the recorded kernel calls of
     each input shape; keeps the plans (and their activation buffers) of the ``max_shapes`` shapes last used.
 
     Another network on the kernels gives its own three steps: ``prepare`` (the input → the tensor the first kernel
