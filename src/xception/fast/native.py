@@ -183,15 +183,16 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _pack(weight: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-    """B of the GEMM, packed in the kernels' panels, from a (cout, k_dim) float32 matrix (``bf16``: rounded to
-    bfloat16 pairs, one 32-bit word each, for the bf16 kernels)."""
+    """B of the GEMM, packed in the kernels' panels, from a (cout, k_dim) matrix: float32, or (``bf16``, for the bf16
+    kernels) rounded to bfloat16 and packed in pairs, one 32-bit word each."""
     lib = _library()
     cout, k_dim = weight.shape
-    weight = weight.float().contiguous()
     if bf16:
+        weight = weight.to(torch.bfloat16).contiguous()
         packed = torch.empty(lib.xc_packed_bf16_words(k_dim, cout), dtype=torch.int32)
         lib.xc_pack_weights_bf16(weight.data_ptr(), k_dim, cout, packed.data_ptr())
     else:
+        weight = weight.float().contiguous()
         packed = torch.empty(lib.xc_packed_floats(k_dim, cout), dtype=torch.float32)
         lib.xc_pack_weights(weight.data_ptr(), k_dim, cout, packed.data_ptr())
     return packed

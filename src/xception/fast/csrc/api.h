@@ -111,9 +111,9 @@ XC_API int xc_conv_forward(const struct xc_conv* op, const void* input, void* ou
 // The bfloat16 kernels (vdpbf16ps): 1 where the CPU has AVX-512 BF16 and the AVX-512 kernels are in use.
 XC_API int xc_bf16(void);
 XC_API size_t xc_packed_bf16_words(int k_dim, int cout);  // 32-bit words: a bfloat16 pair each
-// weight: cout × k_dim float32, rounded to bfloat16 (to nearest even); panels of NR columns over the whole depth,
-// each ceil(k_dim / 2) pairs of rows deep (the last pair's second row zero when k_dim is odd).
-XC_API void xc_pack_weights_bf16(const float* weight, int k_dim, int cout, uint32_t* packed);
+// weight: cout × k_dim bfloat16, row-major; panels of NR columns over the whole depth, each ceil(k_dim / 2) pairs
+// of rows deep (the last pair's second row zero when k_dim is odd).
+XC_API void xc_pack_weights_bf16(const uint16_t* weight, int k_dim, int cout, uint32_t* packed);
 XC_API int xc_pool_forward(const struct xc_pool* op, const void* input, void* output);
 
 XC_API int xc_qisa(void);                      // the int8 kernels in use: 0 none, 1 AVX2, 2 AVX-512 VNNI

@@ -665,8 +665,8 @@ void run_gemm_block(const xc_conv* op, const T* in, T* out, const Task& t, T* ab
                     const float* bias = op->bias ? op->bias + n0 : nullptr;
                     const bool relu = op->relu_out != 0;
                     ahead.step();
-#if XC_BF16
                     if constexpr (bf16) {  // A, windows and B in pairs (every offset below is even)
+#if XC_BF16
                         const int kp = (kdim + 1) / 2;
                         const auto* b_panel = reinterpret_cast<const std::uint32_t*>(op->packed) + long(n0) * kp;
                         const auto* a_pairs = reinterpret_cast<const std::uint32_t*>(window ? window : a + i * lda);
@@ -674,10 +674,8 @@ void run_gemm_block(const xc_conv* op, const T* in, T* out, const Task& t, T* ab
                                                         relu, 1, 0);
                         else tile_rows_bf16<MR>(rows, int(win_row / 2), a_pairs, win_lda / 2, b_panel, c, ldc, n_valid,
                                                 bias, res, ldc, relu, g.k, img_row / 2);
-                        continue;
-                    }
 #endif
-                    if constexpr (!bf16) {
+                    } else {
                         const float* b_panel = b_block + long(n0) * kc;
                         if (!window) {
                             tile_rows<MR>(rows, kc, a + long(i) * lda + k0, lda, b_panel, c, ldc, n_valid, first, last,

@@ -307,21 +307,15 @@ size_t xc_packed_bf16_words(int k_dim, int cout) {
     return nr ? size_t((k_dim + 1) / 2) * size_t((cout + nr - 1) / nr * nr) : 0;
 }
 
-void xc_pack_weights_bf16(const float* weight, int k_dim, int cout, uint32_t* packed) {
-    auto bf16 = [](float x) -> uint32_t {  // round to nearest even (NaN stays NaN)
-        uint32_t u;
-        std::memcpy(&u, &x, 4);
-        if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40u;
-        return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    };
+void xc_pack_weights_bf16(const uint16_t* weight, int k_dim, int cout, uint32_t* packed) {
     const int nr = xc_tile_cols(), kp = (k_dim + 1) / 2, panels = (cout + nr - 1) / nr;
     for (int p = 0; p < panels; ++p)
         for (int k = 0; k < kp; ++k)
             for (int j = 0; j < nr; ++j) {
                 const int n = p * nr + j;
-                const float* row = weight + size_t(n) * k_dim;
-                const uint32_t lo = n < cout ? bf16(row[2 * k]) : 0u;
-                const uint32_t hi = n < cout && 2 * k + 1 < k_dim ? bf16(row[2 * k + 1]) : 0u;
+                const uint16_t* row = weight + size_t(n) * k_dim;
+                const uint32_t lo = n < cout ? row[2 * k] : 0u;
+                const uint32_t hi = n < cout && 2 * k + 1 < k_dim ? row[2 * k + 1] : 0u;
                 packed[(size_t(p) * kp + k) * nr + j] = lo | (hi << 16);
             }
 }
@@ -332,7 +326,9 @@ int xc_conv_forward(const xc_conv* op, const void* input, void* output) {
     const Plan plan = plan_tasks(long(op->n) * op->oh * op->ow, block_rows_of(isa, op), mr_of(isa), nr_of(isa), op->cout);
     const bool needs_a = op->kind != XC_POINTWISE || op->relu_in || (op->bf16 && op->c % 2);
     // + kernels.h's a_stride padding (bfloat16: elements of half a float each, and a pair's zero half)
-    const size_t a_floats = !needs_a ? 0 : op->bf16 ? size_t(plan.rows) * (op->k_dim + 34) / 2 : size_t(plan.rows) * (op->k_dim + 16);
+    const size_t a_floats = !needs_a ? 0
+                            : op->bf16 ? size_t(plan.rows) * (op->k_dim + 34) / 2
+                                       : size_t(plan.rows) * (op->k_dim + 16);
     return run_plan(plan, a_floats, [&](long m0, int rows, int n0, int n1, float* abuf, long next_m0, int next_rows) {
         conv_task_of(isa, op, input, output, m0, rows, n0, n1, abuf, next_m0, next_rows);
     });
